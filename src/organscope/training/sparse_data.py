@@ -1,0 +1,112 @@
+"""Training set of the sparse point classifier: descriptors (int8, value = code / 32) at sampled voxels.
+
+Partial labels: each point carries the set of classes it may belong to, as a bit mask. A voxel of a
+contoured organ allows only that organ; a background voxel allows background *and every organ not
+contoured in that case* (it may be one of them). The loss (`-log sum_{allowed} p`) then never teaches
+"background" on an uncontoured organ, and every case can contribute background points.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from tqdm import tqdm
+
+from ..sampling.gather import gather_q8
+from ..sampling.pattern import Pattern
+from ..sampling.points import body_mask, sample_training_points
+from ..volume import Volume
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    n_body: int = 2700
+    n_band: int = 2400
+    n_balanced: int = 900
+    aug_chunks: int = 6          # each case's points are split in chunks, each with its own pattern transform
+    aug_fraction: float = 0.5    # fraction of chunks that are augmented (the rest use the exact pattern)
+    max_rotation_deg: float = 8.0
+    max_scale: float = 0.08
+    band_mm: float = 12.0
+
+
+def load_canonical_case(image_path, label_path=None) -> tuple[Volume, np.ndarray | None]:
+    img = nib.load(str(image_path))
+    vol = Volume(np.asanyarray(img.dataobj).astype(np.int16), img.affine)
+    canon, ornt = vol.to_canonical()
+    labels = None
+    if label_path is not None:
+        lab = Volume(np.asanyarray(nib.load(str(label_path)).dataobj).astype(np.uint8), img.affine)
+        labels = lab.to_canonical()[0].array
+    return canon, labels
+
+
+def random_transform(rng: np.random.Generator, max_rotation_deg: float, max_scale: float) -> np.ndarray:
+    """A small random rotation (about a random axis) times an anisotropic scaling."""
+    axis = rng.normal(size=3)
+    axis /= np.linalg.norm(axis)
+    ang = np.deg2rad(rng.uniform(-max_rotation_deg, max_rotation_deg))
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    rot = np.eye(3) + np.sin(ang) * k + (1 - np.cos(ang)) * (k @ k)
+    return rot @ np.diag(1 + rng.uniform(-max_scale, max_scale, 3))
+
+
+def allowed_bits(point_labels: np.ndarray, uncontoured_ids) -> np.ndarray:
+    """Bit mask per point of the classes it may belong to (bit c = class c)."""
+    bits = (np.uint16(1) << point_labels.astype(np.uint16)).astype(np.uint16)
+    extra = np.uint16(sum(1 << int(i) for i in uncontoured_ids))
+    bits[point_labels == 0] |= extra
+    return bits
+
+
+def case_points(canon: Volume, labels: np.ndarray, contoured_ids, uncontoured_ids, pattern: Pattern,
+                plan: SamplingPlan, rng: np.random.Generator, *, augment: bool):
+    body = body_mask(canon.array)
+    band_vox = tuple(int(np.ceil(plan.band_mm / s)) for s in canon.spacing_mm)
+    centers = sample_training_points(labels, body, contoured_ids, rng, n_body=plan.n_body, n_band=plan.n_band,
+                                     n_balanced=plan.n_balanced, band_vox=band_vox)
+    rng.shuffle(centers)
+    desc = np.empty((len(centers), pattern.size), dtype=np.int8)
+    for chunk in np.array_split(np.arange(len(centers)), plan.aug_chunks):
+        tf = None
+        if augment and rng.random() < plan.aug_fraction:
+            tf = random_transform(rng, plan.max_rotation_deg, plan.max_scale)
+        gather_q8(canon.array, centers[chunk], pattern.offsets_vox(canon.affine, transform=tf), out=desc[chunk])
+    lab = labels[centers[:, 0], centers[:, 1], centers[:, 2]]
+    return desc, lab, allowed_bits(lab, uncontoured_ids)
+
+
+def build(data_root: Path, out_dir: Path, pattern: Pattern, plan: SamplingPlan, *, split: str, seed: int = 0,
+          augment: bool = True, limit: int | None = None) -> Path:
+    """Write X.npy (int8 descriptors), y.npy (uint8 centre labels), allowed.npy (uint16 bits), case.npy."""
+    meta = json.loads((data_root / "dataset.json").read_text())
+    names = {v: k for k, v in meta["labels"].items()}
+    cases = [c for c in meta["cases"] if c["split"] == split][:limit]
+    per_case = plan.n_body + plan.n_band + plan.n_balanced
+    out_dir.mkdir(parents=True, exist_ok=True)
+    X = np.lib.format.open_memmap(out_dir / "X.npy", "w+", np.int8, (len(cases) * per_case, pattern.size))
+    ys, bits, case_idx = [], [], []
+    rng = np.random.default_rng(seed)
+    n = 0
+    for ci, c in enumerate(tqdm(cases, desc=f"sampling {split}")):
+        canon, labels = load_canonical_case(data_root / "images" / f"{c['case']}.nii.gz",
+                                            data_root / "labels" / f"{c['case']}.nii.gz")
+        contoured = [meta["labels"][o] for o in c["organs"]]
+        uncontoured = [i for i in names if i != 0 and i not in contoured]
+        d, lab, al = case_points(canon, labels, contoured, uncontoured, pattern, plan, rng, augment=augment)
+        X[n:n + len(d)] = d
+        ys.append(lab)
+        bits.append(al)
+        case_idx.append(np.full(len(d), ci, np.int16))
+        n += len(d)
+    X.flush()
+    del X
+    np.save(out_dir / "y.npy", np.concatenate(ys))
+    np.save(out_dir / "allowed.npy", np.concatenate(bits))
+    np.save(out_dir / "case.npy", np.concatenate(case_idx))
+    (out_dir / "info.json").write_text(json.dumps({"n": n, "cases": [c["case"] for c in cases], "split": split,
+                                                   "pattern": pattern.name, "plan": plan.__dict__}, indent=1))
+    return out_dir

@@ -1,0 +1,130 @@
+"""Train the sparse point classifier on a set built by `sparse_data.build`, with checkpoints (resumable),
+then export the best epoch (by validation partial-label loss) to ONNX."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .sparse_model import Q8_PER_UNIT, ResidualMLP, partial_label_loss
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = 16
+    batch_size: int = 1024
+    lr: float = 3e-4
+    lr_min: float = 1e-6
+    weight_decay_l2: float = 1e-5
+    l1: float = 1e-5
+    dropout: float = 0.25
+    width: int = 128
+    n_blocks: int = 4
+    seed: int = 0
+    threads: int = 2
+
+
+def _load(set_dir: Path):
+    y = np.load(set_dir / "y.npy")
+    X = np.load(set_dir / "X.npy", mmap_mode="r")[: len(y)]  # the file may be pre-allocated longer
+    return X, y, np.load(set_dir / "allowed.npy").astype(np.int64)
+
+
+def evaluate_points(net, X, bits, batch=4096):
+    net.eval()
+    losses, preds = [], []
+    with torch.no_grad():
+        for s in range(0, len(X), batch):
+            x = torch.from_numpy(np.asarray(X[s:s + batch])).float() / Q8_PER_UNIT
+            logits = net(x)
+            losses.append(partial_label_loss(logits, torch.from_numpy(bits[s:s + batch])).item() * len(x))
+            preds.append(logits.argmax(1).numpy())
+    net.train()
+    return sum(losses) / len(X), np.concatenate(preds)
+
+
+def train(train_dir: Path, val_dir: Path, run_dir: Path, settings: TrainSettings, n_classes: int) -> Path:
+    torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    X, y, bits = _load(train_dir)
+    Xv, yv, bitsv = _load(val_dir)
+    print(f"loading {X.shape} training descriptors into memory", flush=True)
+    X = torch.from_numpy(np.ascontiguousarray(X))
+    bits_t = torch.from_numpy(bits)
+    net = ResidualMLP(X.shape[1], n_classes, width=settings.width, n_blocks=settings.n_blocks,
+                      dropout=settings.dropout)
+    opt = torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay_l2)
+    steps_per_epoch = len(X) // settings.batch_size
+    total = steps_per_epoch * settings.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (settings.lr_min + 0.5 * (settings.lr - settings.lr_min) * (1 + math.cos(math.pi * s / total)))
+        / settings.lr)
+    ckpt = run_dir / "last.pt"
+    start_epoch, history, best = 0, [], float("inf")
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
+        print(f"resumed after epoch {state['epoch']}", flush=True)
+    gen = torch.Generator().manual_seed(settings.seed)
+    for _ in range(start_epoch):
+        torch.randperm(len(X), generator=gen)
+    l1_params = [p for n, p in net.named_parameters() if n.endswith("weight") and p.ndim == 2]
+    for epoch in range(start_epoch, settings.epochs):
+        t0 = time.time()
+        perm = torch.randperm(len(X), generator=gen)
+        run_loss = 0.0
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{settings.epochs}", mininterval=10)
+        for step in bar:
+            idx = perm[step * settings.batch_size:(step + 1) * settings.batch_size]
+            xb = X[idx].float() / Q8_PER_UNIT
+            loss = partial_label_loss(net(xb), bits_t[idx])
+            reg = settings.l1 * sum(p.abs().sum() for p in l1_params)
+            opt.zero_grad(set_to_none=True)
+            (loss + reg).backward()
+            opt.step()
+            sched.step()
+            run_loss += loss.item()
+            if step % 200 == 0:
+                bar.set_postfix(loss=f"{run_loss / (step + 1):.4f}")
+        val_loss, pred = evaluate_points(net, Xv, bitsv)
+        known = (bitsv & (bitsv - 1)) == 0  # exactly one allowed class
+        acc = float((pred[known] == yv[known]).mean())
+        history.append({"epoch": epoch + 1, "train_loss": run_loss / steps_per_epoch, "val_loss": val_loss,
+                        "val_point_accuracy": acc, "seconds": time.time() - t0})
+        print(json.dumps(history[-1]), flush=True)
+        if val_loss < best:
+            best = val_loss
+            torch.save({"net": net.state_dict(), "epoch": epoch, "history": history}, run_dir / "best.pt")
+        torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "epoch": epoch,
+                    "history": history, "best": best}, ckpt)
+    (run_dir / "settings.json").write_text(json.dumps({"settings": asdict(settings), "history": history,
+                                                       "n_classes": n_classes, "n_in": int(X.shape[1])}, indent=1))
+    return run_dir / "best.pt"
+
+
+def main(argv=None):
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Train the sparse point classifier (resumes from RUN/last.pt).")
+    ap.add_argument("--train", type=Path, required=True)
+    ap.add_argument("--val", type=Path, required=True)
+    ap.add_argument("--run", type=Path, required=True)
+    ap.add_argument("--classes", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=TrainSettings.epochs)
+    ap.add_argument("--batch-size", type=int, default=TrainSettings.batch_size)
+    a = ap.parse_args(argv)
+    train(a.train, a.val, a.run, TrainSettings(epochs=a.epochs, batch_size=a.batch_size), a.classes)
+
+
+if __name__ == "__main__":
+    main()
