@@ -1,0 +1,52 @@
+"""The engine interface and the registry of engines by name."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+
+from ..errors import ModelError
+from ..volume import Volume
+
+ProgressFn = Callable[[str, float], None]  # (stage, fraction done 0..1)
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """A label map on the input's grid (Volume of uint8) and the organ name of each label value."""
+
+    labels: Volume
+    names: dict[int, str]
+    timings_s: dict[str, float]
+
+
+class Engine(Protocol):
+    name: str
+    classes: tuple[str, ...]
+
+    def segment(self, volume: Volume, *, progress: ProgressFn | None = None) -> Segmentation: ...
+
+
+def _sparse(**kw):
+    from .sparse import SparseEngine
+    return SparseEngine(**kw)
+
+
+ENGINES: dict[str, Callable[..., Engine]] = {"sparse": _sparse}
+
+
+def get_engine(name: str, **kwargs) -> Engine:
+    try:
+        factory = ENGINES[name]
+    except KeyError:
+        raise ModelError(f"Unknown engine {name!r}; available engines: {', '.join(sorted(ENGINES))}.") from None
+    return factory(**kwargs)
+
+
+def no_progress(stage: str, fraction: float) -> None:
+    return None
+
+
+def labels_dtype(n_classes: int):
+    return np.uint8 if n_classes <= 256 else np.uint16

@@ -1,0 +1,69 @@
+"""The shipped classifier: an ONNX file (descriptors -> probabilities) and its JSON model card."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import ModelError
+from ...sampling.pattern import Pattern, paper_pattern
+
+MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
+DEFAULT_MODEL = "sparse_openkbp"
+
+
+def model_paths(name_or_path: str | os.PathLike | None) -> tuple[Path, Path]:
+    """(onnx, card) for a shipped model name or a path to an .onnx file with its .json card beside it."""
+    p = Path(name_or_path) if name_or_path is not None else MODELS_DIR / f"{DEFAULT_MODEL}.onnx"
+    if p.suffix != ".onnx":
+        p = MODELS_DIR / f"{p.name}.onnx"
+    card = p.with_suffix(".json")
+    if not p.exists() or not card.exists():
+        shipped = sorted(q.stem for q in MODELS_DIR.glob("sparse_*.onnx"))
+        raise ModelError(f"Model {str(name_or_path or DEFAULT_MODEL)!r} not found (need {p.name} and {card.name}); "
+                         f"shipped sparse models: {', '.join(shipped) or 'none'}.")
+    return p, card
+
+
+def pattern_from_card(card: dict) -> Pattern:
+    pat = card["pattern"]
+    pattern = paper_pattern(pat["plane_step_mm"], tuple(pat["grid_steps_mm"]))
+    if pattern.size != card["n_inputs"]:
+        raise ModelError(f"Model card pattern has {pattern.size} samples but the network takes {card['n_inputs']}.")
+    return pattern
+
+
+@dataclass
+class SparseModel:
+    """Runs the classifier with ONNX Runtime on float32 descriptors."""
+
+    onnx_path: Path
+    card: dict
+    threads: int | None = None
+
+    def __post_init__(self):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = self.threads or os.cpu_count() or 1
+        opts.inter_op_num_threads = 1
+        try:
+            self._session = ort.InferenceSession(str(self.onnx_path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own untyped errors on a corrupt file
+            raise ModelError(f"Could not load model {self.onnx_path.name}: {exc}") from None
+        self._input = self._session.get_inputs()[0].name
+        self.classes: tuple[str, ...] = tuple(self.card["classes"])
+        self.pattern = pattern_from_card(self.card)
+
+    @classmethod
+    def load(cls, name_or_path=None, *, threads: int | None = None) -> "SparseModel":
+        onnx_path, card_path = model_paths(name_or_path)
+        return cls(onnx_path, json.loads(card_path.read_text()), threads)
+
+    def predict(self, descriptors: np.ndarray) -> np.ndarray:
+        """(N, M) float32 descriptors -> (N, C) probabilities."""
+        return self._session.run(None, {self._input: descriptors})[0]
