@@ -1,0 +1,111 @@
+"""Helpers shared by the readers and writers: LPS<->RAS, building a Volume, atomic writes."""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ..errors import GeometryError, InputError, OrganscopeError
+from ..volume import Volume
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+#: Flips x and y: maps LPS coordinates to RAS and back (it is its own inverse).
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def lps_to_ras(affine_lps: np.ndarray) -> np.ndarray:
+    """Affine mapping voxels to LPS mm -> affine mapping voxels to RAS mm."""
+    return LPS_TO_RAS @ np.asarray(affine_lps, dtype=float)
+
+
+def ras_to_lps(affine_ras: np.ndarray) -> np.ndarray:
+    """Affine mapping voxels to RAS mm -> affine mapping voxels to LPS mm."""
+    return LPS_TO_RAS @ np.asarray(affine_ras, dtype=float)
+
+
+def squeeze_to_3d(array: np.ndarray, source: str) -> np.ndarray:
+    """Drop trailing singleton axes beyond the third; raise InputError if the data is not one 3D volume."""
+    while array.ndim > 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim > 3:
+        raise InputError(
+            f"{source} has {array.ndim} dimensions {tuple(array.shape)} (several volumes or channels); "
+            "organscope needs a single 3D CT volume."
+        )
+    if array.size == 0:
+        raise InputError(f"{source} is empty (shape {tuple(array.shape)}).")
+    if array.ndim < 3 or min(array.shape) < 2:
+        raise InputError(
+            f"{source} is 2D (shape {tuple(array.shape)}): organscope needs a CT volume with several slices."
+        )
+    return array
+
+
+def native(array: np.ndarray) -> np.ndarray:
+    """The array in native byte order (copies only if it is not)."""
+    return array if array.dtype.isnative else array.astype(array.dtype.newbyteorder("="))
+
+
+def make_volume(array: np.ndarray, affine: np.ndarray, meta: dict, source: str) -> Volume:
+    """Build a Volume, turning shape and geometry problems into messages that name the file."""
+    array = native(squeeze_to_3d(array, source))
+    try:
+        return Volume(array, affine, meta)
+    except GeometryError as e:
+        raise GeometryError(f"{source} has unusable geometry: {_lower_first(str(e))}") from None
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:] if text[:1].isupper() and not text[1:2].isupper() else text
+
+
+@contextlib.contextmanager
+def atomic_paths(*targets: str | os.PathLike) -> Iterator[list[Path]]:
+    """Yield temp paths (same folders, same suffixes) to write; on success each replaces its target.
+
+    On any error the temp files are removed and no new output remains.
+    """
+    temps: list[Path] = []
+    replaced: list[Path] = []
+    try:
+        for target in targets:
+            target = Path(target)
+            if not target.parent.is_dir():
+                raise InputError(f"Cannot write {target}: the folder {target.parent} does not exist.")
+            suffix = "".join(target.suffixes[-2:]) if target.name.endswith(".gz") else target.suffix
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=f".tmp{suffix}")
+            os.close(fd)
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
+            temps.append(Path(tmp))
+        yield temps
+        for tmp, target in zip(temps, targets):
+            os.replace(tmp, target)
+            replaced.append(Path(target))
+    except BaseException:
+        for tmp in temps + replaced:  # a half-finished replace leaves no partial output
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        raise
+
+
+def wrap_write_error(error: Exception, path: str | os.PathLike) -> OrganscopeError:
+    """One-sentence project error for a failed write."""
+    if isinstance(error, OrganscopeError):
+        return error
+    return InputError(f"Could not write {path}: {type(error).__name__}: {error}.")
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """x.nii.gz / x.nii / x.nrrd -> x.json next to it."""
+    path = Path(path)
+    name = path.name
+    for ext in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
+        if name.lower().endswith(ext):
+            return path.with_name(name[: -len(ext)] + ".json")
+    return path.with_suffix(".json")
