@@ -76,6 +76,12 @@ def _check(vol, centers_vox, offsets_vox):
     return centers, np.ascontiguousarray(offsets_vox, dtype=np.int32)
 
 
+def _check_out(out, centers, offsets, dtype):
+    if out.dtype != dtype or out.shape != (centers.shape[0], offsets.shape[0]) or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous {np.dtype(dtype).name} array of shape "
+                         f"{(centers.shape[0], offsets.shape[0])}")
+
+
 def gather(volume_hu: np.ndarray, centers_vox: np.ndarray, offsets_vox: np.ndarray,
            out: np.ndarray | None = None) -> np.ndarray:
     """(N, M) float32 descriptors of the N integer voxels `centers_vox` for the (M, 3) `offsets_vox`."""
@@ -83,6 +89,7 @@ def gather(volume_hu: np.ndarray, centers_vox: np.ndarray, offsets_vox: np.ndarr
     centers, offsets = _check(vol, centers_vox, offsets_vox)
     if out is None:
         out = np.empty((centers.shape[0], offsets.shape[0]), dtype=np.float32)
+    _check_out(out, centers, offsets, np.float32)
     _gather_f32(vol, centers, offsets, out)
     return out
 
@@ -94,5 +101,6 @@ def gather_q8(volume_hu: np.ndarray, centers_vox: np.ndarray, offsets_vox: np.nd
     centers, offsets = _check(vol, centers_vox, offsets_vox)
     if out is None:
         out = np.empty((centers.shape[0], offsets.shape[0]), dtype=np.int8)
+    _check_out(out, centers, offsets, np.int8)
     _gather_q8(vol, centers, offsets, out)
     return out

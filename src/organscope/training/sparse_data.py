@@ -70,11 +70,12 @@ def case_points(canon: Volume, labels: np.ndarray, contoured_ids, uncontoured_id
                                      n_balanced=plan.n_balanced, band_vox=band_vox)
     rng.shuffle(centers)
     desc = np.empty((len(centers), pattern.size), dtype=np.int8)
-    for chunk in np.array_split(np.arange(len(centers)), plan.aug_chunks):
+    bounds = np.linspace(0, len(centers), plan.aug_chunks + 1).astype(int)
+    for a, b in zip(bounds[:-1], bounds[1:]):  # slices, so that out= writes into desc (not into a copy)
         tf = None
         if augment and rng.random() < plan.aug_fraction:
             tf = random_transform(rng, plan.max_rotation_deg, plan.max_scale)
-        gather_q8(canon.array, centers[chunk], pattern.offsets_vox(canon.affine, transform=tf), out=desc[chunk])
+        gather_q8(canon.array, centers[a:b], pattern.offsets_vox(canon.affine, transform=tf), out=desc[a:b])
     lab = labels[centers[:, 0], centers[:, 1], centers[:, 2]]
     return desc, lab, allowed_bits(lab, uncontoured_ids)
 

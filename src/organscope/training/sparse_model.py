@@ -35,19 +35,6 @@ class ResidualMLP(nn.Module):
         return self.head(self.norm(self.blocks(self.act(self.proj(x)))))
 
 
-class ProbabilityModel(nn.Module):
-    """What ships: float descriptors in, class probabilities out, with a per-class logit bias that
-    corrects the training set's class frequencies back to the body's."""
-
-    def __init__(self, net: ResidualMLP, logit_bias: torch.Tensor):
-        super().__init__()
-        self.net = net
-        self.register_buffer("logit_bias", logit_bias.float())
-
-    def forward(self, x):
-        return torch.softmax(self.net(x) + self.logit_bias, dim=-1)
-
-
 def partial_label_loss(logits: torch.Tensor, allowed_bits: torch.Tensor) -> torch.Tensor:
     """-log of the probability mass on the allowed classes (plain cross-entropy when one class is allowed)."""
     c = logits.shape[1]

@@ -64,11 +64,11 @@ class PointResult:
 class SparseEngine:
     name = "sparse"
 
-    def __init__(self, model: str | None = None, *, threads: int | None = None,
+    def __init__(self, model: "str | SparseModel | None" = None, *, threads: int | None = None,
                  settings: SegmentSettings | None = None):
-        self.model = SparseModel.load(model, threads=threads)
+        self.model = model if isinstance(model, SparseModel) else SparseModel.load(model, threads=threads)
         self.classes = self.model.classes
-        self.settings = settings or SegmentSettings()
+        self.settings = settings or SegmentSettings(**self.model.card.get("segmentation", {}))
 
     # ---- preparation -------------------------------------------------------------------------
     def prepare(self, volume: Volume) -> PreparedScan:

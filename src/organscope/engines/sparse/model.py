@@ -58,12 +58,21 @@ class SparseModel:
         self._input = self._session.get_inputs()[0].name
         self.classes: tuple[str, ...] = tuple(self.card["classes"])
         self.pattern = pattern_from_card(self.card)
+        self.logit_bias = np.asarray(self.card.get("logit_bias", np.zeros(len(self.classes))), dtype=np.float32)
 
     @classmethod
     def load(cls, name_or_path=None, *, threads: int | None = None) -> "SparseModel":
         onnx_path, card_path = model_paths(name_or_path)
         return cls(onnx_path, json.loads(card_path.read_text()), threads)
 
+    def logits(self, descriptors: np.ndarray) -> np.ndarray:
+        """(N, M) float32 descriptors -> (N, C) calibrated logits (network output + the card's class bias)."""
+        return self._session.run(None, {self._input: descriptors})[0] + self.logit_bias
+
     def predict(self, descriptors: np.ndarray) -> np.ndarray:
         """(N, M) float32 descriptors -> (N, C) probabilities."""
-        return self._session.run(None, {self._input: descriptors})[0]
+        z = self.logits(descriptors)
+        z -= z.max(axis=1, keepdims=True)
+        np.exp(z, out=z)
+        z /= z.sum(axis=1, keepdims=True)
+        return z

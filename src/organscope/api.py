@@ -1,0 +1,61 @@
+"""The Python API: load a scan, segment it, query points. Accepts a path or a Volume wherever a scan is asked.
+
+    >>> import organscope as osc
+    >>> vol = osc.load_volume("scan.nii.gz")
+    >>> res = osc.query(vol, [[10.0, -20.0, 35.0]])      # world mm, RAS
+    >>> res.names, res.probability
+    >>> seg = osc.segment(vol)                            # label map on the scan's own grid
+    >>> osc.save_segmentation(seg, "labels.nii.gz")
+"""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+import numpy as np
+
+from .engines.base import ProgressFn, Segmentation, get_engine
+from .io import load_volume, save_labels
+from .volume import Volume
+
+
+@lru_cache(maxsize=8)
+def _engine(name: str, model: str | None, threads: int | None):
+    return get_engine(name, model=model, threads=threads)
+
+
+def engine(name: str = "sparse", *, model: str | None = None, threads: int | None = None):
+    """A loaded engine (cached per name/model/threads), for repeated calls on many scans or points."""
+    return _engine(name, None if model is None else str(model), threads)
+
+
+def _volume(scan) -> Volume:
+    return scan if isinstance(scan, Volume) else load_volume(scan)
+
+
+def segment(scan, *, engine: str = "sparse", model: str | None = None, threads: int | None = None,
+            progress: ProgressFn | None = None) -> Segmentation:
+    """Multi-organ label map of `scan` (path or Volume) on the scan's own grid and orientation."""
+    vol = _volume(scan)
+    return _engine(engine, None if model is None else str(model), threads).segment(vol, progress=progress)
+
+
+def query(scan, points, *, voxel: bool = False, model: str | None = None, threads: int | None = None):
+    """Organ, probability and top-3 at each point: world mm (RAS) by default, voxel indices if voxel=True.
+    `scan` may be a path, a Volume, or a PreparedScan from `engine().prepare(volume)` (fastest for many calls)."""
+    eng = _engine("sparse", None if model is None else str(model), threads)
+    from .engines.sparse import PreparedScan
+
+    if not isinstance(scan, PreparedScan):
+        scan = _volume(scan)
+    return eng.query(scan, np.asarray(points, dtype=float), voxel=voxel)
+
+
+def save_segmentation(seg: Segmentation, path: str | os.PathLike) -> None:
+    """Write the label map (atomically) with a JSON sidecar of organ names."""
+    save_labels(seg.labels, seg.labels.array, path, {0: "background", **seg.names})
+
+
+def present_labels(seg: Segmentation) -> np.ndarray:
+    vals = np.unique(seg.labels.array)
+    return vals[vals > 0]

@@ -1,0 +1,193 @@
+"""organscope command line: segment | query | evaluate | models | train.
+
+Heavy modules are imported inside the commands so that `organscope --help` starts instantly.
+Every OrganscopeError becomes one line on stderr and exit status 2; no partial output is left behind.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+from .errors import InputError, OrganscopeError
+
+
+def _progress_bar(enabled: bool):
+    """A progress callback drawing a tqdm bar on stderr when it is a terminal (or when forced)."""
+    if not enabled:
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=100, unit="%", bar_format="{desc:<34} {percentage:3.0f}%|{bar}| {elapsed}", file=sys.stderr)
+
+    def update(stage: str, fraction: float):
+        bar.set_description_str(stage)
+        bar.n = int(round(100 * fraction))
+        bar.refresh()
+
+    return update, bar.close
+
+
+def _parse_point(text: str) -> list[float]:
+    parts = text.replace(";", ",").split(",")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) != 3:
+        raise InputError(f"A point must be three numbers 'x,y,z', got {text!r}.")
+    return values
+
+
+def _read_points_csv(path: Path) -> list[list[float]]:
+    if not path.exists():
+        raise InputError(f"Points file {path} does not exist.")
+    rows = []
+    with open(path, newline="") as fh:
+        for row in csv.reader(fh):
+            if not row or row[0].strip().startswith("#"):
+                continue
+            try:
+                rows.append([float(v) for v in row[:3]])
+            except ValueError:
+                if rows:  # a header is allowed on the first line only
+                    raise InputError(f"{path}: cannot read a point from line {row!r}.") from None
+            else:
+                if len(rows[-1]) != 3:
+                    raise InputError(f"{path}: each line needs three numbers x,y,z.")
+    if not rows:
+        raise InputError(f"{path} holds no points.")
+    return rows
+
+
+def cmd_segment(args) -> int:
+    from . import api
+
+    progress, close = _progress_bar(args.progress if args.progress is not None else sys.stderr.isatty())
+    try:
+        seg = api.segment(args.input, engine=args.engine, model=args.model, threads=args.threads,
+                          progress=progress)
+    finally:
+        close()
+    api.save_segmentation(seg, args.output)
+    t = seg.timings_s
+    present = sorted({seg.names[int(v)] for v in api.present_labels(seg)})
+    print(f"{args.output}: {len(present)} organ(s) found ({', '.join(present) or 'none'}); "
+          f"{t['total']:.2f} s, {int(t.get('points_classified', 0))} points classified", file=sys.stderr)
+    return 0
+
+
+def cmd_query(args) -> int:
+    import numpy as np
+
+    from . import api
+
+    points = [_parse_point(p) for p in args.point or []]
+    if args.csv:
+        points += _read_points_csv(Path(args.csv))
+    if not points:
+        raise InputError("Give at least one point with --point x,y,z or --csv FILE.")
+    res = api.query(args.scan, np.array(points), voxel=args.voxel, model=args.model, threads=args.threads)
+    unit = "vox" if args.voxel else "mm"
+    if args.json:
+        out = [{"point": p, "unit": unit, "organ": n, "probability": round(float(pr), 4),
+                "top3": [{"organ": a, "probability": round(float(b), 4)} for a, b in zip(tn, tp)]}
+               for p, n, pr, tn, tp in zip(points, res.names, res.probability, res.top3_names, res.top3_probability)]
+        print(json.dumps({"points": out}, indent=1))
+        return 0
+    print(f"{'x':>8} {'y':>8} {'z':>8} ({unit})  {'organ':<16} {'p':>6}  top-3")
+    for p, n, pr, tn, tp in zip(points, res.names, res.probability, res.top3_names, res.top3_probability):
+        top = ", ".join(f"{a} {b:.2f}" for a, b in zip(tn, tp))
+        print(f"{p[0]:8.1f} {p[1]:8.1f} {p[2]:8.1f}        {n:<16} {pr:6.3f}  {top}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .engines.sparse.model import MODELS_DIR
+
+    for card_path in sorted(MODELS_DIR.glob("*.json")):
+        card = json.loads(card_path.read_text())
+        val = card.get("validation", {})
+        print(f"{card_path.stem}: engine={card.get('engine')} classes={len(card.get('classes', []))} "
+              f"trained={card.get('date')} mean_dice={val.get('mean_dice')} "
+              f"point_accuracy={val.get('point_accuracy')}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .metrics.report import run_evaluate
+
+    return run_evaluate(args)
+
+
+def cmd_train(args) -> int:
+    try:
+        from .training.sparse_pipeline import run_pipeline
+    except ImportError as exc:
+        raise OrganscopeError(f"Training needs the train extra ({exc}); install it with "
+                              "pip install 'organscope[train]'.") from None
+    return run_pipeline(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    ap = argparse.ArgumentParser(prog="organscope", description="Which organ is where in a CT scan, on a CPU.")
+    ap.add_argument("--version", action="version", version=f"organscope {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("segment", help="write a multi-organ label map of a scan")
+    s.add_argument("-i", "--input", required=True, help="CT scan: .nii/.nii.gz/.nrrd/.mha or a DICOM folder")
+    s.add_argument("-o", "--output", required=True, help="output label map (.nii.gz, .nii or .nrrd) + .json names")
+    s.add_argument("--engine", default="sparse", help="segmentation engine (default: sparse)")
+    s.add_argument("--model", default=None, help="shipped model name or path to an .onnx with its .json card")
+    s.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    s.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar on stderr (default: when stderr is a terminal)")
+    s.set_defaults(func=cmd_segment)
+
+    q = sub.add_parser("query", help="organ, probability and top-3 at points of a scan")
+    q.add_argument("scan")
+    q.add_argument("--point", action="append", metavar="X,Y,Z", help="world mm (RAS), or voxel indices with --voxel")
+    q.add_argument("--csv", help="file with one x,y,z per line")
+    q.add_argument("--voxel", action="store_true", help="points are voxel indices (i,j,k) of the scan's grid")
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q.add_argument("--model", default=None)
+    q.add_argument("--threads", type=int, default=None)
+    q.set_defaults(func=cmd_query)
+
+    from .metrics.report import add_evaluate_arguments
+
+    e = sub.add_parser("evaluate", help="per-organ Dice/Jaccard/NSD/HD95 of label maps against references")
+    add_evaluate_arguments(e)
+    e.set_defaults(func=cmd_evaluate)
+
+    m = sub.add_parser("models", help="list the shipped models and their recorded accuracy")
+    m.set_defaults(func=cmd_models)
+
+    t = sub.add_parser("train", help="train the sparse classifier (needs the train extra)")
+    t.add_argument("--data", type=Path, required=True, help="dataset folder: images/ labels/ dataset.json")
+    t.add_argument("--work", type=Path, default=Path("work"), help="folder for training sets and checkpoints")
+    t.add_argument("--name", default="sparse_openkbp", help="model name (output: <work>/<name>.onnx + .json)")
+    t.add_argument("--epochs", type=int, default=18)
+    t.add_argument("--install", action="store_true", help="copy the result into the package's models folder")
+    t.set_defaults(func=cmd_train)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except OrganscopeError as exc:
+        print(f"organscope: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("organscope: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
