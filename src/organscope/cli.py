@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
+import re
 import sys
 from pathlib import Path
 
@@ -36,7 +38,7 @@ def _parse_point(text: str) -> list[float]:
         values = [float(p) for p in parts]
     except ValueError:
         values = []
-    if len(values) != 3:
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
         raise InputError(f"A point must be three numbers 'x,y,z', got {text!r}.")
     return values
 
@@ -44,19 +46,21 @@ def _parse_point(text: str) -> list[float]:
 def _read_points_csv(path: Path) -> list[list[float]]:
     if not path.exists():
         raise InputError(f"Points file {path} does not exist.")
-    rows = []
+    rows, header_seen = [], False
     with open(path, newline="") as fh:
         for row in csv.reader(fh):
             if not row or row[0].strip().startswith("#"):
                 continue
             try:
-                rows.append([float(v) for v in row[:3]])
+                point = [float(v) for v in row]
             except ValueError:
-                if rows:  # a header is allowed on the first line only
+                if rows or header_seen:  # one header line is allowed, before the first point
                     raise InputError(f"{path}: cannot read a point from line {row!r}.") from None
-            else:
-                if len(rows[-1]) != 3:
-                    raise InputError(f"{path}: each line needs three numbers x,y,z.")
+                header_seen = True
+                continue
+            if len(point) != 3 or not all(math.isfinite(v) for v in point):
+                raise InputError(f"{path}: each line needs exactly three finite numbers x,y,z, got {row!r}.")
+            rows.append(point)
     if not rows:
         raise InputError(f"{path} holds no points.")
     return rows
@@ -177,7 +181,26 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _join_negative_points(argv: list[str]) -> list[str]:
+    """`--point -10,5,3` would read as an option to argparse; make it `--point=-10,5,3`."""
+    out: list[str] = []
+    it = iter(argv)
+    for tok in it:
+        if tok == "--point":
+            nxt = next(it, None)
+            if nxt is not None and re.match(r"^-[\d.]", nxt):
+                out.append(f"--point={nxt}")
+                continue
+            out.append(tok)
+            if nxt is not None:
+                out.append(nxt)
+            continue
+        out.append(tok)
+    return out
+
+
 def main(argv=None) -> int:
+    argv = _join_negative_points(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -70,10 +70,13 @@ def _gather_q8(vol, centers, offsets, out):
 def _check(vol, centers_vox, offsets_vox):
     if vol.ndim != 3:
         raise ValueError("gather needs a 3D volume")
-    centers = np.ascontiguousarray(np.asarray(centers_vox).reshape(-1, 3), dtype=np.int32)
-    if centers.size and (centers.min(axis=0) < 0).any() or centers.size and (centers.max(axis=0) >= vol.shape).any():
+    raw = np.asarray(centers_vox).reshape(-1, 3)
+    if raw.size and not np.issubdtype(raw.dtype, np.integer):
+        if not np.all(np.isfinite(raw)) or np.any(raw != np.rint(raw)):
+            raise ValueError("query voxels must be integer indices")
+    if raw.size and ((raw.min(axis=0) < 0).any() or (raw.max(axis=0) >= vol.shape).any()):
         raise ValueError("query voxels must lie inside the volume")
-    return centers, np.ascontiguousarray(offsets_vox, dtype=np.int32)
+    return np.ascontiguousarray(raw, dtype=np.int32), np.ascontiguousarray(offsets_vox, dtype=np.int32)
 
 
 def _check_out(out, centers, offsets, dtype):

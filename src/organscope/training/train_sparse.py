@@ -49,19 +49,32 @@ def evaluate_points(net, X, bits, batch=4096):
     return sum(losses) / len(X), np.concatenate(preds)
 
 
-def train(train_dir: Path, val_dir: Path, run_dir: Path, settings: TrainSettings, n_classes: int) -> Path:
+def train(train_source, val_dir: Path, run_dir: Path, settings: TrainSettings, n_classes: int) -> Path:
+    """`train_source`: a folder written by sparse_data.build (a fixed set), or an EpochSampler (fresh points and
+    transforms each epoch)."""
+    from .sparse_data import EpochSampler
+
     torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
-    X, y, bits = _load(train_dir)
+    sampler = train_source if isinstance(train_source, EpochSampler) else None
+    if sampler is None:
+        X_np, y, bits = _load(train_source)
+        X_np = np.ascontiguousarray(X_np)
+    else:
+        X_np = np.empty((sampler.size, sampler.pattern.size), dtype=np.int8)
     Xv, yv, bitsv = _load(val_dir)
-    print(f"loading {X.shape} training descriptors into memory", flush=True)
-    X = torch.from_numpy(np.ascontiguousarray(X))
-    bits_t = torch.from_numpy(bits)
+    X = torch.from_numpy(X_np)
+    if sampler is not None:
+        data = {"cases": [c["case"] for c in sampler.cases], "plan": asdict(sampler.plan), "n": sampler.size,
+                "fresh_points_every_epoch": True}
+    else:
+        data = json.loads((Path(train_source) / "info.json").read_text())
+    (run_dir / "data.json").write_text(json.dumps(data, indent=1))
     net = ResidualMLP(X.shape[1], n_classes, width=settings.width, n_blocks=settings.n_blocks,
                       dropout=settings.dropout)
     opt = torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay_l2)
-    steps_per_epoch = len(X) // settings.batch_size
+    steps_per_epoch = len(X) // settings.batch_size  # X's length is fixed: same count every epoch
     total = steps_per_epoch * settings.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (settings.lr_min + 0.5 * (settings.lr - settings.lr_min) * (1 + math.cos(math.pi * s / total)))
@@ -81,6 +94,10 @@ def train(train_dir: Path, val_dir: Path, run_dir: Path, settings: TrainSettings
     l1_params = [p for n, p in net.named_parameters() if n.endswith("weight") and p.ndim == 2]
     for epoch in range(start_epoch, settings.epochs):
         t0 = time.time()
+        if sampler is not None:
+            y, bits, _ = sampler.fill(X_np, np.random.default_rng([settings.seed, epoch]))
+            print(f"sampled {len(y)} fresh points in {time.time() - t0:.0f} s", flush=True)
+        bits_t = torch.from_numpy(bits.astype(np.int64))
         perm = torch.randperm(len(X), generator=gen)
         run_loss = 0.0
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{settings.epochs}", mininterval=10)
@@ -100,15 +117,17 @@ def train(train_dir: Path, val_dir: Path, run_dir: Path, settings: TrainSettings
         known = (bitsv & (bitsv - 1)) == 0  # exactly one allowed class
         acc = float((pred[known] == yv[known]).mean())
         history.append({"epoch": epoch + 1, "train_loss": run_loss / steps_per_epoch, "val_loss": val_loss,
-                        "val_point_accuracy": acc, "seconds": time.time() - t0})
+                        "val_point_accuracy": acc, "seconds": time.time() - t0,
+                        "class_fraction": (np.bincount(y, minlength=n_classes) / len(y)).round(6).tolist()})
         print(json.dumps(history[-1]), flush=True)
         if val_loss < best:
             best = val_loss
             torch.save({"net": net.state_dict(), "epoch": epoch, "history": history}, run_dir / "best.pt")
         torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "epoch": epoch,
                     "history": history, "best": best}, ckpt)
-    (run_dir / "settings.json").write_text(json.dumps({"settings": asdict(settings), "history": history,
-                                                       "n_classes": n_classes, "n_in": int(X.shape[1])}, indent=1))
+        (run_dir / "history.json").write_text(json.dumps({"settings": asdict(settings), "history": history,
+                                                          "n_classes": n_classes, "n_in": int(X.shape[1])}, indent=1))
+    (run_dir / "settings.json").write_text((run_dir / "history.json").read_text())
     return run_dir / "best.pt"
 
 
@@ -116,14 +135,24 @@ def main(argv=None):
     import argparse
 
     ap = argparse.ArgumentParser(description="Train the sparse point classifier (resumes from RUN/last.pt).")
-    ap.add_argument("--train", type=Path, required=True)
+    ap.add_argument("--train", type=Path, default=None, help="fixed set written by sparse_data.build")
     ap.add_argument("--val", type=Path, required=True)
     ap.add_argument("--run", type=Path, required=True)
     ap.add_argument("--classes", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=TrainSettings.epochs)
     ap.add_argument("--batch-size", type=int, default=TrainSettings.batch_size)
+    ap.add_argument("--threads", type=int, default=TrainSettings.threads,
+                    help="torch threads (1 is faster when another job shares a 2-core machine)")
+    ap.add_argument("--resample-from", type=Path, default=None,
+                    help="dataset folder: draw fresh points every epoch instead of using --train's fixed set")
     a = ap.parse_args(argv)
-    train(a.train, a.val, a.run, TrainSettings(epochs=a.epochs, batch_size=a.batch_size), a.classes)
+    source = a.train
+    if a.resample_from is not None:
+        from ..sampling.pattern import paper_pattern
+        from .sparse_data import EpochSampler, SamplingPlan
+
+        source = EpochSampler(a.resample_from, paper_pattern(), SamplingPlan())
+    train(source, a.val, a.run, TrainSettings(epochs=a.epochs, batch_size=a.batch_size, threads=a.threads), a.classes)
 
 
 if __name__ == "__main__":

@@ -6,10 +6,10 @@ input's grid and orientation exactly (axis permutations and flips only, no resam
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
-from ...errors import InputError
+from ...errors import InputError, ModelError
 from ...sampling.gather import as_hu_int16, gather
 from ...sampling.points import body_mask
 from ...volume import Volume
@@ -22,13 +22,28 @@ from .model import SparseModel
 class SegmentSettings:
     """Coarse-to-fine schedule: grid spacings in mm (the paper: 8 -> 4 -> 2 mm; a level finer than the scan's
     voxels is skipped), the paper's majority smoothing (a voxel takes a label held by >= `majority` of its 27
-    neighbours; 0 = off), clean-up by the largest connected component per organ, before refinement too."""
+    neighbours; 0 = off), clean-up by the largest connected component per organ, before refinement too.
+    At each level, classification sweeps repeat (at most `max_sweeps`) while newly classified points reveal new
+    disagreements, so an edge that the coarser level misplaced by more than one grid step is still found."""
 
     levels_mm: tuple[float, ...] = (8.0, 4.0, 2.0)
     majority: int = 20
     largest_component: bool = True
     components_before_refinement: bool = True
     batch: int = 2048
+    max_sweeps: int = 8
+
+
+def settings_from_card(card: dict) -> SegmentSettings:
+    given = dict(card.get("segmentation", {}))
+    known = {f.name for f in fields(SegmentSettings)}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ModelError(f"The model card's segmentation settings hold unknown keys {unknown}; "
+                         f"known: {sorted(known)}.")
+    if "levels_mm" in given:
+        given["levels_mm"] = tuple(given["levels_mm"])
+    return SegmentSettings(**given)
 
 
 @dataclass
@@ -68,10 +83,12 @@ class SparseEngine:
                  settings: SegmentSettings | None = None):
         self.model = model if isinstance(model, SparseModel) else SparseModel.load(model, threads=threads)
         self.classes = self.model.classes
-        self.settings = settings or SegmentSettings(**self.model.card.get("segmentation", {}))
+        self.settings = settings or settings_from_card(self.model.card)
 
     # ---- preparation -------------------------------------------------------------------------
     def prepare(self, volume: Volume) -> PreparedScan:
+        if np.issubdtype(volume.array.dtype, np.floating) and not np.all(np.isfinite(volume.array)):
+            raise InputError("The scan contains NaN or infinite values; organscope needs finite HU values.")
         canon, ornt = volume.to_canonical()
         canon = Volume(as_hu_int16(canon.array), canon.affine, canon.meta)
         return PreparedScan(volume, canon, ornt, self.model.pattern.offsets_vox(canon.affine))
@@ -96,6 +113,8 @@ class SparseEngine:
         """Organ at each point: `points` in world mm (RAS), or voxel indices of the *input* grid if voxel=True."""
         scan = self._as_prepared(scan)
         pts = np.asarray(points, dtype=float).reshape(-1, 3)
+        if not np.all(np.isfinite(pts)):
+            raise InputError("Query points must be finite numbers (got NaN or infinity).")
         world = scan.volume.voxel_to_world(pts) if voxel else pts
         vox = np.rint(scan.canonical.world_to_voxel(world)).astype(np.int64)
         outside = np.any((vox < 0) | (vox >= np.array(scan.canonical.shape)), axis=1)
@@ -128,15 +147,18 @@ class SparseEngine:
             progress(f"level {level + 1}/{len(steps)} ({'x'.join(map(str, step))} voxels)", level / len(steps))
             grid = refine.grid_view(labels, step)
             body_grid = refine.grid_view(body, step)
-            if level == 0:
-                todo = body_grid.copy()
-            else:
-                todo = refine.disagreement(grid) & body_grid
-            idx = np.argwhere(todo)
-            if len(idx):
-                probs = self.classify_voxels(scan, refine.grid_to_voxels(idx, step))
+            done = np.zeros(grid.shape, dtype=bool)
+            todo = body_grid.copy() if level == 0 else refine.disagreement(grid) & body_grid
+            for _ in range(st.max_sweeps):
+                # classify where neighbours disagree; an edge that moves exposes new disagreements next sweep
+                idx = np.argwhere(todo)
+                if not len(idx):
+                    break
+                probs = self.classify_voxels(scan, refine.grid_to_voxels(idx, step, labels.shape))
                 grid[tuple(idx.T)] = probs.argmax(1)
-            queried += len(idx)
+                done[tuple(idx.T)] = True
+                queried += len(idx)
+                todo = refine.disagreement(grid) & body_grid & ~done
             if st.majority:
                 grid = refine.majority_smooth(grid, st.majority)
             if level == 0 and st.largest_component and st.components_before_refinement:

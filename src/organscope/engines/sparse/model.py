@@ -29,8 +29,11 @@ def model_paths(name_or_path: str | os.PathLike | None) -> tuple[Path, Path]:
 
 
 def pattern_from_card(card: dict) -> Pattern:
-    pat = card["pattern"]
-    pattern = paper_pattern(pat["plane_step_mm"], tuple(pat["grid_steps_mm"]))
+    try:
+        pat = card["pattern"]
+        pattern = paper_pattern(float(pat["plane_step_mm"]), tuple(float(v) for v in pat["grid_steps_mm"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"The model card's pattern is incomplete or malformed ({exc!r}).") from None
     if pattern.size != card["n_inputs"]:
         raise ModelError(f"Model card pattern has {pattern.size} samples but the network takes {card['n_inputs']}.")
     return pattern
@@ -46,6 +49,10 @@ class SparseModel:
 
     def __post_init__(self):
         import onnxruntime as ort
+
+        missing = [k for k in ("classes", "n_inputs", "pattern") if k not in self.card]
+        if not isinstance(self.card, dict) or missing:
+            raise ModelError(f"Model card of {self.onnx_path.name} lacks {', '.join(missing) or 'its fields'}.")
 
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -63,7 +70,11 @@ class SparseModel:
     @classmethod
     def load(cls, name_or_path=None, *, threads: int | None = None) -> "SparseModel":
         onnx_path, card_path = model_paths(name_or_path)
-        return cls(onnx_path, json.loads(card_path.read_text()), threads)
+        try:
+            card = json.loads(card_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelError(f"Model card {card_path.name} is not valid JSON ({exc}).") from None
+        return cls(onnx_path, card, threads)
 
     def logits(self, descriptors: np.ndarray) -> np.ndarray:
         """(N, M) float32 descriptors -> (N, C) calibrated logits (network output + the card's class bias)."""

@@ -19,17 +19,26 @@ def level_steps(spacing_mm, levels_mm) -> list[tuple[int, int, int]]:
     return steps
 
 
+def grid_points(n: int, s: int) -> np.ndarray:
+    """Voxel index of each grid point along an axis of length n: g*s + s//2, clamped into the axis so that a
+    last partial cell still has a point. There are ceil(n / s) of them."""
+    return np.minimum(np.arange(-(-n // s)) * s + s // 2, n - 1)
+
+
 def grid_view(arr: np.ndarray, step) -> np.ndarray:
-    return arr[step[0] // 2::step[0], step[1] // 2::step[1], step[2] // 2::step[2]]
+    """The values of `arr` at a level's grid points (a copy)."""
+    return arr[np.ix_(*(grid_points(n, s) for n, s in zip(arr.shape, step)))]
 
 
-def grid_to_voxels(idx: np.ndarray, step) -> np.ndarray:
-    step = np.asarray(step)
-    return (idx * step + step // 2).astype(np.int32)
+def grid_to_voxels(idx: np.ndarray, step, shape) -> np.ndarray:
+    """Voxel indices (N, 3) of grid indices (N, 3)."""
+    return np.stack([grid_points(n, s)[idx[:, a]] for a, (n, s) in enumerate(zip(shape, step))], axis=1).astype(np.int32)
 
 
 def expand(grid: np.ndarray, step, shape) -> np.ndarray:
-    """Fill every cell with its grid point's label (nearest neighbour), cropped to `shape`."""
+    """Fill every cell [g*s, (g+1)*s) with its grid point's label (nearest neighbour), cropped to `shape`.
+    With an even step the grid point sits half a voxel past the cell's centre (a limit of integer grids; the
+    last level, at the finest step, decides the edges)."""
     out = grid
     for ax, s in enumerate(step):
         if s > 1:

@@ -1,0 +1,158 @@
+"""The whole training recipe of the sparse classifier, resumable step by step:
+
+1. sample a fixed validation descriptor set (sparse_data.build),
+2. train the residual MLP with checkpoints on fresh training points every epoch (EpochSampler, train_sparse.train),
+3. export to ONNX (checked against ONNX Runtime),
+4. calibrate on the validation cases: a class-frequency logit bias (training sampling over-represents organs,
+   so alpha * log(body prior / training prior) is added to the logits) and the segmentation options
+   (majority smoothing, connected components before refinement) are chosen by validation mean Dice,
+5. write the model card with the validation figures, optionally install into the package.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import shutil
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..datasets import Dataset
+from ..engines.sparse.engine import SegmentSettings, SparseEngine
+from ..engines.sparse.model import MODELS_DIR, SparseModel
+from ..sampling.pattern import PAPER_GRID_STEPS_MM, PAPER_PLANE_STEP_MM, paper_pattern
+from ..sampling.points import body_mask
+from .sparse_validation import validate
+
+ALPHAS = (0.0, 0.5, 1.0)
+
+
+def body_class_priors(cases, class_ids: dict[str, int]) -> np.ndarray:
+    """Fraction of body voxels per class, each organ averaged over the cases that contour it."""
+    fr = {c: [] for c in class_ids.values()}
+    for case in cases:
+        vol, lab = case.load_image().array, case.load_labels().array
+        body = body_mask(vol)
+        n = max(int(body.sum()), 1)
+        for organ in case.organs:
+            fr[class_ids[organ]].append(np.count_nonzero(lab[body] == class_ids[organ]) / n)
+    pri = np.array([np.mean(fr[c]) if fr[c] else 0.0 for c in sorted(class_ids.values())])
+    pri[0] = 1.0 - pri[1:].sum()
+    return pri
+
+
+def base_card(name: str, classes: list[str], train_info: dict, run_settings: dict) -> dict:
+    return {
+        "name": name, "engine": "sparse", "format": "onnx", "classes": classes, "n_inputs": paper_pattern().size,
+        "input": "HU/128 clipped to [-4, 4] at the pattern's offsets (rounded to voxels), 0 outside the scan",
+        "output": "logits; probabilities = softmax(logits + logit_bias)",
+        "pattern": {"name": paper_pattern().name, "plane_step_mm": PAPER_PLANE_STEP_MM,
+                    "grid_steps_mm": list(PAPER_GRID_STEPS_MM)},
+        "training": {"data": "OpenKBP (Babier et al. 2021), training split", "cases": train_info["cases"],
+                     "n_points": train_info["n"], "sampling": train_info["plan"],
+                     "settings": run_settings["settings"], "history": run_settings["history"]},
+    }
+
+
+def finalize(run_dir: Path, data_root: Path, out_dir: Path, name: str, *,
+             install: bool = False, limit_val: int | None = None) -> dict:
+    from .export import export_onnx, load_net
+
+    ds = Dataset(data_root)
+    classes = ["background"] + [ds.label_map.names[i] for i in sorted(ds.label_map.names) if i > 0]
+    class_ids = {n: i for i, n in enumerate(classes)}
+    # settings.json appears when training has finished; history.json after every epoch (to try a checkpoint early)
+    run_settings = json.loads(((run_dir / "settings.json") if (run_dir / "settings.json").exists()
+                               else (run_dir / "history.json")).read_text())
+    s = run_settings["settings"]
+    net = load_net(run_dir / "best.pt", run_settings["n_in"], len(classes), width=s["width"], n_blocks=s["n_blocks"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path = out_dir / f"{name}.onnx"
+    err = export_onnx(net, onnx_path)
+    print(f"exported {onnx_path} (max |torch - onnxruntime| = {err:.1e})", flush=True)
+
+    train_info = json.loads((run_dir / "data.json").read_text())
+    fractions = [h["class_fraction"] for h in run_settings["history"] if "class_fraction" in h]
+    train_prior = np.mean(fractions, axis=0)
+    body_prior = body_class_priors(ds.split("train")[::4], class_ids)
+    log_ratio = np.log(np.maximum(body_prior, 1e-6) / np.maximum(train_prior, 1e-6))
+    card = base_card(name, classes, train_info, run_settings)
+    card["onnx_parity_max_abs_diff"] = err
+    val_cases = ds.split("validation")[:limit_val]
+
+    def run(alpha: float, seg: SegmentSettings):
+        c = dict(card, logit_bias=(alpha * log_ratio).round(5).tolist(), segmentation=asdict(seg))
+        engine = SparseEngine(model=SparseModel(onnx_path, c), settings=seg)
+        res = validate(engine, val_cases)
+        print(json.dumps({"alpha": alpha, "segmentation": asdict(seg), **res.to_dict()}), flush=True)
+        return res, c
+
+    search = []
+    best = None
+    seg = SegmentSettings()
+    for alpha in ALPHAS:
+        res, c = run(alpha, seg)
+        search.append({"alpha": alpha, "segmentation": asdict(seg), "mean_dice": res.mean_dice})
+        if best is None or res.mean_dice > best[0].mean_dice:
+            best = (res, c, alpha, seg)
+    for variant in (replace(seg, majority=0), replace(seg, components_before_refinement=False)):
+        res, c = run(best[2], variant)
+        search.append({"alpha": best[2], "segmentation": asdict(variant), "mean_dice": res.mean_dice})
+        if res.mean_dice > best[0].mean_dice:
+            best = (res, c, best[2], variant)
+    res, card, alpha, seg = best
+    card.update({
+        "date": _dt.date.today().isoformat(),
+        "calibration": {"alpha": alpha, "train_prior": train_prior.round(6).tolist(),
+                        "body_prior": body_prior.round(6).tolist(), "search": search},
+        "validation": {"cases": [c.case_id for c in val_cases], "points_per_case": 1000,
+                       "note": "Dice of segment() per contoured organ; point metrics on uniform random voxels, "
+                               "background included", **res.to_dict()},
+    })
+    card_path = out_dir / f"{name}.json"
+    card_path.write_text(json.dumps(card, indent=1))
+    print(f"model card {card_path}: mean Dice {res.mean_dice:.3f}, point accuracy {res.point_accuracy:.3f}, "
+          f"macro-F1 {res.macro_f1:.3f}", flush=True)
+    if install:
+        shutil.copy2(onnx_path, MODELS_DIR / onnx_path.name)
+        shutil.copy2(card_path, MODELS_DIR / card_path.name)
+        print(f"installed into {MODELS_DIR}")
+    return card
+
+
+def run_pipeline(args) -> int:
+    from .sparse_data import EpochSampler, SamplingPlan, build
+    from .train_sparse import TrainSettings, train
+
+    work: Path = args.work
+    data: Path = args.data
+    pattern = paper_pattern()
+    val_dir, run_dir = work / "sparse_val", work / "runs" / args.name
+    if not (val_dir / "info.json").exists():
+        build(data, val_dir, pattern, SamplingPlan(n_body=600, n_band=300, n_balanced=100), split="validation",
+              augment=False)
+    n_classes = 1 + sum(1 for i in Dataset(data).label_map.names if i > 0)
+    if not (run_dir / "settings.json").exists():
+        train(EpochSampler(data, pattern, SamplingPlan()), val_dir, run_dir, TrainSettings(epochs=args.epochs),
+              n_classes)
+    finalize(run_dir, data, work, args.name, install=args.install)
+    return 0
+
+
+def main(argv=None):
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Export, calibrate and validate a trained sparse classifier.")
+    ap.add_argument("--run", type=Path, required=True)
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--name", default="sparse_openkbp")
+    ap.add_argument("--install", action="store_true")
+    ap.add_argument("--limit-val", type=int, default=None)
+    a = ap.parse_args(argv)
+    finalize(a.run, a.data, a.out, a.name, install=a.install, limit_val=a.limit_val)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Training smoke test on a synthetic phantom dataset (needs the train extra): build a descriptor set with
+partial labels, train one short epoch, export to ONNX with the parity check, and load it as a SparseModel."""
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from organscope.sampling import paper_pattern  # noqa: E402
+from organscope.training.sparse_data import SamplingPlan, allowed_bits, build  # noqa: E402
+
+
+def _phantom_dataset(root):
+    """Two synthetic 'patients': a water body with two spheres (labels 1 and 2); case b does not contour 2."""
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    g = np.indices((40, 40, 30)).astype(float)
+    aff = np.diag([-4.0, -4.0, 3.0, 1.0])  # LPS-like flips, anisotropic
+    cases = []
+    for name, organs in (("syn_a", ["one", "two"]), ("syn_b", ["one"])):
+        body = ((g[0] - 20) ** 2 + (g[1] - 20) ** 2) < 17 ** 2
+        s1 = ((g[0] - 14) ** 2 + (g[1] - 20) ** 2 + (g[2] - 15) ** 2) < 25
+        s2 = ((g[0] - 26) ** 2 + (g[1] - 20) ** 2 + (g[2] - 15) ** 2) < 25
+        img = np.where(body, 20, -1000) + np.where(s1, 300, 0) + np.where(s2, -80, 0)
+        lab = np.where(s1, 1, 0) + np.where(s2 & ("two" in organs), 2, 0)
+        nib.save(nib.Nifti1Image(img.astype(np.int16), aff), root / "images" / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image(lab.astype(np.uint8), aff), root / "labels" / f"{name}.nii.gz")
+        cases.append({"case": name, "split": "train", "organs": organs})
+    (root / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "one": 1, "two": 2}, "cases": cases}))
+
+
+def test_allowed_bits_partial_labels():
+    bits = allowed_bits(np.array([0, 1, 0]), uncontoured_ids=[2])
+    assert bits.tolist() == [0b101, 0b010, 0b101]
+
+
+def test_build_train_export_roundtrip(tmp_path):
+    from organscope.engines.sparse.model import SparseModel
+    from organscope.training.export import export_onnx
+    from organscope.training.sparse_model import ResidualMLP, partial_label_loss
+    from organscope.training.train_sparse import TrainSettings, train
+
+    _phantom_dataset(tmp_path / "data")
+    plan = SamplingPlan(n_body=120, n_band=60, n_balanced=20)
+    d = build(tmp_path / "data", tmp_path / "set", paper_pattern(), plan, split="train")
+    y = np.load(d / "y.npy")
+    bits = np.load(d / "allowed.npy")
+    X = np.load(d / "X.npy", mmap_mode="r")[: len(y)]
+    assert (np.asarray(X) != 0).mean() > 0.3  # descriptors really written
+    assert set(np.unique(y)) <= {0, 1, 2} and (y == 1).any()
+    # in case b, organ 2 is uncontoured: its background points allow class 2 too
+    case = np.load(d / "case.npy")
+    assert np.all(bits[(case == 1) & (y == 0)] == 0b101)
+    assert np.all(bits[(case == 0) & (y == 0)] == 0b001)
+    # the loss of a point allowing {0, 2} equals -log(p0 + p2)
+    logits = torch.tensor([[1.0, 2.0, 0.5]])
+    p = torch.softmax(logits, 1)[0]
+    assert torch.isclose(partial_label_loss(logits, torch.tensor([0b101])), -torch.log(p[0] + p[2]))
+
+    ckpt = train(d, d, tmp_path / "run", TrainSettings(epochs=1, batch_size=64, width=16, n_blocks=1), 3)
+    net = ResidualMLP(6561, 3, width=16, n_blocks=1)
+    net.load_state_dict(torch.load(ckpt, weights_only=False)["net"])
+    err = export_onnx(net, tmp_path / "m.onnx")
+    assert err < 1e-3
+    card = {"engine": "sparse", "classes": ["background", "one", "two"], "n_inputs": 6561,
+            "pattern": {"plane_step_mm": 4.0, "grid_steps_mm": [2, 3, 5, 12, 28, 64]}}
+    model = SparseModel(tmp_path / "m.onnx", card)
+    probs = model.predict(np.zeros((5, 6561), np.float32))
+    assert probs.shape == (5, 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
