@@ -42,6 +42,25 @@ def body_class_priors(cases, class_ids: dict[str, int]) -> np.ndarray:
     return pri
 
 
+def _quantization_check(float_path: Path, int8_path: Path, cases) -> float:
+    """Largest logit difference between the float and the int8 model on real descriptors of a few scans."""
+    import onnxruntime as ort
+
+    from ..sampling.gather import gather_u8
+
+    f = ort.InferenceSession(str(float_path), providers=["CPUExecutionProvider"])
+    q = ort.InferenceSession(str(int8_path), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for case in cases:
+        canon = case.load_image().to_canonical()[0]
+        body = np.argwhere(body_mask(canon.array))[::50][:2000]
+        codes = gather_u8(canon.array, body, paper_pattern().offsets_vox(canon.affine))
+        lf = f.run(None, {"descriptors": (codes.astype(np.float32) - 128) / 32})[0]
+        lq = q.run(None, {"codes": codes})[0]
+        worst = max(worst, float(np.abs(lf - lq).max()))
+    return round(worst, 5)
+
+
 def base_card(name: str, classes: list[str], train_info: dict, run_settings: dict) -> dict:
     return {
         "name": name, "engine": "sparse", "format": "onnx", "classes": classes, "n_inputs": paper_pattern().size,
@@ -58,6 +77,7 @@ def base_card(name: str, classes: list[str], train_info: dict, run_settings: dic
 def finalize(run_dir: Path, data_root: Path, out_dir: Path, name: str, *,
              install: bool = False, limit_val: int | None = None) -> dict:
     from .export import export_onnx, load_net
+    from .quantize import quantize_first_layer
 
     ds = Dataset(data_root)
     classes = ["background"] + [ds.label_map.names[i] for i in sorted(ds.label_map.names) if i > 0]
@@ -68,9 +88,12 @@ def finalize(run_dir: Path, data_root: Path, out_dir: Path, name: str, *,
     s = run_settings["settings"]
     net = load_net(run_dir / "best.pt", run_settings["n_in"], len(classes), width=s["width"], n_blocks=s["n_blocks"])
     out_dir.mkdir(parents=True, exist_ok=True)
-    onnx_path = out_dir / f"{name}.onnx"
-    err = export_onnx(net, onnx_path)
-    print(f"exported {onnx_path} (max |torch - onnxruntime| = {err:.1e})", flush=True)
+    float_path, onnx_path = out_dir / f"{name}_float32.onnx", out_dir / f"{name}.onnx"
+    err = export_onnx(net, float_path)
+    print(f"exported {float_path} (max |torch - onnxruntime| = {err:.1e})", flush=True)
+    quant = quantize_first_layer(float_path, onnx_path)
+    quant["max_abs_logit_diff_vs_float32"] = _quantization_check(float_path, onnx_path, ds.split("validation")[:3])
+    print(f"int8 first layer: {quant}", flush=True)
 
     train_info = json.loads((run_dir / "data.json").read_text())
     fractions = [h["class_fraction"] for h in run_settings["history"] if "class_fraction" in h]
@@ -79,6 +102,7 @@ def finalize(run_dir: Path, data_root: Path, out_dir: Path, name: str, *,
     log_ratio = np.log(np.maximum(body_prior, 1e-6) / np.maximum(train_prior, 1e-6))
     card = base_card(name, classes, train_info, run_settings)
     card["onnx_parity_max_abs_diff"] = err
+    card["quantization"] = quant
     val_cases = ds.split("validation")[:limit_val]
 
     def run(alpha: float, seg: SegmentSettings):

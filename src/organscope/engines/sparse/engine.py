@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 from ...errors import InputError, ModelError
-from ...sampling.gather import as_hu_int16, gather
+from ...sampling.gather import as_hu_int16, gather, gather_u8
 from ...sampling.points import body_mask
 from ...volume import Volume
 from ..base import ProgressFn, Segmentation, labels_dtype, no_progress
@@ -102,10 +102,12 @@ class SparseEngine:
         centers = np.asarray(centers_vox, dtype=np.int32).reshape(-1, 3)
         batch = batch or self.settings.batch
         out = np.empty((len(centers), len(self.classes)), dtype=np.float32)
-        buf = np.empty((min(batch, max(len(centers), 1)), len(scan.offsets_vox)), dtype=np.float32)
+        codes = self.model.input_kind == "codes"
+        fn = gather_u8 if codes else gather
+        buf = np.empty((min(batch, max(len(centers), 1)), len(scan.offsets_vox)), dtype=np.uint8 if codes else np.float32)
         for s in range(0, len(centers), batch):
             part = centers[s:s + batch]
-            d = gather(scan.canonical.array, part, scan.offsets_vox, out=buf[:len(part)])
+            d = fn(scan.canonical.array, part, scan.offsets_vox, out=buf[:len(part)])
             out[s:s + len(part)] = self.model.predict(d)
         return out
 

@@ -62,7 +62,10 @@ class SparseModel:
             self._session = ort.InferenceSession(str(self.onnx_path), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own untyped errors on a corrupt file
             raise ModelError(f"Could not load model {self.onnx_path.name}: {exc}") from None
-        self._input = self._session.get_inputs()[0].name
+        first = self._session.get_inputs()[0]
+        self._input = first.name
+        #: "codes": uint8 descriptor codes (int8 first layer, see training/quantize.py); "float": float32 values
+        self.input_kind = "codes" if first.type == "tensor(uint8)" else "float"
         self.classes: tuple[str, ...] = tuple(self.card["classes"])
         self.pattern = pattern_from_card(self.card)
         self.logit_bias = np.asarray(self.card.get("logit_bias", np.zeros(len(self.classes))), dtype=np.float32)
@@ -77,11 +80,12 @@ class SparseModel:
         return cls(onnx_path, card, threads)
 
     def logits(self, descriptors: np.ndarray) -> np.ndarray:
-        """(N, M) float32 descriptors -> (N, C) calibrated logits (network output + the card's class bias)."""
+        """(N, M) descriptors (uint8 codes or float32 values, as `input_kind` says) -> (N, C) calibrated logits
+        (network output + the card's class bias)."""
         return self._session.run(None, {self._input: descriptors})[0] + self.logit_bias
 
     def predict(self, descriptors: np.ndarray) -> np.ndarray:
-        """(N, M) float32 descriptors -> (N, C) probabilities."""
+        """(N, M) descriptors -> (N, C) probabilities."""
         z = self.logits(descriptors)
         z -= z.max(axis=1, keepdims=True)
         np.exp(z, out=z)
