@@ -69,3 +69,22 @@ def test_build_train_export_roundtrip(tmp_path):
     model = SparseModel(tmp_path / "m.onnx", card)
     probs = model.predict(np.zeros((5, 6561), np.float32))
     assert probs.shape == (5, 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
+
+
+def test_epoch_sampler_draws_fresh_points_with_partial_labels(tmp_path):
+    from organscope.training.sparse_data import EpochSampler
+
+    _phantom_dataset(tmp_path / "data")
+    sampler = EpochSampler(tmp_path / "data", paper_pattern(), SamplingPlan(n_body=100, n_band=50, n_balanced=30))
+    assert sampler.size == 2 * 180
+    X = np.zeros((sampler.size, 6561), np.int8)
+    y1, bits1, case1 = sampler.fill(X, np.random.default_rng(1))
+    first = X.copy()
+    y2, _, _ = sampler.fill(X, np.random.default_rng(2))
+    assert len(y1) == len(y2) == sampler.size
+    assert not np.array_equal(first, X)                      # fresh points each epoch
+    assert (first != 0).mean() > 0.3                          # written in place
+    assert np.all(bits1[(case1 == 1) & (y1 == 0)] == 0b101)   # case b: background may be the uncontoured organ 2
+    assert not np.any(y1[case1 == 1] == 2)
+    # balanced part: both contoured organs of case a are sampled
+    assert (y1[case1 == 0] == 1).sum() >= 15 and (y1[case1 == 0] == 2).sum() >= 15

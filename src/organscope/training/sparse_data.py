@@ -31,6 +31,8 @@ class SamplingPlan:
     max_rotation_deg: float = 8.0
     max_scale: float = 0.08
     band_mm: float = 12.0
+    hu_scale_jitter: float = 0.0  # augmented chunks: HU multiplied by 1 +- this (contrast / calibration)
+    hu_shift_jitter: float = 0.0  # ... and shifted by +- this many HU
 
 
 def load_canonical_case(image_path, label_path=None) -> tuple[Volume, np.ndarray | None]:
@@ -124,6 +126,14 @@ class _CaseIndex:
     uncontoured: list
 
 
+def _jitter_codes(codes: np.ndarray, rng: np.random.Generator, plan: SamplingPlan) -> None:
+    """In place: HU -> HU * scale + shift on int8 codes (4 HU per code), re-clipped; 0 (outside) stays 0 only
+    where it was already air-like anyway, an acceptable blur for an augmentation."""
+    scale = 1 + rng.uniform(-plan.hu_scale_jitter, plan.hu_scale_jitter)
+    shift = rng.uniform(-plan.hu_shift_jitter, plan.hu_shift_jitter) / 4.0
+    codes[:] = np.clip(np.rint(codes.astype(np.float32) * scale + shift), -128, 127).astype(np.int8)
+
+
 class EpochSampler:
     """Fresh training points and fresh pattern transforms every epoch (the paper used 100k points per scan;
     a fixed small set over-fits), gathered straight into a reusable int8 buffer. Scans stay in memory."""
@@ -179,6 +189,8 @@ class EpochSampler:
                     tf = random_transform(rng, plan.max_rotation_deg, plan.max_scale)
                 gather_q8(ix.volume, centers[a:b], self.pattern.offsets_vox(ix.affine, transform=tf),
                           out=X[n + a:n + b])
+                if tf is not None and (plan.hu_scale_jitter or plan.hu_shift_jitter):
+                    _jitter_codes(X[n + a:n + b], rng, plan)
             lab = ix.labels[flat]
             ys.append(lab)
             bits.append(allowed_bits(lab, ix.uncontoured))

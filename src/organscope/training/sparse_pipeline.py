@@ -42,6 +42,12 @@ def body_class_priors(cases, class_ids: dict[str, int]) -> np.ndarray:
     return pri
 
 
+def _checkpoint_epoch(path: Path) -> int:
+    import torch
+
+    return int(torch.load(path, weights_only=False)["epoch"]) + 1
+
+
 def _quantization_check(float_path: Path, int8_path: Path, cases) -> float:
     """Largest logit difference between the float and the int8 model on real descriptors of a few scans."""
     import onnxruntime as ort
@@ -69,12 +75,13 @@ def base_card(name: str, classes: list[str], train_info: dict, run_settings: dic
         "pattern": {"name": paper_pattern().name, "plane_step_mm": PAPER_PLANE_STEP_MM,
                     "grid_steps_mm": list(PAPER_GRID_STEPS_MM)},
         "training": {"data": "OpenKBP (Babier et al. 2021), training split", "cases": train_info["cases"],
+                     "fresh_points_every_epoch": train_info.get("fresh_points_every_epoch", False),
                      "n_points": train_info["n"], "sampling": train_info["plan"],
                      "settings": run_settings["settings"], "history": run_settings["history"]},
     }
 
 
-def finalize(run_dir: Path, data_root: Path, out_dir: Path, name: str, *,
+def finalize(run_dir: Path, data_root: Path, out_dir: Path, name: str, *, checkpoint: str = "best.pt",
              install: bool = False, limit_val: int | None = None) -> dict:
     from .export import export_onnx, load_net
     from .quantize import quantize_first_layer
@@ -86,7 +93,7 @@ def finalize(run_dir: Path, data_root: Path, out_dir: Path, name: str, *,
     run_settings = json.loads(((run_dir / "settings.json") if (run_dir / "settings.json").exists()
                                else (run_dir / "history.json")).read_text())
     s = run_settings["settings"]
-    net = load_net(run_dir / "best.pt", run_settings["n_in"], len(classes), width=s["width"], n_blocks=s["n_blocks"])
+    net = load_net(run_dir / checkpoint, run_settings["n_in"], len(classes), width=s["width"], n_blocks=s["n_blocks"])
     out_dir.mkdir(parents=True, exist_ok=True)
     float_path, onnx_path = out_dir / f"{name}_float32.onnx", out_dir / f"{name}.onnx"
     err = export_onnx(net, float_path)
@@ -102,6 +109,7 @@ def finalize(run_dir: Path, data_root: Path, out_dir: Path, name: str, *,
     log_ratio = np.log(np.maximum(body_prior, 1e-6) / np.maximum(train_prior, 1e-6))
     card = base_card(name, classes, train_info, run_settings)
     card["onnx_parity_max_abs_diff"] = err
+    card["training"]["checkpoint"] = {"file": checkpoint, "epoch": _checkpoint_epoch(run_dir / checkpoint)}
     card["quantization"] = quant
     val_cases = ds.split("validation")[:limit_val]
 
@@ -174,8 +182,9 @@ def main(argv=None):
     ap.add_argument("--name", default="sparse_openkbp")
     ap.add_argument("--install", action="store_true")
     ap.add_argument("--limit-val", type=int, default=None)
+    ap.add_argument("--checkpoint", default="best.pt", help="best.pt (lowest validation loss) or last.pt")
     a = ap.parse_args(argv)
-    finalize(a.run, a.data, a.out, a.name, install=a.install, limit_val=a.limit_val)
+    finalize(a.run, a.data, a.out, a.name, checkpoint=a.checkpoint, install=a.install, limit_val=a.limit_val)
 
 
 if __name__ == "__main__":

@@ -145,14 +145,22 @@ def main(argv=None):
                     help="torch threads (1 is faster when another job shares a 2-core machine)")
     ap.add_argument("--resample-from", type=Path, default=None,
                     help="dataset folder: draw fresh points every epoch instead of using --train's fixed set")
+    ap.add_argument("--strong-augmentation", action="store_true",
+                    help="80 %% of chunks transformed, rotations to 12 deg, scaling 12 %%, HU scale 5 %% / shift 20")
+    ap.add_argument("--weight-decay", type=float, default=TrainSettings.weight_decay_l2)
     a = ap.parse_args(argv)
     source = a.train
     if a.resample_from is not None:
         from ..sampling.pattern import paper_pattern
         from .sparse_data import EpochSampler, SamplingPlan
 
-        source = EpochSampler(a.resample_from, paper_pattern(), SamplingPlan())
-    train(source, a.val, a.run, TrainSettings(epochs=a.epochs, batch_size=a.batch_size, threads=a.threads), a.classes)
+        plan = SamplingPlan()
+        if a.strong_augmentation:
+            plan = SamplingPlan(aug_fraction=0.8, max_rotation_deg=12.0, max_scale=0.12, hu_scale_jitter=0.05,
+                                hu_shift_jitter=20.0)
+        source = EpochSampler(a.resample_from, paper_pattern(), plan)
+    train(source, a.val, a.run, TrainSettings(epochs=a.epochs, batch_size=a.batch_size, threads=a.threads,
+                                              weight_decay_l2=a.weight_decay), a.classes)
 
 
 if __name__ == "__main__":
