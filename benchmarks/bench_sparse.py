@@ -167,10 +167,12 @@ def set_numba_threads(n: int) -> int:
 
 def point_timings(model: Path, prepared, vox_click, vox_batch, threads: int, repeats: int) -> dict:
     import organscope.api as api
-    from organscope.sampling.gather import gather
+    from organscope.sampling.gather import gather, gather_u8
 
     set_numba_threads(threads)
     eng = api.engine("sparse", model=str(model), threads=threads)
+    codes = eng.model.input_kind == "codes"  # the model's own descriptor kind (uint8 codes or float32)
+    gather = gather_u8 if codes else gather
     arr, offs = prepared.canonical.array, prepared.offsets_vox
     to_world = prepared.canonical.voxel_to_world
     res: dict = {"threads": threads}
@@ -178,9 +180,13 @@ def point_timings(model: Path, prepared, vox_click, vox_batch, threads: int, rep
     # -- click: one point per call --
     pts_click = to_world(vox_click)
     descs = [gather(arr, v[None], offs) for v in vox_click]
+    one = np.empty((1, len(offs)), dtype=descs[0].dtype)
+    clicks = [np.ascontiguousarray(v[None], dtype=np.int32) for v in vox_click]
     t_query = C.repeat(lambda: [eng.query(prepared, p[None]) for p in pts_click], repeats)
-    t_gather = C.repeat(lambda: [gather(arr, v[None], offs) for v in vox_click], repeats)
-    t_mlp = C.repeat(lambda: [eng.model.predict(d) for d in descs], repeats)
+    # the engine's own path: the prepared scan's sampler (layout and offsets worked out once)
+    t_gather = C.repeat(lambda: [prepared.sampler(v, one) for v in clicks], repeats)
+    small = eng._model_for(1)  # the session the engine uses for one point (single-threaded)
+    t_mlp = C.repeat(lambda: [small.predict(d) for d in descs], repeats)
     n = len(vox_click)
     res["click"] = {k: C.median(v) / n * 1e6 for k, v in
                     (("query_us", t_query), ("gather_us", t_gather), ("mlp_us", t_mlp))}
@@ -190,14 +196,14 @@ def point_timings(model: Path, prepared, vox_click, vox_batch, threads: int, rep
     # -- batch: n random points in one query --
     pts = to_world(vox_batch)
     batch = eng.settings.batch
-    buf = np.empty((min(batch, len(vox_batch)), len(offs)), dtype=np.float32)
+    buf = np.empty((min(batch, len(vox_batch)), len(offs)), dtype=np.uint8 if codes else np.float32)
 
     def split():
         tg = tm = 0.0
         for s in range(0, len(vox_batch), batch):
             part = vox_batch[s:s + batch]
             t = time.perf_counter()
-            d = gather(arr, part, offs, out=buf[:len(part)])
+            d = prepared.sampler(part, buf[:len(part)])
             t2 = time.perf_counter()
             eng.model.predict(d)
             tm += time.perf_counter() - t2
@@ -213,7 +219,7 @@ def point_timings(model: Path, prepared, vox_click, vox_batch, threads: int, rep
     def gather_sorted():
         for s in range(0, len(sorted_vox), batch):
             part = sorted_vox[s:s + batch]
-            gather(arr, part, offs, out=buf[:len(part)])
+            prepared.sampler(part, buf[:len(part)])
 
     t_sorted = C.repeat(gather_sorted, repeats)
     n = len(vox_batch)
@@ -275,24 +281,15 @@ def child_segment(nii: Path, model: Path, threads: int) -> dict:
 
     eng.classify_voxels = timer.wrap("classify_other", classify)
     eng.model.predict = timer.wrap("mlp", eng.model.predict)
-    saved = {"gather": eng_mod.gather, "body_mask": eng_mod.body_mask}
-    eng_mod.gather = timer.wrap("gather", saved["gather"])
-    bodies: list[np.ndarray] = []
-
-    def body_mask_kept(*a, **k):
-        bodies.append(saved["body_mask"](*a, **k))
-        return bodies[-1]
-
-    eng_mod.body_mask = timer.wrap("body_mask", body_mask_kept, lambda *a, **k: "prepare")
-    saved_refine = {n: getattr(refine, n) for n in ("disagreement", "majority_smooth", "largest_components",
-                                                     "expand")}
-    vshape = vol.shape
-
-    def comp_phase(labels, *a, **k):
-        return "final" if labels.size == int(np.prod(vshape)) else None
-
+    saved = {"gather": eng_mod.Sampler.__call__, "body_mask": eng_mod.body_mask}
+    eng_mod.Sampler.__call__ = timer.wrap("gather", saved["gather"])
+    eng_mod.body_mask = timer.wrap("body_mask", saved["body_mask"], lambda *a, **k: "prepare")
+    # disagreement filters: the first sweep's candidates, the re-checks around changed points, the full filter
+    # inside majority smoothing (timed as 'majority', exclusive)
+    saved_refine = {n: getattr(refine, n) for n in ("first_candidates", "edges_near", "disagreement",
+                                                     "majority_smooth", "largest_components", "expand_into")}
     for n, f in saved_refine.items():
-        setattr(refine, n, timer.wrap(n, f, comp_phase if n == "largest_components" else None))
+        setattr(refine, n, timer.wrap(n, f))
 
     def progress(msg: str, frac: float):
         timer.phase = f"level_{msg.split()[1].split('/')[0]}" if msg.startswith("level") else "finish"
@@ -303,7 +300,7 @@ def child_segment(nii: Path, model: Path, threads: int) -> dict:
         seg = api.segment(vol, model=str(model), threads=threads, progress=progress)
         rec["segment_s"] = time.perf_counter() - t
     finally:
-        eng_mod.gather, eng_mod.body_mask = saved["gather"], saved["body_mask"]
+        eng_mod.Sampler.__call__, eng_mod.body_mask = saved["gather"], saved["body_mask"]
         for n, f in saved_refine.items():
             setattr(refine, n, f)
     rec["peak_rss_mib"] = C.peak_rss_mib()
@@ -314,11 +311,10 @@ def child_segment(nii: Path, model: Path, threads: int) -> dict:
     rec["sweeps_per_level"] = {k: v for k, v in points.items()}
     rec["profile"] = {f"{p}|{n}": v for (p, n), v in timer.totals.items()}
     rec["labels_present"] = [int(x) for x in np.unique(seg.labels.array)]
-    if bodies:
-        canon = vol.to_canonical()[0]
-        fine = refine.level_steps(canon.spacing_mm, eng.settings.levels_mm)[-1]
-        rec["dense_points"] = int(refine.grid_view(bodies[-1], fine).sum())
-        rec["body_fraction"] = float(bodies[-1].mean())
+    prepared = eng.prepare(vol)  # after timing: count the body points of the finest grid (dense baseline)
+    fine = refine.level_steps(prepared.canonical.spacing_mm, eng.settings.levels_mm)[-1]
+    rec["dense_points"] = int(prepared.body_grid(fine).sum())
+    rec["body_fraction"] = float(prepared.body_coarse.mean())
     return rec
 
 
@@ -380,7 +376,8 @@ def print_segment(runs: list[dict], steps, spacing) -> dict:
           "inside majority smoothing; 'batching' = the engine's own loop; 'rest' = level time not in a listed call):")
     prof = mid["profile"]
     tm = mid["timings_s"]
-    cols = ("gather", "mlp", "classify_other", "disagreement", "majority_smooth", "largest_components", "expand")
+    cols = ("gather", "mlp", "classify_other", ("first_candidates", "edges_near", "disagreement"), "majority_smooth",
+            "largest_components", "expand_into")
     heads = ("gather", "MLP", "batching", "disagree", "majority", "components", "expand")
     print(f"{'phase':<44}{'points':>10}{'seconds':>9}" + "".join(f"{h:>11}" for h in heads) + f"{'rest':>8}")
     phase_rows = [("prepare (canonical + body)", "prepare", tm.get("prepare", 0.0), None)]
@@ -390,9 +387,10 @@ def print_segment(runs: list[dict], steps, spacing) -> dict:
         nsw = len(mid.get("sweeps_per_level", {}).get(f"level_{i + 1}", []))
         phase_rows.append((f"level {i + 1}: {'x'.join(map(str, st))} vox={mm} mm, {nsw} sweep{'s' * (nsw != 1)}",
                            f"level_{i + 1}", tm.get(f"level_{i + 1}", 0.0), npts))
-    phase_rows.append(("final largest components", "final", tm.get("components", 0.0), None))
+    phase_rows.append(("final components (finest grid) + expand", "finish",
+                       tm.get("components", 0.0) + tm.get("expand", 0.0), None))
     for label, key, secs, npts in phase_rows:
-        vals = [prof.get(f"{key}|{c}", 0.0) for c in cols]
+        vals = [sum(prof.get(f"{key}|{n}", 0.0) for n in ((c,) if isinstance(c, str) else c)) for c in cols]
         extra = prof.get(f"{key}|body_mask", 0.0)
         rest = secs - sum(vals) - extra
         line = f"{label:<44}{'' if npts is None else format(npts, ','):>10}{secs:>9.3f}"
@@ -401,7 +399,7 @@ def print_segment(runs: list[dict], steps, spacing) -> dict:
             line += f"   (body_mask {extra:.3f} s)"
         print(line)
     known = tm.get("prepare", 0) + sum(tm.get(f"level_{i + 1}", 0) for i in range(len(steps))) + tm.get(
-        "components", 0)
+        "components", 0) + tm.get("expand", 0)
     print(f"{'map back to input grid, other':<44}{'':>10}{tm.get('total', 0) - known:>9.3f}")
     print(f"{'total (engine timings_s)':<44}{int(tm.get('points_classified', 0)):>10,}{tm.get('total', 0):>9.3f}")
     return summary

@@ -106,3 +106,39 @@ def test_wrong_out_buffer_raises(rng):
 def test_not_3d_raises():
     with pytest.raises(ValueError):
         gather(np.zeros((4, 4), np.int16), np.zeros((1, 3), np.int32), np.zeros((1, 3), np.int32))
+
+
+@pytest.mark.parametrize("view", [lambda v: v.T, lambda v: v[::-1, :, ::-1], lambda v: v.transpose(2, 0, 1)[:, ::-1],
+                                  lambda v: np.asfortranarray(v)[::-1]])
+def test_gather_reads_permuted_and_flipped_views_in_place(rng, view):
+    from organscope.sampling.gather import hu_int16, strided_layout
+
+    base, _, offsets = _case(rng)
+    vol = view(base)
+    centers = rng.integers(0, vol.shape, size=(20, 3)).astype(np.int32)
+    assert hu_int16(vol) is vol and strided_layout(vol) is not None  # no copy
+    np.testing.assert_array_equal(gather(vol, centers, offsets), reference_gather(vol, centers, offsets))
+
+
+def test_sampler_serial_and_parallel_kernels_agree(rng):
+    from organscope.sampling.gather import KIND_U8, SERIAL_BELOW, Sampler, gather_u8
+
+    vol = rng.integers(-1000, 1000, (20, 18, 16)).astype(np.int16)
+    offsets = paper_pattern().offsets_vox(np.diag([4.0, 4.0, 2.5, 1.0]))
+    s = Sampler(vol, offsets, KIND_U8)
+    centers = rng.integers(0, vol.shape, size=(SERIAL_BELOW + 5, 3)).astype(np.int32)
+    many = s(centers, np.empty((len(centers), len(offsets)), np.uint8))       # parallel kernel
+    one = np.vstack([s(c[None], np.empty((1, len(offsets)), np.uint8)) for c in centers])  # serial kernel
+    np.testing.assert_array_equal(many, one)
+    np.testing.assert_array_equal(many, gather_u8(vol, centers, offsets))
+
+
+def test_contiguous_int16_copies_any_orientation(rng):
+    from organscope.sampling.gather import contiguous_int16
+
+    vol = rng.integers(-1000, 1000, (37, 19, 23)).astype(np.int16)
+    for v in (vol.T, vol[::-1, :, ::-1].transpose(1, 2, 0), np.asfortranarray(vol)):
+        c = contiguous_int16(v)
+        assert c.flags.c_contiguous
+        np.testing.assert_array_equal(c, v)
+    assert contiguous_int16(vol) is vol

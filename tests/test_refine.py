@@ -6,8 +6,8 @@ from organscope.engines.sparse import refine
 
 
 @pytest.mark.parametrize("spacing,expected", [
-    ((4.688, 4.688, 3.0), [(2, 2, 3), (1, 1, 1)]),        # 2 mm level is not finer than 4 mm: dropped
-    ((0.8, 0.8, 1.5), [(10, 10, 5), (5, 5, 3), (2, 2, 1)]),  # 2 / 0.8 = 2.5 rounds to 2 (half to even)
+    ((4.688, 4.688, 3.0), [(2, 2, 3), (1, 1, 1)]),  # 4 mm -> (1, 1, 2): under 4x coarser than (1, 1, 1), dropped
+    ((0.8, 0.8, 1.5), [(10, 10, 5), (5, 5, 3), (3, 3, 2)]),  # 2 / 0.8 = 2.5 -> 3: never finer than asked
     ((2.0, 2.0, 2.0), [(4, 4, 4), (2, 2, 2), (1, 1, 1)]),
     ((10.0, 10.0, 10.0), [(1, 1, 1)]),
 ])
@@ -121,3 +121,93 @@ def test_largest_components_keeps_biggest_blob_per_label():
     assert (out == 2).sum() == 8
     assert (out == 3).sum() == 2 and out[18, 18, 1] == 0
     assert (g == 1).sum() == 133  # input untouched
+
+
+# ---- grid-only refinement helpers (no full-resolution map until the end) ---------------------------------
+
+def _blobs(shape, seed=0, n_labels=4):
+    """A smooth random label grid (blocky regions with edges), as a segmentation level would hold."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    noise = ndimage.uniform_filter(rng.normal(size=shape), 3)
+    return np.digitize(noise, np.quantile(noise, np.linspace(0, 1, n_labels + 1)[1:-1])).astype(np.uint8)
+
+
+def test_disagreement_matches_scipy_max_min_filters():
+    from scipy import ndimage
+
+    g = _blobs((13, 11, 9))
+    ref = ndimage.maximum_filter(g, size=3, mode="nearest") != ndimage.minimum_filter(g, size=3, mode="nearest")
+    np.testing.assert_array_equal(refine.disagreement(g), ref)
+
+
+@pytest.mark.parametrize("shape,coarse_step,step", [((40, 30, 20), (4, 4, 2), (2, 2, 1)), ((41, 29, 17), (5, 5, 3), (3, 3, 2)),
+                                                     ((20, 20, 20), (2, 2, 3), (1, 1, 1))])
+def test_refine_grid_and_first_candidates_equal_the_full_resolution_route(shape, coarse_step, step):
+    coarse = _blobs(refine.grid_shape(shape, coarse_step), seed=1)
+    fine = refine.refine_grid(coarse, coarse_step, step, shape)
+    np.testing.assert_array_equal(fine, refine.grid_view(refine.expand(coarse, coarse_step, shape), step))
+    allowed = np.random.default_rng(2).random(fine.shape) < 0.8
+    seen = np.zeros(fine.shape, bool)
+    got = refine.first_candidates(coarse, coarse_step, fine, step, shape, allowed, seen)
+    np.testing.assert_array_equal(got, np.argwhere(refine.disagreement(fine) & allowed))
+
+
+def test_edges_near_finds_exactly_the_new_disagreements():
+    g = _blobs((12, 10, 8), seed=3)
+    rng = np.random.default_rng(4)
+    allowed = rng.random(g.shape) < 0.7
+    before = refine.disagreement(g)
+    changed = np.argwhere(rng.random(g.shape) < 0.05)
+    g[tuple(changed.T)] = (g[tuple(changed.T)] + 1) % 4
+    seen = np.zeros(g.shape, bool)
+    got = refine.edges_near(g, changed, allowed, seen)
+    near = np.zeros(g.shape, bool)
+    for i, j, k in changed:
+        near[max(i - 1, 0):i + 2, max(j - 1, 0):j + 2, max(k - 1, 0):k + 2] = True
+    np.testing.assert_array_equal(got, np.argwhere(refine.disagreement(g) & allowed & near))
+    assert not seen.any()  # scratch left clean
+    assert len(refine.edges_near(g, np.empty((0, 3), int), allowed, seen)) == 0
+    assert before.shape == g.shape
+
+
+def test_lookup_reads_the_cell_of_each_grid_point():
+    shape = (23, 17, 11)
+    mask = np.random.default_rng(5).random(refine.grid_shape(shape, (4, 3, 2))) < 0.5
+    full = refine.expand(mask, (4, 3, 2), shape)
+    np.testing.assert_array_equal(refine.lookup(mask, (4, 3, 2), (3, 2, 1), shape), refine.grid_view(full, (3, 2, 1)))
+
+
+@pytest.mark.parametrize("ornt", [[[0, 1], [1, 1], [2, 1]], [[1, -1], [0, -1], [2, -1]], [[2, 1], [0, -1], [1, 1]]])
+def test_expand_into_an_oriented_view_equals_expand_then_reorient(ornt):
+    import nibabel.orientations as nio
+
+    ornt = np.array(ornt, float)
+    canon_shape, step = (14, 9, 7), (3, 2, 2)
+    grid = _blobs(refine.grid_shape(canon_shape, step), seed=6)
+    ref = nio.apply_orientation(refine.expand(grid, step, canon_shape), _inverse(ornt))
+    out = np.empty(ref.shape, np.uint8)
+    refine.expand_into(grid, step, nio.apply_orientation(out, ornt))
+    np.testing.assert_array_equal(out, ref)
+
+
+def _inverse(ornt):
+    inv = np.zeros_like(ornt)
+    for in_ax, (out_ax, flip) in enumerate(ornt):
+        inv[int(out_ax)] = (in_ax, flip)
+    return inv
+
+
+def test_level_steps_drop_a_level_that_saves_too_little():
+    # (1, 1, 2) would be only 2x coarser than (1, 1, 1): not worth a level of its own
+    assert refine.level_steps((4.688, 4.688, 3.0), (8.0, 4.0, 2.0)) == [(2, 2, 3), (1, 1, 1)]
+    assert refine.MIN_LEVEL_RATIO == 4
+
+
+def test_largest_components_on_the_grid_equals_on_voxels():
+    shape, step = (30, 24, 18), (3, 2, 2)
+    grid = _blobs(refine.grid_shape(shape, step), seed=7)
+    on_grid = refine.expand(refine.largest_components(grid, 4), step, shape)
+    on_voxels = refine.largest_components(refine.expand(grid, step, shape), 4)
+    np.testing.assert_array_equal(on_grid, on_voxels)

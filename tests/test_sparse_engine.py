@@ -134,3 +134,39 @@ def test_api_with_a_model_path(synthetic_model_path, phantoms, phantom_files):
     res2 = osc.query(eng.prepare(phantoms["PLI"]), [syn.FAT_SPHERE.center_mm], model=str(synthetic_model_path),
                      threads=1)
     assert res2.names == ("fat",)
+
+
+def test_body_mask_fills_holes_across_the_superior_axis():
+    from organscope.sampling.points import body_mask, superior_axis
+
+    ring = np.full((12, 12, 12), -1000, np.int16)
+    ring[2:10, 2:10, :] = 0
+    ring[4:8, 4:8, :] = -1000          # a tube along axis 2 (an airway): open at both ends, so not a 3D hole
+    assert body_mask(ring, slice_axis=2)[5, 5, 5]      # axial slices across the tube: filled
+    assert not body_mask(ring, slice_axis=0)[5, 5, 5]  # slices along the tube: the hole is not enclosed
+    pli = np.array([[0, -1.0, 0, 0], [-1.0, 0, 0, 0], [0, 0, -2.5, 0], [0, 0, 0, 1]])
+    assert superior_axis(pli) == 2 and superior_axis(pli[:, [2, 0, 1, 3]]) == 0
+
+
+def test_body_mask_is_computed_on_a_coarse_grid_for_fine_scans(synthetic_engine, phantoms):
+    from organscope.sampling.points import body_steps
+
+    assert body_steps((4.688, 4.688, 3.0)) == (1, 1, 1)   # OpenKBP: full resolution, results unchanged
+    assert body_steps((0.8, 0.8, 1.5)) == (5, 5, 2)
+    prep = synthetic_engine.prepare(phantoms["RAS"])       # 0.8 x 1.3 x 2.5 mm
+    assert prep.body_step == (5, 3, 1)
+    assert prep.body_coarse.shape == tuple(-(-n // s) for n, s in zip(prep.canonical.shape, prep.body_step))
+    assert prep.body.shape == prep.canonical.shape
+
+
+def test_small_queries_use_a_single_thread_session_with_the_same_results(synthetic_model_path, phantoms):
+    from organscope.engines.sparse.engine import SMALL_BATCH
+
+    eng = SparseEngine(model=SparseModel.load(synthetic_model_path, threads=2))
+    prep = eng.prepare(phantoms["PLI"])
+    vox = np.argwhere(prep.body)[:: 50][:SMALL_BATCH + 3]
+    many = eng.classify_voxels(prep, vox)
+    assert eng._one_thread is None
+    one = np.vstack([eng.classify_voxels(prep, v[None]) for v in vox[:5]])
+    assert eng._one_thread is not None and eng._one_thread.threads == 1
+    np.testing.assert_allclose(one, many[:5], rtol=1e-6, atol=1e-7)

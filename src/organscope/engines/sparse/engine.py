@@ -8,14 +8,19 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, fields
 
+import nibabel.orientations as nio
 import numpy as np
+
 from ...errors import InputError, ModelError
-from ...sampling.gather import as_hu_int16, gather, gather_u8
-from ...sampling.points import body_mask
+from ...sampling.gather import KIND_F32, KIND_U8, Sampler, contiguous_int16, hu_int16
+from ...sampling.points import body_mask, body_steps, superior_axis
 from ...volume import Volume
 from ..base import ProgressFn, Segmentation, labels_dtype, no_progress
 from . import refine
 from .model import SparseModel
+
+
+SMALL_BATCH = 64  # fewer points than this (an interactive click) run single-threaded: see SparseEngine._model_for
 
 
 @dataclass(frozen=True)
@@ -48,18 +53,40 @@ def settings_from_card(card: dict) -> SegmentSettings:
 
 @dataclass
 class PreparedScan:
-    """A scan ready for queries: canonical int16 HU array, its affine, the pattern's voxel offsets."""
+    """A scan ready for queries: canonical int16 HU array, its affine, the pattern's voxel offsets, and what the
+    hot query path would otherwise recompute per call (the inverse affines, the descriptor sampler)."""
 
     volume: Volume            # as given (for mapping results back)
-    canonical: Volume         # int16 HU, closest RAS+
+    canonical: Volume         # int16 HU, closest RAS+, C-contiguous
     ornt: np.ndarray
     offsets_vox: np.ndarray
+    sampler: Sampler | None = field(default=None, repr=False)
+    world_to_canonical: np.ndarray | None = field(default=None, repr=False)  # inverse of canonical.affine
     _body: np.ndarray | None = field(default=None, repr=False)
+    _body_coarse: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def body_step(self) -> tuple[int, int, int]:
+        """Voxel steps of the grid the body mask is computed on (see points.body_steps)."""
+        return body_steps(self.canonical.spacing_mm)
+
+    @property
+    def body_coarse(self) -> np.ndarray:
+        """The body mask on every body_step-th voxel (one value per cell of that grid)."""
+        if self._body_coarse is None:
+            sub = refine.grid_view(self.canonical.array, self.body_step)
+            self._body_coarse = body_mask(sub, slice_axis=superior_axis(self.canonical.affine))
+        return self._body_coarse
+
+    def body_grid(self, step) -> np.ndarray:
+        """The body mask at a level's grid points (cell lookup in the coarse mask)."""
+        return refine.lookup(self.body_coarse, self.body_step, step, self.canonical.shape)
 
     @property
     def body(self) -> np.ndarray:
+        """The body mask on every voxel of the canonical grid (expanded from the coarse one)."""
         if self._body is None:
-            self._body = body_mask(self.canonical.array)
+            self._body = self.body_grid((1, 1, 1))
         return self._body
 
 
@@ -84,95 +111,142 @@ class SparseEngine:
         self.model = model if isinstance(model, SparseModel) else SparseModel.load(model, threads=threads)
         self.classes = self.model.classes
         self.settings = settings or settings_from_card(self.model.card)
+        self._one_thread: SparseModel | None = None
+
+    def _model_for(self, n: int) -> SparseModel:
+        """The model to run n descriptors: below SMALL_BATCH a second, single-threaded session, because waking
+        ONNX Runtime's thread pool for one descriptor costs more than the product itself (measured on 2 busy
+        cores: 57 us with 1 thread vs 121 us with 2 for one point)."""
+        if n >= SMALL_BATCH or self.model.threads == 1:
+            return self.model
+        if self._one_thread is None:
+            self._one_thread = SparseModel(self.model.onnx_path, self.model.card, threads=1)
+        return self._one_thread
 
     # ---- preparation -------------------------------------------------------------------------
     def prepare(self, volume: Volume) -> PreparedScan:
-        if np.issubdtype(volume.array.dtype, np.floating) and not np.all(np.isfinite(volume.array)):
+        """Canonical (RAS+) int16 copy of the scan, made by a tiled copy from the closest-RAS+ view of its memory
+        (axis permutations and flips only), plus what every query needs precomputed."""
+        arr = volume.array
+        if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
             raise InputError("The scan contains NaN or infinite values; organscope needs finite HU values.")
-        canon, ornt = volume.to_canonical()
-        canon = Volume(as_hu_int16(canon.array), canon.affine, canon.meta)
-        return PreparedScan(volume, canon, ornt, self.model.pattern.offsets_vox(canon.affine))
+        ornt = nio.io_orientation(volume.affine)
+        view = nio.apply_orientation(hu_int16(arr), ornt)  # zero-copy view
+        affine = volume.affine @ nio.inv_ornt_aff(ornt, volume.shape)
+        canon = Volume(contiguous_int16(view), affine, dict(volume.meta))
+        offsets = self.model.pattern.offsets_vox(canon.affine)
+        kind = KIND_U8 if self.model.input_kind == "codes" else KIND_F32
+        return PreparedScan(volume, canon, ornt, offsets, Sampler(canon.array, offsets, kind),
+                            np.linalg.inv(canon.affine))
 
     def _as_prepared(self, scan) -> PreparedScan:
         return scan if isinstance(scan, PreparedScan) else self.prepare(scan)
 
     # ---- classification ----------------------------------------------------------------------
     def classify_voxels(self, scan: PreparedScan, centers_vox: np.ndarray, *, batch: int | None = None) -> np.ndarray:
-        """Probabilities (N, C) at integer voxels of the canonical grid."""
-        centers = np.asarray(centers_vox, dtype=np.int32).reshape(-1, 3)
+        """Probabilities (N, C) at integer voxels of the canonical grid (which must lie inside it)."""
+        centers = np.ascontiguousarray(np.asarray(centers_vox).reshape(-1, 3), dtype=np.int32)
         batch = batch or self.settings.batch
-        out = np.empty((len(centers), len(self.classes)), dtype=np.float32)
-        codes = self.model.input_kind == "codes"
-        fn = gather_u8 if codes else gather
-        buf = np.empty((min(batch, max(len(centers), 1)), len(scan.offsets_vox)), dtype=np.uint8 if codes else np.float32)
-        for s in range(0, len(centers), batch):
+        sampler = scan.sampler
+        n = len(centers)
+        out = np.empty((n, len(self.classes)), dtype=np.float32)
+        buf = np.empty((min(batch, max(n, 1)), len(sampler.offsets)), dtype=sampler.dtype)
+        model = self._model_for(n)
+        for s in range(0, n, batch):
             part = centers[s:s + batch]
-            d = fn(scan.canonical.array, part, scan.offsets_vox, out=buf[:len(part)])
-            out[s:s + len(part)] = self.model.predict(d)
+            d = sampler(part, buf[:len(part)])
+            out[s:s + len(part)] = model.predict(d)
         return out
 
     def query(self, scan, points, *, voxel: bool = False) -> PointResult:
         """Organ at each point: `points` in world mm (RAS), or voxel indices of the *input* grid if voxel=True."""
         scan = self._as_prepared(scan)
         pts = np.asarray(points, dtype=float).reshape(-1, 3)
-        if not np.all(np.isfinite(pts)):
+        if not np.isfinite(pts).all():
             raise InputError("Query points must be finite numbers (got NaN or infinity).")
         world = scan.volume.voxel_to_world(pts) if voxel else pts
-        vox = np.rint(scan.canonical.world_to_voxel(world)).astype(np.int64)
-        outside = np.any((vox < 0) | (vox >= np.array(scan.canonical.shape)), axis=1)
-        if outside.any():
+        inv = scan.world_to_canonical
+        vox = np.rint(world @ inv[:3, :3].T + inv[:3, 3]).astype(np.int64)
+        if len(vox) and (vox.min() < 0 or (vox >= scan.sampler.shape).any()):
+            outside = np.any((vox < 0) | (vox >= scan.sampler.shape), axis=1)
             bad = world[np.argmax(outside)]
             raise InputError(f"Point ({bad[0]:.1f}, {bad[1]:.1f}, {bad[2]:.1f}) mm lies outside the scan "
                              f"({int(outside.sum())} of {len(pts)} points are outside).")
         probs = self.classify_voxels(scan, vox)
         order = np.argsort(-probs, axis=1)[:, :3]
+        top3 = probs[np.arange(len(probs))[:, None], order]
         labels = order[:, 0]
-        names = tuple(self.classes[i] for i in labels)
-        return PointResult(labels, names, probs[np.arange(len(probs)), labels],
-                           tuple(tuple(self.classes[i] for i in row) for row in order),
-                           np.take_along_axis(probs, order, axis=1), vox, probs)
+        classes = self.classes
+        return PointResult(labels, tuple(classes[i] for i in labels.tolist()), top3[:, 0].copy(),
+                           tuple(tuple(classes[i] for i in row) for row in order.tolist()), top3, vox, probs)
 
     # ---- segmentation ------------------------------------------------------------------------
     def segment(self, volume, *, progress: ProgressFn | None = None) -> Segmentation:
+        """Coarse-to-fine label map. Everything before the last step works on the levels' grids (never the
+        full voxel grid): a level starts from the previous one by cell lookup, classifies where neighbours
+        disagree, then re-checks only around points whose label changed; the finest grid is cleaned (largest
+        components) and expanded to voxels once, at the end."""
         progress = progress or no_progress
         t0 = time.perf_counter()
         scan = self._as_prepared(volume)
-        body = scan.body
+        shape = scan.canonical.shape
+        scan.body_coarse  # noqa: B018 -- computed here so that it is timed as preparation
         timings = {"prepare": time.perf_counter() - t0}
         st = self.settings
         steps = refine.level_steps(scan.canonical.spacing_mm, st.levels_mm)
         n_classes = len(self.classes)
-        labels = np.zeros(scan.canonical.shape, dtype=labels_dtype(n_classes))
+        dtype = labels_dtype(n_classes)
+        grid = prev_step = None
         queried = 0
         for level, step in enumerate(steps):
             t = time.perf_counter()
             progress(f"level {level + 1}/{len(steps)} ({'x'.join(map(str, step))} voxels)", level / len(steps))
-            grid = refine.grid_view(labels, step)
-            body_grid = refine.grid_view(body, step)
-            done = np.zeros(grid.shape, dtype=bool)
-            todo = body_grid.copy() if level == 0 else refine.disagreement(grid) & body_grid
-            for _ in range(st.max_sweeps):
-                # classify where neighbours disagree; an edge that moves exposes new disagreements next sweep
-                idx = np.argwhere(todo)
-                if not len(idx):
-                    break
-                probs = self.classify_voxels(scan, refine.grid_to_voxels(idx, step, labels.shape))
-                grid[tuple(idx.T)] = probs.argmax(1)
-                done[tuple(idx.T)] = True
-                queried += len(idx)
-                todo = refine.disagreement(grid) & body_grid & ~done
+            body = scan.body_grid(step)
+            seen = np.zeros(body.shape, dtype=bool)  # scratch of refine.edges_near
+            if grid is None:
+                grid = np.zeros(body.shape, dtype=dtype)
+                todo = np.argwhere(body)
+            else:
+                coarse, grid = grid, refine.refine_grid(grid, prev_step, step, shape)
+                todo = refine.first_candidates(coarse, prev_step, grid, step, shape, body, seen)
+            queried += self._sweeps(scan, grid, step, body, todo, seen)
             if st.majority:
-                grid = refine.majority_smooth(grid, st.majority)
+                grid = refine.majority_smooth(grid, st.majority, n_classes)
             if level == 0 and st.largest_component and st.components_before_refinement:
                 grid = refine.largest_components(grid, n_classes)
-            labels = refine.expand(grid, step, labels.shape)
+            prev_step = step
             timings[f"level_{level + 1}"] = time.perf_counter() - t
+        t = time.perf_counter()
+        progress("clean-up", 1.0 - 0.5 / len(steps))
         if st.largest_component:
-            t = time.perf_counter()
-            labels = refine.largest_components(labels, n_classes)
-            timings["components"] = time.perf_counter() - t
+            grid = refine.largest_components(grid, n_classes)  # on the finest grid: same result as on voxels
+        timings["components"] = time.perf_counter() - t
+        t = time.perf_counter()
+        out = np.empty(scan.volume.shape, dtype=dtype)  # on the input's grid, in its orientation
+        refine.expand_into(grid, prev_step, nio.apply_orientation(out, scan.ornt))
+        timings["expand"] = time.perf_counter() - t
         progress("done", 1.0)
-        out = scan.volume.from_canonical(labels, scan.ornt)
+        out = scan.volume.with_array(out)
         timings["total"] = time.perf_counter() - t0
         timings["points_classified"] = float(queried)
         return Segmentation(out, {i: n for i, n in enumerate(self.classes) if i > 0}, timings)
+
+    def _sweeps(self, scan: PreparedScan, grid: np.ndarray, step, body: np.ndarray, todo: np.ndarray,
+                seen: np.ndarray) -> int:
+        """Classify `todo` (grid indices) into `grid`, then, while labels change, the body points next to a
+        change that now sit on an edge and were not classified yet (an edge that the coarser level misplaced
+        by more than one step is followed). Returns the number of points classified."""
+        allowed = body.copy()  # body points not classified yet at this level
+        queried = 0
+        for _ in range(self.settings.max_sweeps):
+            if not len(todo):
+                break
+            probs = self.classify_voxels(scan, refine.grid_to_voxels(todo, step, scan.canonical.shape))
+            where = tuple(todo.T)
+            new = probs.argmax(1).astype(grid.dtype)
+            changed = todo[grid[where] != new]
+            grid[where] = new
+            allowed[where] = False
+            queried += len(todo)
+            todo = refine.edges_near(grid, changed, allowed, seen)
+        return queried

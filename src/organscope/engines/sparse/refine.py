@@ -6,17 +6,32 @@ import numba as nb
 import numpy as np
 from scipy import ndimage
 
+MIN_LEVEL_RATIO = 4  # a refinement level must have at least this many times fewer grid points than the next
+
 
 def level_steps(spacing_mm, levels_mm) -> list[tuple[int, int, int]]:
-    """Voxel steps of each level (rounded, at least 1); levels that would not be finer than the previous
-    one are dropped, and the last level is as fine as the finest requested spacing allows."""
+    """Voxel steps of each level, at least 1: the first level rounded, later levels rounded up (ceil: a grid
+    step never finer than asked, e.g. 2 mm at 0.8 mm voxels is 3 voxels = 2.4 mm, not 2 = 1.6 mm, which would
+    classify 1.5-2x more points per axis pair). Levels that would not be finer than the previous one are
+    dropped; the last level is as fine as the finest requested spacing allows (1 voxel on 4.7 x 4.7 x 3 mm)."""
     sp = np.asarray(spacing_mm, dtype=float)
     steps: list[tuple[int, int, int]] = []
     for mm in levels_mm:
-        s = tuple(int(max(1, round(mm / v))) for v in sp)
+        ratio = mm / sp
+        # ceil with a tolerance: 4 mm at 2 mm voxels stays 2 despite rounding error in the spacing
+        s = tuple(int(max(1, round(r) if not steps else np.ceil(r - 1e-6))) for r in ratio)
         if not steps or (s != steps[-1] and all(a <= b for a, b in zip(s, steps[-1]))):
             steps.append(s)
-    return steps
+    # an intermediate level with under 4x fewer points than the next one costs more than it saves (OpenKBP's
+    # 4.7 x 4.7 x 3 mm voxels: 4 mm -> (1, 1, 2) before (1, 1, 1) classified 19 % more points, same Dice)
+    keep = [s for i, s in enumerate(steps)
+            if i in (0, len(steps) - 1) or np.prod(s) >= MIN_LEVEL_RATIO * np.prod(steps[i + 1])]
+    return keep
+
+
+def grid_shape(shape, step) -> tuple[int, int, int]:
+    """Number of grid points per axis: ceil(n / s)."""
+    return tuple(-(-int(n) // int(s)) for n, s in zip(shape, step))
 
 
 def grid_points(n: int, s: int) -> np.ndarray:
@@ -46,9 +61,124 @@ def expand(grid: np.ndarray, step, shape) -> np.ndarray:
     return np.ascontiguousarray(out[: shape[0], : shape[1], : shape[2]])
 
 
+def refine_grid(coarse: np.ndarray, coarse_step, step, shape) -> np.ndarray:
+    """The next level's grid, each point holding the label of the coarse cell its voxel lies in: exactly
+    grid_view(expand(coarse, coarse_step, shape), step), without building the full-resolution map."""
+    return lookup(coarse, coarse_step, step, shape)
+
+
+def lookup(mask: np.ndarray, mask_step, step, shape) -> np.ndarray:
+    """Values of a coarse `mask` (one value per cell [m*ms, (m+1)*ms) of a grid of `shape`, e.g. the body mask
+    computed every few mm) at a level's grid points: the value of the cell each point's voxel lies in."""
+    idx = [np.minimum(grid_points(n, s) // ms, g - 1) for n, s, ms, g in zip(shape, step, mask_step, mask.shape)]
+    return mask[np.ix_(*idx)]
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _differs(grid, i, j, k):
+    """True if the 3x3x3 neighbourhood of (i, j, k) (clipped at the borders) holds another label."""
+    n0, n1, n2 = grid.shape
+    v = grid[i, j, k]
+    for a in range(max(i - 1, 0), min(i + 2, n0)):
+        for b in range(max(j - 1, 0), min(j + 2, n1)):
+            for c in range(max(k - 1, 0), min(k + 2, n2)):
+                if grid[a, b, c] != v:
+                    return True
+    return False
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def _disagreement(grid, out):
+    for i in nb.prange(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            for k in range(grid.shape[2]):
+                out[i, j, k] = _differs(grid, i, j, k)
+
+
+@nb.njit(parallel=True, cache=True, nogil=True)
+def _expand_into(grid, t0, t1, t2, out):
+    for i in nb.prange(out.shape[0]):
+        for j in range(out.shape[1]):
+            for k in range(out.shape[2]):
+                out[i, j, k] = grid[t0[i], t1[j], t2[k]]
+
+
+def expand_into(grid: np.ndarray, step, out: np.ndarray) -> np.ndarray:
+    """`expand` written into `out` (any strided view, e.g. the canonical view of a label array in the input's
+    orientation), so the full-resolution map is built once, in place, with no reorienting copy afterwards."""
+    tables = [np.minimum(np.arange(n) // s, g - 1) for n, s, g in zip(out.shape, step, grid.shape)]
+    _expand_into(np.ascontiguousarray(grid), *tables, out)
+    return out
+
+
 def disagreement(grid: np.ndarray) -> np.ndarray:
-    """Grid points whose 3x3x3 neighbourhood holds more than one label."""
-    return ndimage.maximum_filter(grid, size=3, mode="nearest") != ndimage.minimum_filter(grid, size=3, mode="nearest")
+    """Grid points whose 3x3x3 neighbourhood holds more than one label (the borders replicate, like scipy's
+    max != min filter with mode="nearest", which this replaces: one pass that stops at the first difference)."""
+    out = np.empty(grid.shape, dtype=bool)
+    _disagreement(np.ascontiguousarray(grid), out)
+    return out
+
+
+@nb.njit(cache=True, nogil=True)
+def _edges_near(grid, points, allowed, seen):
+    """Points that are 26-neighbours of `points` (or the points themselves), `allowed`, and on an edge; each
+    reported once (`seen` is scratch, left cleared)."""
+    n0, n1, n2 = grid.shape
+    out = np.empty((min(points.shape[0] * 27, grid.size), 3), np.int64)
+    m = 0
+    for p in range(points.shape[0]):
+        i, j, k = points[p, 0], points[p, 1], points[p, 2]
+        for a in range(max(i - 1, 0), min(i + 2, n0)):
+            for b in range(max(j - 1, 0), min(j + 2, n1)):
+                for c in range(max(k - 1, 0), min(k + 2, n2)):
+                    if allowed[a, b, c] and not seen[a, b, c]:
+                        seen[a, b, c] = True
+                        if _differs(grid, a, b, c):
+                            out[m, 0], out[m, 1], out[m, 2] = a, b, c
+                            m += 1
+    for p in range(points.shape[0]):  # clear the scratch marks
+        i, j, k = points[p, 0], points[p, 1], points[p, 2]
+        for a in range(max(i - 1, 0), min(i + 2, n0)):
+            for b in range(max(j - 1, 0), min(j + 2, n1)):
+                for c in range(max(k - 1, 0), min(k + 2, n2)):
+                    seen[a, b, c] = False
+    return out[:m]
+
+
+def edges_near(grid: np.ndarray, points: np.ndarray, allowed: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """Grid indices (N, 3), raster order, of the `allowed` points on a label edge within one step of `points`.
+    A point's disagreement can only change when a neighbour's label changes, so after a sweep only the
+    neighbours of changed points need checking (instead of filtering the whole grid again)."""
+    if not len(points):
+        return np.empty((0, 3), np.int64)
+    idx = _edges_near(grid, np.ascontiguousarray(points, dtype=np.int64), allowed, seen)
+    return idx[np.lexsort((idx[:, 2], idx[:, 1], idx[:, 0]))]  # raster order: memory locality in the gather
+
+
+def first_candidates(coarse: np.ndarray, coarse_step, grid: np.ndarray, step, shape, allowed: np.ndarray,
+                     seen: np.ndarray) -> np.ndarray:
+    """Edge points of a freshly refined grid. A fine point can only see two labels if its coarse cell does
+    (fine steps are at most the coarse ones), so only the fine points inside coarse edge cells are checked."""
+    coarse_edges = np.argwhere(disagreement(coarse))
+    if not len(coarse_edges):
+        return np.empty((0, 3), np.int64)
+    # fine grid points of each coarse edge cell: per axis, the fine indices whose voxel falls in the cell
+    cell_of = [np.minimum(grid_points(n, s) // cs, g - 1)
+               for n, s, cs, g in zip(shape, step, coarse_step, coarse.shape)]
+    in_edge = np.zeros(coarse.shape, dtype=bool)
+    in_edge[tuple(coarse_edges.T)] = True
+    cand = in_edge[np.ix_(*cell_of)] & allowed
+    pts = np.argwhere(cand)
+    keep = _edge_flags(grid, pts)
+    return pts[keep]
+
+
+@nb.njit(cache=True, nogil=True)
+def _edge_flags(grid, points):
+    out = np.empty(points.shape[0], np.bool_)
+    for p in range(points.shape[0]):
+        out[p] = _differs(grid, points[p, 0], points[p, 1], points[p, 2])
+    return out
 
 
 @nb.njit(cache=True, nogil=True)
@@ -80,7 +210,9 @@ def majority_smooth(grid: np.ndarray, threshold: int, n_classes: int | None = No
 
 
 def largest_components(labels: np.ndarray, n_classes: int) -> np.ndarray:
-    """Keep the largest 26-connected component of every organ label; the rest becomes background."""
+    """Keep the largest 26-connected component of every organ label; the rest becomes background.
+    On a level's grid this equals running it on the expanded voxel map (cells tile space, and two cells touch,
+    even at a corner, exactly when they are 26-neighbours), at a fraction of the cost."""
     out = labels.copy()
     boxes = ndimage.find_objects(labels, max_label=n_classes - 1)
     struct = np.ones((3, 3, 3), dtype=bool)
