@@ -127,8 +127,8 @@ class _CaseIndex:
 
 
 def _jitter_codes(codes: np.ndarray, rng: np.random.Generator, plan: SamplingPlan) -> None:
-    """In place: HU -> HU * scale + shift on int8 codes (4 HU per code), re-clipped; 0 (outside) stays 0 only
-    where it was already air-like anyway, an acceptable blur for an augmentation."""
+    """In place: HU -> HU * scale + shift on int8 codes (4 HU per code), re-clipped. Samples outside the scan
+    (code 0) are shifted too; the shift is small (+-20 HU), so this only blurs the outside marker a little."""
     scale = 1 + rng.uniform(-plan.hu_scale_jitter, plan.hu_scale_jitter)
     shift = rng.uniform(-plan.hu_shift_jitter, plan.hu_shift_jitter) / 4.0
     codes[:] = np.clip(np.rint(codes.astype(np.float32) * scale + shift), -128, 127).astype(np.int8)
