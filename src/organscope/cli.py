@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", type=Path, required=True, help="dataset folder: images/ labels/ dataset.json")
     t.add_argument("--work", type=Path, default=Path("work"), help="folder for training sets and checkpoints")
     t.add_argument("--name", default="sparse_openkbp", help="model name (output: <work>/<name>.onnx + .json)")
-    t.add_argument("--epochs", type=int, default=18)
+    t.add_argument("--epochs", type=int, default=10)
     t.add_argument("--install", action="store_true", help="copy the result into the package's models folder")
     t.set_defaults(func=cmd_train)
     return ap

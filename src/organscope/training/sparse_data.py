@@ -35,6 +35,12 @@ class SamplingPlan:
     hu_shift_jitter: float = 0.0  # ... and shifted by +- this many HU
 
 
+#: The sampling of the shipped model: 80 % of point chunks with a random pattern rotation (to 12 deg), scaling
+#: (to 12 %) and HU jitter; the plain SamplingPlan() (50 %, 8 deg, 8 %, no HU jitter) gave the same Dice (0.696).
+SHIPPED_PLAN = SamplingPlan(aug_fraction=0.8, max_rotation_deg=12.0, max_scale=0.12, hu_scale_jitter=0.05,
+                            hu_shift_jitter=20.0)
+
+
 def load_canonical_case(image_path, label_path=None) -> tuple[Volume, np.ndarray | None]:
     img = nib.load(str(image_path))
     vol = Volume(np.asanyarray(img.dataobj).astype(np.int16), img.affine)

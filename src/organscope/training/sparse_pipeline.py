@@ -154,7 +154,7 @@ def finalize(run_dir: Path, data_root: Path, out_dir: Path, name: str, *, checkp
 
 
 def run_pipeline(args) -> int:
-    from .sparse_data import EpochSampler, SamplingPlan, build
+    from .sparse_data import SHIPPED_PLAN, EpochSampler, SamplingPlan, build
     from .train_sparse import TrainSettings, train
 
     work: Path = args.work
@@ -166,9 +166,10 @@ def run_pipeline(args) -> int:
               augment=False)
     n_classes = 1 + sum(1 for i in Dataset(data).label_map.names if i > 0)
     if not (run_dir / "settings.json").exists():
-        train(EpochSampler(data, pattern, SamplingPlan()), val_dir, run_dir, TrainSettings(epochs=args.epochs),
-              n_classes)
-    finalize(run_dir, data, work, args.name, install=args.install)
+        train(EpochSampler(data, pattern, SHIPPED_PLAN), val_dir, run_dir,
+              TrainSettings(epochs=args.epochs, weight_decay_l2=1e-4, threads=1), n_classes)
+    # the last epoch: on OpenKBP it beat the lowest-validation-loss epoch on Dice (0.696 vs 0.683)
+    finalize(run_dir, data, work, args.name, checkpoint="last.pt", install=args.install)
     return 0
 
 

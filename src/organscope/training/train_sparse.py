@@ -152,12 +152,9 @@ def main(argv=None):
     source = a.train
     if a.resample_from is not None:
         from ..sampling.pattern import paper_pattern
-        from .sparse_data import EpochSampler, SamplingPlan
+        from .sparse_data import SHIPPED_PLAN, EpochSampler, SamplingPlan
 
-        plan = SamplingPlan()
-        if a.strong_augmentation:
-            plan = SamplingPlan(aug_fraction=0.8, max_rotation_deg=12.0, max_scale=0.12, hu_scale_jitter=0.05,
-                                hu_shift_jitter=20.0)
+        plan = SHIPPED_PLAN if a.strong_augmentation else SamplingPlan()
         source = EpochSampler(a.resample_from, paper_pattern(), plan)
     train(source, a.val, a.run, TrainSettings(epochs=a.epochs, batch_size=a.batch_size, threads=a.threads,
                                               weight_decay_l2=a.weight_decay), a.classes)
