@@ -20,13 +20,17 @@ from .volume import Volume
 
 
 @lru_cache(maxsize=8)
-def _engine(name: str, model: str | None, threads: int | None):
+def _load_engine(name: str, model: str | None, threads: int | None):
     return get_engine(name, model=model, threads=threads)
+
+
+def _engine(name: str, model, threads: int | None):
+    return _load_engine(name, None if model is None else str(model), threads)  # paths cache by their text
 
 
 def engine(name: str = "sparse", *, model: str | None = None, threads: int | None = None):
     """A loaded engine (cached per name/model/threads), for repeated calls on many scans or points."""
-    return _engine(name, None if model is None else str(model), threads)
+    return _engine(name, model, threads)
 
 
 def _volume(scan) -> Volume:
@@ -37,13 +41,13 @@ def segment(scan, *, engine: str = "sparse", model: str | None = None, threads: 
             progress: ProgressFn | None = None) -> Segmentation:
     """Multi-organ label map of `scan` (path or Volume) on the scan's own grid and orientation."""
     vol = _volume(scan)
-    return _engine(engine, None if model is None else str(model), threads).segment(vol, progress=progress)
+    return _engine(engine, model, threads).segment(vol, progress=progress)
 
 
 def query(scan, points, *, voxel: bool = False, model: str | None = None, threads: int | None = None):
     """Organ, probability and top-3 at each point: world mm (RAS) by default, voxel indices if voxel=True.
     `scan` may be a path, a Volume, or a PreparedScan from `engine().prepare(volume)` (fastest for many calls)."""
-    eng = _engine("sparse", None if model is None else str(model), threads)
+    eng = _engine("sparse", model, threads)
     from .engines.sparse import PreparedScan
 
     if not isinstance(scan, PreparedScan):

@@ -61,10 +61,13 @@ def canonical_transform(affine: np.ndarray) -> np.ndarray:
 
 def apply_orientation(array: np.ndarray, affine: np.ndarray, ornt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Permute/flip the first three axes of array by ornt; return (array, new affine). Exact: no resampling."""
-    shape = array.shape[:3]
     out = nio.apply_orientation(array, ornt)
-    new_affine = affine @ nio.inv_ornt_aff(ornt, shape)
-    return np.ascontiguousarray(out), new_affine
+    return np.ascontiguousarray(out), oriented_affine(affine, ornt, array.shape[:3])
+
+
+def oriented_affine(affine: np.ndarray, ornt: np.ndarray, shape) -> np.ndarray:
+    """Affine of the grid of `shape` after permuting/flipping its axes by ornt."""
+    return affine @ nio.inv_ornt_aff(ornt, shape)
 
 
 def invert_orientation(ornt: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from ..sampling.gather import gather_q8
 from ..sampling.pattern import Pattern
-from ..sampling.points import body_mask, sample_training_points
+from ..sampling.points import body_mask
 from ..volume import Volume
 
 
@@ -70,54 +70,22 @@ def allowed_bits(point_labels: np.ndarray, uncontoured_ids) -> np.ndarray:
     return bits
 
 
-def case_points(canon: Volume, labels: np.ndarray, contoured_ids, uncontoured_ids, pattern: Pattern,
-                plan: SamplingPlan, rng: np.random.Generator, *, augment: bool):
-    body = body_mask(canon.array)
-    band_vox = tuple(int(np.ceil(plan.band_mm / s)) for s in canon.spacing_mm)
-    centers = sample_training_points(labels, body, contoured_ids, rng, n_body=plan.n_body, n_band=plan.n_band,
-                                     n_balanced=plan.n_balanced, band_vox=band_vox)
-    rng.shuffle(centers)
-    desc = np.empty((len(centers), pattern.size), dtype=np.int8)
-    bounds = np.linspace(0, len(centers), plan.aug_chunks + 1).astype(int)
-    for a, b in zip(bounds[:-1], bounds[1:]):  # slices, so that out= writes into desc (not into a copy)
-        tf = None
-        if augment and rng.random() < plan.aug_fraction:
-            tf = random_transform(rng, plan.max_rotation_deg, plan.max_scale)
-        gather_q8(canon.array, centers[a:b], pattern.offsets_vox(canon.affine, transform=tf), out=desc[a:b])
-    lab = labels[centers[:, 0], centers[:, 1], centers[:, 2]]
-    return desc, lab, allowed_bits(lab, uncontoured_ids)
-
-
 def build(data_root: Path, out_dir: Path, pattern: Pattern, plan: SamplingPlan, *, split: str, seed: int = 0,
           augment: bool = True, limit: int | None = None) -> Path:
-    """Write X.npy (int8 descriptors), y.npy (uint8 centre labels), allowed.npy (uint16 bits), case.npy."""
-    meta = json.loads((data_root / "dataset.json").read_text())
-    names = {v: k for k, v in meta["labels"].items()}
-    cases = [c for c in meta["cases"] if c["split"] == split][:limit]
-    per_case = plan.n_body + plan.n_band + plan.n_balanced
+    """A fixed descriptor set (the validation set watched during training): one draw of `EpochSampler`, written
+    as X.npy (int8 descriptors), y.npy (uint8 centre labels), allowed.npy (uint16 bits), case.npy."""
+    sampler = EpochSampler(data_root, pattern, plan, split=split, limit=limit)
     out_dir.mkdir(parents=True, exist_ok=True)
-    X = np.lib.format.open_memmap(out_dir / "X.npy", "w+", np.int8, (len(cases) * per_case, pattern.size))
-    ys, bits, case_idx = [], [], []
-    rng = np.random.default_rng(seed)
-    n = 0
-    for ci, c in enumerate(tqdm(cases, desc=f"sampling {split}")):
-        canon, labels = load_canonical_case(data_root / "images" / f"{c['case']}.nii.gz",
-                                            data_root / "labels" / f"{c['case']}.nii.gz")
-        contoured = [meta["labels"][o] for o in c["organs"]]
-        uncontoured = [i for i in names if i != 0 and i not in contoured]
-        d, lab, al = case_points(canon, labels, contoured, uncontoured, pattern, plan, rng, augment=augment)
-        X[n:n + len(d)] = d
-        ys.append(lab)
-        bits.append(al)
-        case_idx.append(np.full(len(d), ci, np.int16))
-        n += len(d)
+    X = np.lib.format.open_memmap(out_dir / "X.npy", "w+", np.int8, (sampler.size, pattern.size))
+    y, bits, case_idx = sampler.fill(X, np.random.default_rng(seed), augment=augment)
     X.flush()
     del X
-    np.save(out_dir / "y.npy", np.concatenate(ys))
-    np.save(out_dir / "allowed.npy", np.concatenate(bits))
-    np.save(out_dir / "case.npy", np.concatenate(case_idx))
-    (out_dir / "info.json").write_text(json.dumps({"n": n, "cases": [c["case"] for c in cases], "split": split,
-                                                   "pattern": pattern.name, "plan": asdict(plan)}, indent=1))
+    np.save(out_dir / "y.npy", y)
+    np.save(out_dir / "allowed.npy", bits)
+    np.save(out_dir / "case.npy", case_idx)
+    (out_dir / "info.json").write_text(json.dumps({"n": sampler.size, "cases": [c["case"] for c in sampler.cases],
+                                                   "split": split, "pattern": pattern.name, "plan": asdict(plan)},
+                                                  indent=1))
     return out_dir
 
 

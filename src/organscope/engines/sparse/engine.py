@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 import nibabel.orientations as nio
 import numpy as np
 
+from ... import geometry
 from ...errors import InputError, ModelError
 from ...sampling.gather import KIND_F32, KIND_U8, Sampler, contiguous_int16, hu_int16
 from ...sampling.points import body_mask, body_steps, superior_axis
@@ -133,10 +134,10 @@ class SparseEngine:
         arr = volume.array
         if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
             raise InputError("The scan contains NaN or infinite values; organscope needs finite HU values.")
-        ornt = nio.io_orientation(volume.affine)
-        view = nio.apply_orientation(hu_int16(arr), ornt)  # zero-copy view
-        affine = volume.affine @ nio.inv_ornt_aff(ornt, volume.shape)
-        canon = Volume(contiguous_int16(view), affine, dict(volume.meta))
+        ornt = geometry.canonical_transform(volume.affine)
+        view = nio.apply_orientation(hu_int16(arr), ornt)  # zero-copy view; the copy below is the tiled one
+        canon = Volume(contiguous_int16(view), geometry.oriented_affine(volume.affine, ornt, volume.shape),
+                       dict(volume.meta))
         offsets = self.model.pattern.offsets_vox(canon.affine)
         kind = KIND_U8 if self.model.input_kind == "codes" else KIND_F32
         return PreparedScan(volume, canon, ornt, offsets, Sampler(canon.array, offsets, kind),

@@ -41,7 +41,8 @@ def pattern_from_card(card: dict) -> Pattern:
 
 @dataclass
 class SparseModel:
-    """Runs the classifier with ONNX Runtime on float32 descriptors."""
+    """Runs the classifier with ONNX Runtime on descriptors: uint8 codes for models with an int8 first layer,
+    float32 values otherwise (`input_kind`)."""
 
     onnx_path: Path
     card: dict
