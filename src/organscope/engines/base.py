@@ -33,7 +33,12 @@ def _sparse(**kw):
     return SparseEngine(**kw)
 
 
-ENGINES: dict[str, Callable[..., Engine]] = {"sparse": _sparse}
+def _cnn3d(**kw):
+    from .cnn3d import Cnn3dEngine
+    return Cnn3dEngine(**kw)
+
+
+ENGINES: dict[str, Callable[..., Engine]] = {"sparse": _sparse, "cnn3d": _cnn3d}
 
 
 def get_engine(name: str, **kwargs) -> Engine:

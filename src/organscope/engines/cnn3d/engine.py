@@ -1,0 +1,94 @@
+"""The cnn3d engine (COBRA, Henderson et al.): the whole scan on a fixed 128^3 grid through a tiny factorised
+3D U-Net in ONNX Runtime, argmax, nearest upsampling back to the input's grid."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import InputError, ModelError
+from ...volume import Volume
+from ..base import ProgressFn, Segmentation, labels_dtype, no_progress
+from ..sparse.refine import largest_components
+from . import preprocess
+
+MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
+DEFAULT_MODEL = "cnn3d_openkbp"
+N_BACKGROUND = 2  # the network's classes 0 (air) and 1 (body) are both background in the output
+
+
+def model_paths(name_or_path) -> tuple[Path, Path]:
+    p = Path(name_or_path) if name_or_path is not None else MODELS_DIR / f"{DEFAULT_MODEL}.onnx"
+    if p.suffix != ".onnx":
+        p = MODELS_DIR / f"{p.name}.onnx"
+    card = p.with_suffix(".json")
+    if not p.exists() or not card.exists():
+        shipped = sorted(q.stem for q in MODELS_DIR.glob("cnn3d_*.onnx"))
+        raise ModelError(f"Model {str(name_or_path or DEFAULT_MODEL)!r} not found (need {p.name} and {card.name}); "
+                         f"shipped cnn3d models: {', '.join(shipped) or 'none'}.")
+    return p, card
+
+
+class Cnn3dEngine:
+    name = "cnn3d"
+
+    def __init__(self, model=None, *, threads: int | None = None):
+        import onnxruntime as ort
+
+        self.onnx_path, card_path = model_paths(model)
+        try:
+            self.card = json.loads(card_path.read_text())
+            self.classes: tuple[str, ...] = tuple(self.card["classes"])
+            self.grid = tuple(int(v) for v in self.card["grid"])
+            self.largest_component = bool(self.card.get("largest_component", False))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"Model card {card_path.name} is missing or malformed ({exc!r}).") from None
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = threads or os.cpu_count() or 1
+        opts.inter_op_num_threads = 1
+        try:
+            self._session = ort.InferenceSession(str(self.onnx_path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own untyped errors on a corrupt file
+            raise ModelError(f"Could not load model {self.onnx_path.name}: {exc}") from None
+        self._input = self._session.get_inputs()[0].name
+
+    def network_input(self, volume: Volume) -> tuple[np.ndarray, preprocess.GridMap]:
+        """(1, 2, *grid) float32 windows of the scan on the fixed grid, and the map back to its grid."""
+        arr = volume.array
+        if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+            raise InputError("The scan contains NaN or infinite values; organscope needs finite HU values.")
+        hu, gmap = preprocess.to_grid(volume, self.grid)
+        return preprocess.windows(hu)[None], gmap
+
+    def class_scores(self, volume: Volume) -> tuple[np.ndarray, preprocess.GridMap]:
+        """Network output (n_classes, *grid) on the fixed grid: air, body, then the card's organs."""
+        x, gmap = self.network_input(volume)
+        return self._session.run(None, {self._input: x})[0][0], gmap
+
+    def segment(self, volume: Volume, *, progress: ProgressFn | None = None) -> Segmentation:
+        progress = progress or no_progress
+        t0 = time.perf_counter()
+        progress("resample to the network grid", 0.0)
+        x, gmap = self.network_input(volume)
+        timings = {"prepare": time.perf_counter() - t0}
+        t = time.perf_counter()
+        progress("3D CNN", 0.2)
+        scores = self._session.run(None, {self._input: x})[0][0]
+        timings["network"] = time.perf_counter() - t
+        t = time.perf_counter()
+        progress("labels back to the scan's grid", 0.9)
+        n_out = len(self.classes)
+        dtype = labels_dtype(n_out)
+        cls = scores.argmax(axis=0)
+        labels = np.where(cls >= N_BACKGROUND, cls - (N_BACKGROUND - 1), 0).astype(dtype)
+        if self.largest_component:
+            labels = largest_components(labels, n_out)
+        out = preprocess.from_grid(labels, gmap, volume)
+        timings["postprocess"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t0
+        progress("done", 1.0)
+        return Segmentation(out, {i: n for i, n in enumerate(self.classes) if i > 0}, timings)

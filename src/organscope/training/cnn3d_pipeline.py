@@ -1,0 +1,152 @@
+"""From a cnn3d training run to a shipped model: ONNX export checked against ONNX Runtime, offline graph
+optimisation (constant folding, BatchNorm folded into the convolutions, redundant nodes removed), then
+validation with the engine itself (segment every validation scan, score like `organscope evaluate`), the
+largest-component step kept only if it raises validation Dice, and the model card."""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..datasets import Dataset
+from ..engines.cnn3d.engine import MODELS_DIR
+from ..engines.cnn3d.preprocess import GRID, WINDOWS_HU
+from ..io import save_labels
+from ..metrics.report import evaluate_dirs
+from .cnn3d_net import Cnn3dNet, count_gflops, count_parameters
+
+
+def load_run(run_dir: Path, checkpoint: str = "best.pt") -> tuple[Cnn3dNet, dict, dict]:
+    run = json.loads((run_dir / "settings.json").read_text())
+    net = Cnn3dNet(2 + len(run["organs"]), width=run["settings"]["width"])
+    ck = torch.load(run_dir / checkpoint, weights_only=False)
+    net.load_state_dict(ck["net"])
+    return net.eval(), run, ck["state"]
+
+
+def export(net: Cnn3dNet, out_path: Path, *, atol: float = 2e-3) -> float:
+    """Export with dynamic spatial axes (multiples of 16), check ORT against torch on a random volume, and save
+    ORT's basic-level optimisation of the graph (portable across CPUs, unlike the 'all' level)."""
+    import onnxruntime as ort
+
+    x = torch.from_numpy(np.random.default_rng(0).random((1, 2, 64, 64, 80), dtype=np.float32))
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "raw.onnx"
+        torch.onnx.export(net, (x,), str(raw), input_names=["windows"], output_names=["logits"],
+                          dynamic_axes={"windows": {2: "d", 3: "h", 4: "w"}, "logits": {2: "d", 3: "h", 4: "w"}},
+                          opset_version=17, do_constant_folding=True, dynamo=False)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        tmp_out = out_path.with_suffix(".tmp.onnx")
+        opts.optimized_model_filepath = str(tmp_out)
+        ort.InferenceSession(str(raw), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(tmp_out), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        ref = net(x).numpy()
+    err = float(np.abs(sess.run(None, {"windows": x.numpy()})[0] - ref).max())
+    if err > atol:
+        tmp_out.unlink()
+        raise RuntimeError(f"ONNX export differs from torch by {err:.2e} (> {atol:.0e}).")
+    tmp_out.replace(out_path)
+    return err
+
+
+def validate(onnx_path: Path, card: dict, data_root: Path, cases, work: Path) -> dict:
+    """Segment every case with the engine (with and without the largest-component step) and score both."""
+    from ..engines.cnn3d import Cnn3dEngine
+
+    results = {}
+    for lcc in (False, True):
+        c = dict(card, largest_component=lcc)
+        card_path = onnx_path.with_suffix(".json")
+        card_path.write_text(json.dumps(c, indent=1))
+        engine = Cnn3dEngine(onnx_path)
+        pred_dir = work / f"pred_lcc{int(lcc)}"
+        pred_dir.mkdir(parents=True, exist_ok=True)
+        seconds = []
+        for case in cases:
+            seg = engine.segment(case.load_image())
+            seconds.append(seg.timings_s["total"])
+            save_labels(seg.labels, seg.labels.array, pred_dir / f"{case.case_id}.nii.gz",
+                        {0: "background", **seg.names})
+        report = evaluate_dirs(pred_dir, data_root / "labels")
+        summ = report.summary()
+        results[lcc] = {
+            "largest_component": lcc,
+            "mean": report.mean_row(),
+            "per_organ": {o: {"n": s.n, "dice": s.dice_mean, "dice_sd": s.dice_sd, "jaccard": s.jaccard_mean,
+                              "nsd_2mm": s.nsd_mean, "hd95_mm": s.hd95_mm_mean} for o, s in summ.items()},
+            "seconds_per_scan_median": float(np.median(seconds)),
+        }
+        print(f"largest_component={lcc}: mean Dice {report.mean_row()['dice']:.4f}\n{report.table()}", flush=True)
+    return results
+
+
+def finalize(run_dir: Path, data_root: Path, out_dir: Path, name: str = "cnn3d_openkbp", *,
+             checkpoint: str = "best.pt", install: bool = False) -> dict:
+    net, run, state = load_run(run_dir, checkpoint)
+    ds = Dataset(data_root)
+    organs = run["organs"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path = out_dir / f"{name}.onnx"
+    err = export(net, onnx_path)
+    print(f"exported {onnx_path} ({onnx_path.stat().st_size / 1e6:.2f} MB), max |torch - ORT| = {err:.1e}")
+    card = {
+        "name": name, "engine": "cnn3d", "format": "onnx",
+        "classes": ["background", *organs],
+        "network_classes": ["air", "body", *organs],
+        "grid": list(GRID),
+        "input": "(1, 2, 128, 128, 128) float32: the scan on the canonical RAS+ 128^3 grid covering its field of "
+                 "view, HU through two windows (level, width) clipped to [0, 1]",
+        "windows_hu": [list(w) for w in WINDOWS_HU],
+        "output": "logits (1, n_network_classes, grid); argmax; air and body are background",
+        "parameters": count_parameters(net),
+        "gflops_128": round(count_gflops(net, (1, 2) + GRID), 2),
+        "onnx_parity_max_abs_diff": err,
+        "training": {"data": "OpenKBP (Babier et al. 2021), training split (170 cases)",
+                     "settings": run["settings"], "patches": run["plan"], "checkpoint": checkpoint,
+                     "steps": state["step"], "minutes": round(state["elapsed_s"] / 60, 1),
+                     "history": state["history"]},
+    }
+    val_cases = ds.split("validation")
+    t = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        results = validate(onnx_path, card, data_root, val_cases, Path(tmp))
+    best = max(results.values(), key=lambda r: r["mean"]["dice"])
+    card["largest_component"] = best["largest_component"]
+    card["date"] = _dt.date.today().isoformat()
+    card["validation"] = {"cases": [c.case_id for c in val_cases],
+                          "note": "organscope segment --engine cnn3d, scored like organscope evaluate "
+                                  "(Dice per contoured organ, NSD at 2 mm)",
+                          **best, "largest_component_search": {str(k): v["mean"]["dice"] for k, v in results.items()}}
+    card_path = onnx_path.with_suffix(".json")
+    card_path.write_text(json.dumps(card, indent=1))
+    print(f"model card {card_path}: mean Dice {best['mean']['dice']:.4f} (validation took {time.time() - t:.0f} s)")
+    if install:
+        shutil.copy2(onnx_path, MODELS_DIR / onnx_path.name)
+        shutil.copy2(card_path, MODELS_DIR / card_path.name)
+        print(f"installed into {MODELS_DIR}")
+    return card
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Export, validate and write the card of a cnn3d training run.")
+    ap.add_argument("--run", type=Path, required=True)
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--out", type=Path, default=Path("work/cnn3d/export"))
+    ap.add_argument("--name", default="cnn3d_openkbp")
+    ap.add_argument("--checkpoint", default="best.pt")
+    ap.add_argument("--install", action="store_true")
+    a = ap.parse_args(argv)
+    finalize(a.run, a.data, a.out, a.name, checkpoint=a.checkpoint, install=a.install)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""Train the cnn3d network on the cache of `cnn3d_data.build_cache`, resumably, and keep the checkpoint with
+the best validation mean Dice (whole 128^3 volumes, organs only where contoured).
+
+Loss: weighted multi-class soft Dice (the paper's; air 0.1, body 0.2, organs 1, Dice pooled over the batch)
+plus cross-entropy (added because it converges in far fewer steps, which a CPU budget needs). Partial labels:
+in a case where organ c was not contoured, its Dice term is dropped and its probability is added to the body
+class's in both terms (p_body + p_c), so "body" is never taught where c might be.
+
+The learning rate decays polynomially over whichever runs out first, the step budget or the time budget
+(`--hours`), so a run fits the time it is given; the card records the steps actually made.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .cnn3d_data import N_SPECIAL, PatchPlan, PatchSampler, windows_torch
+from .cnn3d_net import Cnn3dNet
+
+
+@dataclass(frozen=True)
+class Cnn3dSettings:
+    steps: int = 20000
+    hours: float = 1.5
+    batch_size: int = 2
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    width: int = 16
+    val_every: int = 500
+    seed: int = 0
+    threads: int = 2
+
+
+def class_weights(n_classes: int) -> torch.Tensor:
+    w = torch.ones(n_classes)
+    w[0], w[1] = 0.1, 0.2
+    return w
+
+
+def partial_loss(logits: torch.Tensor, target: torch.Tensor, contoured: torch.Tensor) -> torch.Tensor:
+    """Soft Dice + CE with uncontoured organs merged into the body class. contoured: (B, n_organs) bool."""
+    n_classes = logits.shape[1]
+    prob = logits.softmax(1)
+    unknown = (~contoured).float()  # (B, n_organs)
+    # probability of "body or an organ not contoured here"
+    extra = (prob[:, N_SPECIAL:] * unknown[:, :, None, None, None]).sum(1)
+    p_body = prob[:, 1] + extra
+    onehot = F.one_hot(target, n_classes).permute(0, 4, 1, 2, 3).float()
+    p = torch.cat([prob[:, :1], p_body[:, None], prob[:, N_SPECIAL:]], dim=1)
+    # cross-entropy on the merged probabilities
+    ce = -(torch.log(p.clamp_min(1e-6)) * onehot).sum(1).mean()
+    # soft Dice per class pooled over the batch, uncontoured organs excluded per case
+    valid = torch.cat([torch.ones(len(contoured), N_SPECIAL, dtype=torch.bool), contoured], dim=1).float()  # (B, C)
+    inter = (p * onehot).sum((2, 3, 4)) * valid
+    denom = (p.sum((2, 3, 4)) + onehot.sum((2, 3, 4))) * valid
+    dice = (2 * inter.sum(0) + 1.0) / (denom.sum(0) + 1.0)
+    w = class_weights(n_classes) * (valid.sum(0) > 0).float()
+    return ce + (w * (1 - dice)).sum() / w.sum()
+
+
+@torch.no_grad()
+def predict_volume(net, hu: np.ndarray) -> np.ndarray:
+    """Argmax class (0 air, 1 body, 2.. organs) on a whole cached volume."""
+    x = windows_torch(torch.from_numpy(np.asarray(hu, dtype=np.float32))[None, None])
+    return net(x).argmax(1)[0].numpy().astype(np.uint8)
+
+
+def dice_scores(pred: np.ndarray, target: np.ndarray, contoured: np.ndarray) -> np.ndarray:
+    """Per organ Dice (NaN where not contoured or both empty); classes 0 and 1 are background."""
+    out = np.full(len(contoured), np.nan)
+    for o, known in enumerate(contoured):
+        if not known:
+            continue
+        a, b = pred == o + N_SPECIAL, target == o + N_SPECIAL
+        s = a.sum() + b.sum()
+        if s:
+            out[o] = 2 * np.logical_and(a, b).sum() / s
+    return out
+
+
+def validate(net, images, targets, contoured, cases) -> np.ndarray:
+    net.eval()
+    scores = np.stack([dice_scores(predict_volume(net, images[n]), np.asarray(targets[n]), contoured[n])
+                       for n in cases])
+    net.train()
+    return scores
+
+
+def train(cache: Path, run_dir: Path, settings: Cnn3dSettings, plan: PatchPlan = PatchPlan()) -> Path:
+    torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    meta = json.loads((cache / "cases.json").read_text())
+    images = np.load(cache / "images.npy", mmap_mode="r")
+    targets = np.load(cache / "targets.npy", mmap_mode="r")
+    contoured = np.load(cache / "contoured.npy")
+    train_ids = [n for n, s in enumerate(meta["splits"]) if s == "train"]
+    val_ids = [n for n, s in enumerate(meta["splits"]) if s == "validation"]
+    images = np.ascontiguousarray(images)  # ~850 MB: in memory, random patches need fast access
+    targets = np.ascontiguousarray(targets)
+
+    n_classes = N_SPECIAL + len(meta["organs"])
+    net = Cnn3dNet(n_classes, width=settings.width)
+    opt = torch.optim.Adam(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = {"step": 0, "elapsed_s": 0.0, "best": -1.0, "history": []}
+    last = run_dir / "last.pt"
+    if last.exists():
+        ck = torch.load(last, weights_only=False)
+        net.load_state_dict(ck["net"])
+        opt.load_state_dict(ck["opt"])
+        state = ck["state"]
+        print(f"resumed at step {state['step']}", flush=True)
+    (run_dir / "settings.json").write_text(json.dumps({"settings": asdict(settings), "plan": asdict(plan),
+                                                       "organs": meta["organs"]}, indent=1))
+    sampler = PatchSampler(images, targets, plan, seed=settings.seed + state["step"])
+    rng = np.random.default_rng(settings.seed + 1 + state["step"])
+    budget_s = settings.hours * 3600
+    t0 = time.time() - state["elapsed_s"]
+    losses = []
+    net.train()
+    while True:
+        elapsed = time.time() - t0
+        frac = max(state["step"] / settings.steps, elapsed / budget_s)
+        if frac >= 1.0:
+            break
+        for g in opt.param_groups:
+            g["lr"] = settings.lr * (1 - frac) ** 0.9
+        ids = rng.choice(train_ids, settings.batch_size, replace=False)
+        x, y = sampler.sample(ids)
+        loss = partial_loss(net(x), y, torch.from_numpy(contoured[ids]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+        state["step"] += 1
+        if state["step"] % 50 == 0:
+            print(f"step {state['step']} loss {np.mean(losses[-50:]):.4f} lr {opt.param_groups[0]['lr']:.2e} "
+                  f"{elapsed / 60:.1f} min", flush=True)
+        if state["step"] % settings.val_every == 0:
+            _checkpoint(net, opt, state, t0, run_dir, images, targets, contoured, val_ids, meta, losses)
+    _checkpoint(net, opt, state, t0, run_dir, images, targets, contoured, val_ids, meta, losses)
+    return run_dir / "best.pt"
+
+
+def _checkpoint(net, opt, state, t0, run_dir, images, targets, contoured, val_ids, meta, losses):
+    scores = validate(net, images, targets, contoured, val_ids)
+    per_organ = np.nanmean(scores, axis=0)
+    mean = float(np.nanmean(per_organ))
+    state["elapsed_s"] = time.time() - t0
+    state["history"].append({"step": state["step"], "loss": float(np.mean(losses[-200:])), "val_mean_dice": mean,
+                             "val_dice": dict(zip(meta["organs"], map(float, per_organ))),
+                             "minutes": state["elapsed_s"] / 60})
+    print(f"== step {state['step']} val mean Dice {mean:.4f} " +
+          " ".join(f"{o}={d:.3f}" for o, d in zip(meta["organs"], per_organ)), flush=True)
+    if mean > state["best"]:
+        state["best"] = mean
+        torch.save({"net": net.state_dict(), "state": state}, run_dir / "best.pt")
+    tmp = run_dir / "last.tmp.pt"
+    torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "state": state}, tmp)
+    tmp.replace(run_dir / "last.pt")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Train the cnn3d network (resumes from RUN/last.pt).")
+    ap.add_argument("--cache", type=Path, required=True)
+    ap.add_argument("--run", type=Path, required=True)
+    for f, v in asdict(Cnn3dSettings()).items():
+        ap.add_argument(f"--{f.replace('_', '-')}", type=type(v), default=v)
+    a = ap.parse_args(argv)
+    s = Cnn3dSettings(**{f: getattr(a, f) for f in asdict(Cnn3dSettings())})
+    train(a.cache, a.run, s)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""cnn3d engine: preprocessing (resampling, windows, the way back), geometry through every orientation with a
+SYNTHETIC hand-weighted model, bad input, and the training pieces (loss with partial labels, export parity)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from helpers import synthetic as syn
+from helpers import synthetic_cnn3d as syn3
+from organscope.engines.cnn3d import preprocess
+from organscope.errors import InputError, ModelError
+from organscope.volume import Volume
+
+GRID = (32, 32, 32)
+
+
+@pytest.fixture(scope="module")
+def cnn3d_synthetic(tmp_path_factory):
+    pytest.importorskip("onnx")
+    from organscope.engines.cnn3d import Cnn3dEngine
+
+    path = syn3.write_model(tmp_path_factory.mktemp("cnn3d"), GRID)
+    return Cnn3dEngine(path, threads=1)
+
+
+# ---- preprocessing ------------------------------------------------------------------------------------
+
+def test_taps_are_normalised_and_identity_when_sizes_match():
+    idx, w = preprocess._taps(128, 128)
+    np.testing.assert_allclose(w.sum(1), 1, rtol=1e-6)
+    np.testing.assert_array_equal(idx[np.arange(128), w.argmax(1)], np.arange(128))
+    idx, w = preprocess._taps(512, 128)
+    np.testing.assert_allclose(w.sum(1), 1, rtol=1e-6)
+    assert (w > 0).sum(1).max() >= 4  # anti-aliasing: every output voxel averages several input voxels
+
+
+def test_resample_keeps_constants_and_averages_when_shrinking(rng):
+    const = np.full((40, 30, 20), 7.0, np.float32)
+    np.testing.assert_allclose(preprocess.resample(const, (10, 15, 20)), 7.0, rtol=1e-5)
+    # a linear ramp stays a ramp with the same value at the same (edge-aligned) positions
+    ramp = np.broadcast_to(np.arange(64, dtype=np.float32)[:, None, None], (64, 4, 4))
+    out = preprocess.resample(ramp, (16, 4, 4))
+    np.testing.assert_allclose(out[2:-2, 0, 0], ((np.arange(16) + 0.5) * 4 - 0.5)[2:-2], atol=1e-4)
+    # high-frequency noise is damped (anti-aliasing), not aliased through
+    noise = rng.standard_normal((128, 8, 8)).astype(np.float32)
+    assert preprocess.resample(noise, (32, 8, 8)).std() < 0.6 * noise.std()
+
+
+def test_windows_match_their_definition():
+    hu = np.array([-1000, -160, 40, 240, 1300, 3000], np.float32).reshape(1, 1, 6)
+    w = preprocess.windows(hu)
+    np.testing.assert_allclose(w[0, 0, 0], [0, 0, 0.5, 1, 1, 1], atol=1e-6)
+    np.testing.assert_allclose(w[1, 0, 0], [0, 0.27, 0.37, 0.47, 1, 1], atol=1e-6)
+
+
+def test_nearest_indices_invert_an_even_zoom():
+    np.testing.assert_array_equal(preprocess.nearest_indices(8, 4), [0, 0, 1, 1, 2, 2, 3, 3])
+    np.testing.assert_array_equal(preprocess.nearest_indices(4, 4), [0, 1, 2, 3])
+
+
+@pytest.mark.parametrize("name", ["RAS", "LPS", "PLI", "oblique"])
+def test_grid_round_trip_lands_on_the_input_grid(phantoms, name):
+    vol = phantoms[name]
+    hu, gmap = preprocess.to_grid(vol, GRID)
+    assert hu.shape == GRID
+    # the grid's affine puts the grid where the scan is: the bone sphere is bright at its world centre
+    ijk = np.round(np.linalg.solve(gmap.grid_affine, np.r_[syn.BONE_SPHERE.center_mm, 1])[:3]).astype(int)
+    assert hu[tuple(ijk)] > 500
+    back = preprocess.from_grid((hu > 300).astype(np.uint8), gmap, vol)
+    assert back.shape == vol.shape
+    np.testing.assert_array_equal(back.affine, vol.affine)
+    truth = vol.array > 300
+    dice = 2 * np.logical_and(back.array, truth).sum() / (back.array.sum() + truth.sum())
+    assert dice > 0.85, dice
+
+
+# ---- the engine with the synthetic model ------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["RAS", "LPS", "PLI", "oblique"])
+def test_engine_labels_the_bone_ball_in_every_orientation(cnn3d_synthetic, phantoms, name):
+    vol = phantoms[name]
+    seg = cnn3d_synthetic.segment(vol)
+    assert seg.labels.shape == vol.shape
+    np.testing.assert_array_equal(seg.labels.affine, vol.affine)
+    assert seg.names == {1: "bone"}
+    world = syn.voxel_world(vol.affine, vol.shape)
+    d = np.linalg.norm(world - syn.BONE_SPHERE.center_mm, axis=-1) - syn.BONE_SPHERE.radius_mm
+    margin = 1.5 * np.max(vol.spacing_mm * np.array(vol.shape) / np.array(GRID))  # ~one network voxel
+    assert (seg.labels.array[d < -margin] == 1).all()
+    assert (seg.labels.array[d > margin] == 0).all()
+
+
+def test_engine_result_is_the_same_in_world_space_for_a_flipped_copy(cnn3d_synthetic, phantoms):
+    ras, lps = phantoms["RAS"], phantoms["LPS"]
+    a = cnn3d_synthetic.segment(ras).labels.array
+    b = cnn3d_synthetic.segment(lps).labels.array  # LPS: RAS with axes 0 and 1 reversed, same voxel centres
+    np.testing.assert_array_equal(a, b[::-1, ::-1, :])
+
+
+def test_engine_rejects_nan(cnn3d_synthetic, phantoms):
+    arr = phantoms["RAS"].array.astype(np.float32)
+    arr[3, 3, 3] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        cnn3d_synthetic.segment(Volume(arr, phantoms["RAS"].affine))
+
+
+def test_missing_and_corrupt_models_are_clear_errors(tmp_path):
+    from organscope.engines.cnn3d import Cnn3dEngine
+
+    with pytest.raises(ModelError, match="not found"):
+        Cnn3dEngine(tmp_path / "nothing.onnx")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx file")
+    bad.with_suffix(".json").write_text('{"classes": ["background"], "grid": [32, 32, 32]}')
+    with pytest.raises(ModelError, match="Could not load"):
+        Cnn3dEngine(bad)
+    bad.with_suffix(".json").write_text("{")
+    with pytest.raises(ModelError, match="malformed"):
+        Cnn3dEngine(bad)
+
+
+# ---- training pieces (need the train extra) -----------------------------------------------------------------
+
+def test_network_shapes_and_size():
+    torch = pytest.importorskip("torch")
+    from organscope.training.cnn3d_net import Cnn3dNet, count_parameters
+
+    net = Cnn3dNet(9).eval()
+    with torch.no_grad():
+        y = net(torch.zeros(1, 2, 32, 48, 64))
+    assert y.shape == (1, 9, 32, 48, 64)
+    assert 100_000 < count_parameters(net) < 1_000_000
+
+
+def test_partial_loss_never_teaches_body_on_an_uncontoured_organ():
+    torch = pytest.importorskip("torch")
+    from organscope.training.train_cnn3d import partial_loss
+
+    target = torch.ones(1, 4, 4, 4, dtype=torch.long)  # all "body"
+    target[0, :2] = 2  # an organ (the first, contoured) in half of it
+
+    def loss(pred_class_in_body, contoured):
+        logits = torch.full((1, 4, 4, 4, 4), -10.0)
+        logits[:, 2][target == 2] = 10.0
+        logits[:, pred_class_in_body][target == 1] = 10.0
+        return float(partial_loss(logits, target, torch.tensor([contoured])))
+
+    # predicting organ 2 (index 3) inside "body" costs nothing when organ 2 was not contoured ...
+    assert loss(3, [True, False]) == pytest.approx(loss(1, [True, False]), abs=1e-3)
+    # ... and is penalised when it was
+    assert loss(3, [True, True]) > loss(1, [True, True]) + 0.5
+
+
+def test_a_few_training_steps_then_export_matches_onnxruntime(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    import json
+
+    from organscope.training.cnn3d_data import PatchPlan
+    from organscope.training.cnn3d_pipeline import export, load_run
+    from organscope.training.train_cnn3d import Cnn3dSettings, train
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    rng = np.random.default_rng(0)
+    images = rng.integers(-1000, 500, (3, 32, 32, 32)).astype(np.int16)
+    targets = (images > 0).astype(np.uint8)
+    targets[:, 10:14, 10:14, 10:14] = 2
+    np.save(cache / "images.npy", images)
+    np.save(cache / "targets.npy", targets)
+    np.save(cache / "contoured.npy", np.ones((3, 1), bool))
+    (cache / "cases.json").write_text(json.dumps({"cases": ["a", "b", "c"], "splits": ["train", "train", "validation"],
+                                                  "organs": ["brainstem"], "grid": [32, 32, 32]}))
+    run = tmp_path / "run"
+    settings = Cnn3dSettings(steps=3, val_every=2, width=8, threads=1)
+    train(cache, run, settings, PatchPlan(size=(16, 16, 16)))
+    torch = pytest.importorskip("torch")
+    last = torch.load(run / "last.pt", weights_only=False)["state"]
+    assert last["step"] == 3 and len(last["history"]) == 2  # validated at step 2 and at the end
+    net, meta, state = load_run(run)  # the best checkpoint by validation Dice
+    assert state["step"] in (2, 3)
+    err = export(net, tmp_path / "m.onnx")
+    assert err < 2e-3
