@@ -31,7 +31,7 @@ def load_run(run_dir: Path, checkpoint: str = "best.pt") -> tuple[Cnn3dNet, dict
     return net.eval(), run, ck["state"]
 
 
-def export(net: Cnn3dNet, out_path: Path, *, atol: float = 2e-3) -> float:
+def export(net: Cnn3dNet, out_path: Path, *, atol: float = 1e-2) -> float:
     """Export with dynamic spatial axes (multiples of 16), check ORT against torch on a random volume, and save
     ORT's basic-level optimisation of the graph (portable across CPUs, unlike the 'all' level)."""
     import onnxruntime as ort

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from ... import geometry
 from ...geometry import scale_affine
 from ...volume import Volume
 
@@ -58,44 +59,78 @@ def _taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @numba.njit(parallel=True, cache=True)
-def _resample_first_axis(src, idx, w):
+def _resample_axis0(src, idx, w):
     n_out, n_tap = idx.shape
-    rest = src.shape[1]
-    out = np.zeros((n_out, rest), dtype=np.float32)
+    out = np.zeros((n_out, src.shape[1], src.shape[2]), dtype=np.float32)
     for o in numba.prange(n_out):
         for t in range(n_tap):
-            wt = w[o, t]
+            wt = np.float32(w[o, t])
             if wt == 0.0:
                 continue
-            row = src[idx[o, t]]
-            for r in range(rest):
-                out[o, r] += wt * row[r]
+            i = idx[o, t]
+            for j in range(src.shape[1]):
+                for k in range(src.shape[2]):
+                    out[o, j, k] += wt * src[i, j, k]
     return out
+
+
+@numba.njit(parallel=True, cache=True)
+def _resample_axis1(src, idx, w):
+    n_out, n_tap = idx.shape
+    out = np.zeros((src.shape[0], n_out, src.shape[2]), dtype=np.float32)
+    for i in numba.prange(src.shape[0]):
+        for o in range(n_out):
+            for t in range(n_tap):
+                wt = np.float32(w[o, t])
+                if wt == 0.0:
+                    continue
+                j = idx[o, t]
+                for k in range(src.shape[2]):
+                    out[i, o, k] += wt * src[i, j, k]
+    return out
+
+
+@numba.njit(parallel=True, cache=True)
+def _resample_axis2(src, idx, w):
+    n_out, n_tap = idx.shape
+    out = np.zeros((src.shape[0], src.shape[1], n_out), dtype=np.float32)
+    for i in numba.prange(src.shape[0]):
+        for j in range(src.shape[1]):
+            for o in range(n_out):
+                acc = np.float32(0.0)
+                for t in range(n_tap):
+                    acc += np.float32(w[o, t]) * src[i, j, idx[o, t]]
+                out[i, j, o] = acc
+    return out
+
+
+_KERNELS = (_resample_axis0, _resample_axis1, _resample_axis2)
 
 
 def resample(array: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-    """Anti-aliased linear resampling of a 3D array to `shape`, same field of view (voxel edges aligned)."""
-    out = np.ascontiguousarray(array, dtype=np.float32)
+    """Anti-aliased linear resampling of a 3D array to `shape`, same field of view (voxel edges aligned).
+    Reads the input in place, whatever its integer or float dtype and strides; returns float32."""
+    out = array
     # the axis that shrinks most goes first, so later passes touch fewer voxels
-    order = np.argsort([n_out / n_in for n_in, n_out in zip(out.shape, shape)])
+    order = np.argsort([n_out / n_in for n_in, n_out in zip(array.shape, shape)], kind="stable")
     for ax in order:
-        n_in, n_out = out.shape[ax], shape[ax]
-        if n_in == n_out:
-            continue
-        idx, w = _taps(n_in, n_out)
-        moved = np.moveaxis(out, ax, 0)
-        flat = np.ascontiguousarray(moved).reshape(n_in, -1)
-        res = _resample_first_axis(flat, idx, w).reshape((n_out,) + moved.shape[1:])
-        out = np.ascontiguousarray(np.moveaxis(res, 0, ax))
-    return out
+        if out.shape[ax] != shape[ax]:
+            idx, w = _taps(out.shape[ax], shape[ax])
+            out = _KERNELS[ax](out, idx, w)
+    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def to_grid(volume: Volume, grid: tuple[int, int, int] = GRID) -> tuple[np.ndarray, GridMap]:
-    """HU on the fixed canonical grid (float32) and the map back to the input's grid."""
-    canon, ornt = volume.to_canonical()
-    zoom = np.array(canon.shape, dtype=float) / np.array(grid, dtype=float)
-    gmap = GridMap(tuple(canon.shape), tuple(grid), ornt, scale_affine(canon.affine, zoom))
-    hu = np.asarray(canon.array, dtype=np.float32) if gmap.identity else resample(canon.array, grid)
+    """HU on the fixed canonical grid (float32) and the map back to the input's grid. The scan is resampled in
+    its own axis order (no full-size reoriented copy) and only the small result is permuted/flipped to RAS+."""
+    ornt = geometry.canonical_transform(volume.affine)
+    canon_shape = tuple(int(volume.shape[int(a)]) for a in np.argsort(ornt[:, 0]))
+    grid_in_input_order = tuple(int(grid[int(ornt[a, 0])]) for a in range(3))
+    canon_affine = geometry.oriented_affine(volume.affine, ornt, volume.shape)
+    zoom = np.array(canon_shape, dtype=float) / np.array(grid, dtype=float)
+    gmap = GridMap(canon_shape, tuple(grid), ornt, scale_affine(canon_affine, zoom))
+    small = resample(volume.array, grid_in_input_order)
+    hu, _ = geometry.apply_orientation(small, volume.affine, ornt)
     return hu, gmap
 
 
@@ -112,11 +147,25 @@ def nearest_indices(n_in: int, n_out: int) -> np.ndarray:
     return np.minimum(((np.arange(n_in) + 0.5) * (n_out / n_in)).astype(np.int64), n_out - 1)
 
 
+@numba.njit(parallel=True, cache=True)
+def _expand_nearest(small, ii, jj, kk, out):
+    for a in numba.prange(out.shape[0]):
+        src = small[ii[a]]
+        for b in range(out.shape[1]):
+            row = src[jj[b]]
+            for c in range(out.shape[2]):
+                out[a, b, c] = row[kk[c]]
+
+
 def from_grid(labels_grid: np.ndarray, gmap: GridMap, volume: Volume) -> Volume:
-    """Label map on the fixed grid -> label Volume on the input's own grid and orientation (nearest)."""
-    if gmap.identity:
-        canon = labels_grid
-    else:
-        i, j, k = (nearest_indices(n, g) for n, g in zip(gmap.canonical_shape, gmap.grid_shape))
-        canon = labels_grid[np.ix_(i, j, k)]
-    return volume.from_canonical(np.ascontiguousarray(canon), gmap.ornt)
+    """Label map on the fixed grid -> label Volume on the input's own grid and orientation (nearest). The small
+    grid is turned back to the input's axis order first, then expanded straight into the output array."""
+    small, _ = geometry.apply_orientation(labels_grid, np.eye(4), geometry.invert_orientation(gmap.ornt))
+    out = np.empty(volume.shape, dtype=labels_grid.dtype)
+    idx = []
+    for a, (axis, flip) in enumerate(gmap.ornt):  # ties broken on the canonical axes, so flips give the same map
+        n_in, n_out = volume.shape[a], small.shape[a]
+        canon_idx = nearest_indices(n_in, n_out)
+        idx.append(n_out - 1 - canon_idx[::-1] if flip < 0 else canon_idx)
+    _expand_nearest(np.ascontiguousarray(small), *idx, out)
+    return volume.with_array(out)
