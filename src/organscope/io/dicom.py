@@ -89,8 +89,19 @@ def read_dicom_series(path: str | os.PathLike, *, series_uid: str | None = None)
     array = _pixels(datasets, path)
     affine = lps_to_ras(_lps_affine(datasets[0], slice_vec))
     meta = {"source": str(path), "format": "dicom", "series_uid": series.uid, "modality": series.modality,
-            "series_description": series.description}
+            "series_description": series.description,
+            # slice k of the array <- these files (for DICOM-SEG and other outputs that reference the source)
+            "source_files": [str(ds.filename) for ds in datasets],
+            "sop_instance_uids": [sop_instance_uid(ds) for ds in datasets]}
     return make_volume(array, affine, meta, f"The DICOM series in {path}")
+
+
+def sop_instance_uid(ds) -> str:
+    """The slice's SOPInstanceUID, from the file meta header when an anonymiser blanked the dataset's."""
+    uid = str(ds.get("SOPInstanceUID", "") or "")
+    if not uid and getattr(ds, "file_meta", None) is not None:
+        uid = str(ds.file_meta.get("MediaStorageSOPInstanceUID", "") or "")
+    return uid
 
 
 def _pick_series(folder: Path, found: list[SeriesInfo], series_uid: str | None) -> SeriesInfo:

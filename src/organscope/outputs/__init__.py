@@ -1,0 +1,95 @@
+"""Outputs that clinical software expects, from a Segmentation and its CT: arrays in, files at the edges.
+
+    write_dicom_seg(seg, ct, path)     DICOM-SEG (highdicom) referencing the source DICOM series
+    read_dicom_seg(path, ct)           ... and back, as a label map on the series' grid
+    organ_statistics(ct, seg)          volume (ml), mean/sd HU, centroid (RAS mm), voxel count per organ
+    write_statistics(ct, seg, path)    ... as JSON
+    render_preview(ct, seg, path)      PNG: three orthogonal views with the label overlay and a legend
+    write_masks(seg, folder)           one NIfTI mask per organ
+    write_outputs(ct, seg, targets)    whichever of the above (and the label map) `targets` asks for
+
+Every file is written atomically (temp file + rename): it is complete or absent.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from ..engines.base import Segmentation
+from ..volume import Volume
+
+__all__ = ["OutputPaths", "write_outputs", "write_dicom_seg", "read_dicom_seg", "organ_statistics",
+           "write_statistics", "render_preview", "write_masks"]
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    """Where each output goes; None = not wanted."""
+
+    labels: Path | None = None
+    statistics: Path | None = None
+    preview: Path | None = None
+    dicom_seg: Path | None = None
+    masks: Path | None = None
+
+    def wanted(self) -> dict[str, Path]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+def write_outputs(ct: Volume, seg: Segmentation, targets: OutputPaths, *, engine: str = "sparse") -> list[Path]:
+    """Write the outputs `targets` names (label map first); returns the paths written."""
+    written: list[Path] = []
+    if targets.labels is not None:
+        from ..api import save_segmentation
+
+        save_segmentation(seg, targets.labels)
+        written.append(targets.labels)
+    if targets.statistics is not None:
+        write_statistics(ct, seg, targets.statistics)
+        written.append(targets.statistics)
+    if targets.preview is not None:
+        render_preview(ct, seg, targets.preview)
+        written.append(targets.preview)
+    if targets.dicom_seg is not None:
+        write_dicom_seg(seg, ct, targets.dicom_seg, engine=engine)
+        written.append(targets.dicom_seg)
+    if targets.masks is not None:
+        write_masks(seg, targets.masks)
+        written.append(targets.masks)
+    return written
+
+
+def write_dicom_seg(seg, ct, path, *, engine: str = "sparse") -> int:
+    from .dicom_seg import write_dicom_seg as _write
+
+    return _write(seg, ct, path, engine=engine)
+
+
+def read_dicom_seg(path, ct) -> Segmentation:
+    from .dicom_seg import read_dicom_seg as _read
+
+    return _read(path, ct)
+
+
+def organ_statistics(ct, seg):
+    from .statistics import organ_statistics as _stats
+
+    return _stats(ct, seg)
+
+
+def write_statistics(ct, seg, path) -> dict:
+    from .statistics import write_statistics as _write
+
+    return _write(ct, seg, path)
+
+
+def render_preview(ct, seg, path, **kw) -> list[str]:
+    from .preview import render_preview as _render
+
+    return _render(ct, seg, path, **kw)
+
+
+def write_masks(seg, folder) -> list[Path]:
+    from .masks import write_masks as _write
+
+    return _write(seg, folder)
