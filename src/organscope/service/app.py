@@ -1,0 +1,263 @@
+"""The HTTP service: a FastAPI app around a ScanStore, plus the browser viewer's static files at `/`.
+
+    from organscope.service import create_app
+    app = create_app(allowed_dir="/data/scans")          # run with: uvicorn.run(app, host="127.0.0.1")
+
+Endpoints (all JSON under /api; the OpenAPI description is at /openapi.json, browsable at /docs):
+
+    POST   /api/scans/open                 {"path": ...} inside the allowed directory  -> ScanInfo
+    POST   /api/scans/upload               multipart "file" (.nii/.nii.gz/.nrrd/.mha)   -> ScanInfo
+    GET    /api/scans                      open scans;  GET/DELETE /api/scans/{id}
+    GET    /api/scans/{id}/volume.nii.gz   the scan itself (for the viewer)
+    POST   /api/scans/{id}/query           {"points": [[x, y, z], ...], "space": "world"|"voxel"}
+    POST   /api/scans/{id}/segment         start a segmentation job -> JobInfo (202)
+    GET    /api/jobs/{job}                 state, stage, fraction (and organs found when done)
+    GET    /api/jobs/{job}/labels.nii.gz   the label map (uint8 NIfTI on the scan's grid, names in its header)
+    GET    /api/organs                     every class of the model: label, name, display name, colour
+
+Errors: one sentence in {"detail": ...}, with 400 (unusable input), 403 (path not allowed), 404 (unknown id),
+409 (result not ready), 413 (upload too large) or 422 (malformed request).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from .. import __version__
+from ..errors import InputError, OrganscopeError
+from . import schemas as S
+from .store import UPLOAD_SUFFIXES, Forbidden, NotFound, NotReady, ScanStore
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+NIFTI_TYPE = "application/gzip"
+
+
+class UploadTooLarge(OrganscopeError):
+    pass
+
+
+def organ_table(classes) -> list[dict]:
+    """label, name, display name and viewer colour of each class (0 = background)."""
+    from ..organs import ORGANS
+
+    out = []
+    for label, name in enumerate(classes):
+        organ = ORGANS.get(name)
+        if label == 0:
+            display, rgb = "Background", (0, 0, 0)
+        elif organ is not None:
+            display, rgb = organ.display_name, tuple(int(c) for c in organ.rgb)
+        else:
+            display, rgb = name.replace("_", " ").capitalize(), (200, 200, 200)
+        out.append({"label": label, "name": name, "display_name": display, "rgb": list(rgb)})
+    return out
+
+
+def create_app(*, allowed_dir: str | os.PathLike | None = None, max_upload_mb: float = 512,
+               engine: str = "sparse", max_scans: int = 4, preload=(), viewer: bool = True) -> FastAPI:
+    """The service app. `allowed_dir`: where scans may be opened by path (None: path opening is off);
+    `max_upload_mb`: upload size cap; `max_scans`: open scans kept in memory (least recently used out);
+    `preload`: scan paths opened at start (trusted: the operator's own, not checked against allowed_dir)."""
+    store = ScanStore(engine=engine, max_scans=max_scans, allowed_dir=allowed_dir)
+    cap_bytes = int(max_upload_mb * 1024 * 1024)
+    organs = organ_table(store.classes)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        store.shutdown()
+
+    app = FastAPI(title="organscope", version=__version__, lifespan=lifespan,
+                  description="Which organ is where in a CT scan: point queries and segmentation on a CPU.")
+    app.state.store = store
+    app.state.max_upload_bytes = cap_bytes
+    for path in preload:
+        store.open_path(path, check_allowed=False)
+
+    # ---- errors: one sentence each -----------------------------------------------------------------------
+    status_of = [(Forbidden, 403), (NotFound, 404), (NotReady, 409), (UploadTooLarge, 413), (OrganscopeError, 400)]
+
+    @app.exception_handler(OrganscopeError)
+    async def _organscope_error(request: Request, exc: OrganscopeError):
+        code = next(c for cls, c in status_of if isinstance(exc, cls))
+        return JSONResponse({"detail": str(exc)}, status_code=code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "the request body"
+        if first.get("type") == "json_invalid":
+            text = "The request body is not valid JSON; send a JSON object."
+        elif tuple(first.get("loc", ())) == ("body",):
+            text = "The request body must be a JSON object sent with Content-Type: application/json."
+        else:
+            text = f"Invalid request at {where}: {first.get('msg', 'malformed')}."
+        if len(errors) > 1:
+            text = text[:-1] + f" (and {len(errors) - 1} more problem(s))."
+        return JSONResponse({"detail": text}, status_code=422)
+
+    err = {c: {"model": S.ErrorBody} for c in (400, 403, 404, 409, 413, 422)}
+
+    # ---- scans -------------------------------------------------------------------------------------------
+    @app.get("/api/health")
+    def health() -> dict:
+        return {"status": "ok", "version": __version__, "engine": store.engine_name,
+                "model": store.query_engine.model.onnx_path.stem, "open_scans": len(store.list()),
+                "max_scans": store.max_scans, "path_opening": store.allowed_dir is not None,
+                "max_upload_mb": cap_bytes / (1024 * 1024)}
+
+    @app.get("/api/organs", response_model=list[S.OrganInfo])
+    def list_organs():
+        return organs
+
+    @app.post("/api/scans/open", response_model=S.ScanInfo, responses=err, status_code=201)
+    def open_scan(body: S.OpenPath):
+        return store.open_path(body.path).info()
+
+    @app.post("/api/scans/upload", response_model=S.ScanInfo, responses=err, status_code=201,
+              openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                  "type": "object", "required": ["file"],
+                  "properties": {"file": {"type": "string", "format": "binary",
+                                          "description": "one .nii, .nii.gz, .nrrd or .mha file"}}}}}}})
+    async def upload_scan(request: Request):
+        from starlette.concurrency import run_in_threadpool
+
+        tmpdir, data_path, filename = await _receive_upload(request, cap_bytes)
+        try:
+            entry = await run_in_threadpool(store.open_upload, data_path, filename)
+        finally:
+            _remove_tree(tmpdir)
+        return JSONResponse(entry.info(), status_code=201)
+
+    @app.get("/api/scans", response_model=list[S.ScanInfo])
+    def list_scans():
+        return [e.info() for e in store.list()]
+
+    @app.get("/api/scans/{scan_id}", response_model=S.ScanInfo, responses=err)
+    def scan_info(scan_id: str):
+        return store.get(scan_id).info()
+
+    @app.delete("/api/scans/{scan_id}", status_code=204, responses=err)
+    def close_scan(scan_id: str):
+        store.close(scan_id)
+        return Response(status_code=204)
+
+    @app.get("/api/scans/{scan_id}/volume.nii.gz", responses=err,
+             response_class=Response, summary="The scan as .nii.gz (its own grid and affine), for the viewer")
+    def scan_volume(scan_id: str):
+        return Response(store.get(scan_id).volume_nifti(), media_type=NIFTI_TYPE)
+
+    # ---- queries -------------------------------------------------------------------------------------------
+    @app.post("/api/scans/{scan_id}/query", response_model=S.QueryResponse, responses=err)
+    def query(scan_id: str, body: S.QueryRequest):
+        pts = np.asarray(body.points, dtype=float)
+        if not np.isfinite(pts).all():
+            raise InputError("Query points must be finite numbers.")
+        entry, res = store.query(scan_id, pts, voxel=body.space == "voxel")
+        world = entry.prepared.canonical.voxel_to_world(res.voxels)
+        vox = np.rint(entry.volume.world_to_voxel(world)).astype(int).tolist()
+        world = np.round(world, 3).tolist()
+        prob = np.round(res.probability.astype(float), 4).tolist()
+        top_p = np.round(res.top3_probability.astype(float), 4).tolist()
+        labels = res.labels.tolist()
+        results = [{"point": p, "voxel": v, "world_mm": w, "organ": n, "label": lab, "probability": pr,
+                    "top3": [{"organ": a, "probability": b} for a, b in zip(tn, tp)]}
+                   for p, v, w, n, lab, pr, tn, tp in zip(body.points, vox, world, res.names, labels, prob,
+                                                         res.top3_names, top_p)]
+        return JSONResponse({"scan_id": scan_id, "space": body.space, "results": results})
+
+    # ---- segmentation jobs ------------------------------------------------------------------------------
+    def job_info(job) -> dict:
+        out = {"id": job.id, "scan_id": job.scan_id, "state": job.state, "stage": job.stage,
+               "fraction": round(job.fraction, 4), "error": job.error, "seconds": None, "organs_found": None}
+        if job.finished is not None:
+            out["seconds"] = round(job.finished - job.created, 3)
+        if job.state == "done":
+            out["organs_found"] = [o for o in organs if o["label"] in job.present and o["label"] > 0]
+        return out
+
+    @app.post("/api/scans/{scan_id}/segment", response_model=S.JobInfo, responses=err, status_code=202)
+    def start_segmentation(scan_id: str):
+        return JSONResponse(job_info(store.start_segmentation(scan_id)), status_code=202)
+
+    @app.get("/api/jobs/{job_id}", response_model=S.JobInfo, responses=err)
+    def job_status(job_id: str):
+        return job_info(store.job(job_id))
+
+    @app.get("/api/jobs/{job_id}/labels.nii.gz", responses=err, response_class=Response,
+             summary="The label map as .nii.gz on the scan's grid (organ names in a header extension)")
+    def job_labels(job_id: str):
+        return Response(store.job(job_id).labels_nifti(), media_type=NIFTI_TYPE)
+
+    # ---- the viewer (last: it answers every path the API does not) ------------------------------------------
+    if viewer and (STATIC_DIR / "index.html").is_file():
+        app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="viewer")
+    return app
+
+
+async def _receive_upload(request: Request, cap_bytes: int) -> tuple[str, Path, str]:
+    """Stream a multipart upload to a temporary folder, refusing it (413) as soon as it passes the cap.
+    Returns (folder, file path, original file name); the caller removes the folder."""
+    from starlette.formparsers import MultiPartException, MultiPartParser
+
+    cap_mb = cap_bytes / (1024 * 1024)
+    too_large = UploadTooLarge(f"The upload is larger than this server's limit of {cap_mb:g} MB; "
+                               "open the scan by path, or restart the server with a larger --max-upload-mb.")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > cap_bytes + 64 * 1024:
+        raise too_large  # refused before reading the body
+    ctype = request.headers.get("content-type", "")
+    if not ctype.startswith("multipart/form-data"):
+        raise InputError("Upload a scan as multipart/form-data with the file in a field named 'file'.")
+
+    async def limited():
+        seen = 0
+        async for chunk in request.stream():
+            seen += len(chunk)
+            if seen > cap_bytes + 64 * 1024:  # the multipart framing adds a little to the file itself
+                raise too_large
+            yield chunk
+
+    try:
+        form = await MultiPartParser(request.headers, limited(), max_files=1, max_fields=4).parse()
+    except MultiPartException as exc:
+        raise InputError(f"The upload is not a readable multipart form ({exc.message}).") from None
+    upload = form.get("file")
+    if upload is None or isinstance(upload, str):
+        raise InputError("The upload has no file in a field named 'file'.")
+    filename = Path(upload.filename or "").name
+    if not filename.lower().endswith(UPLOAD_SUFFIXES):
+        await upload.close()
+        raise InputError(f"Upload one scan file ending in {', '.join(UPLOAD_SUFFIXES)} (got {filename!r}); "
+                         "open DICOM series and .mhd files by path.")
+    if upload.size is not None and upload.size > cap_bytes:
+        await upload.close()
+        raise too_large
+    tmpdir = tempfile.mkdtemp(prefix="organscope-upload-")
+    suffix = next(s for s in UPLOAD_SUFFIXES if filename.lower().endswith(s))
+    data_path = Path(tmpdir) / f"upload{suffix}"
+    try:
+        with open(data_path, "wb") as fh:
+            while chunk := await upload.read(1 << 20):
+                fh.write(chunk)
+    except BaseException:
+        _remove_tree(tmpdir)
+        raise
+    finally:
+        await upload.close()
+    return tmpdir, data_path, filename
+
+
+def _remove_tree(path: str) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,74 @@
+"""Request and response bodies of the HTTP API (they are also its OpenAPI description)."""
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field
+
+Point = Annotated[list[float], Field(min_length=3, max_length=3, description="x, y, z")]
+
+MAX_POINTS = 100_000
+
+
+class OpenPath(BaseModel):
+    path: str = Field(description="scan file or DICOM folder, absolute or relative to the allowed directory")
+
+
+class OrganInfo(BaseModel):
+    label: int
+    name: str
+    display_name: str
+    rgb: tuple[int, int, int]
+
+
+class ScanInfo(BaseModel):
+    id: str
+    name: str
+    shape: list[int]
+    spacing_mm: list[float]
+    affine: list[list[float]] = Field(description="4x4, voxel (i, j, k) -> world RAS mm")
+    axcodes: str
+    dtype: str
+    jobs: list[str]
+
+
+class QueryRequest(BaseModel):
+    points: list[Point] = Field(min_length=1, max_length=MAX_POINTS)
+    space: Literal["world", "voxel"] = Field(
+        "world", description="world: RAS mm (as in the scan's affine); voxel: (i, j, k) indices of the scan's grid")
+
+
+class Candidate(BaseModel):
+    organ: str
+    probability: float
+
+
+class PointAnswer(BaseModel):
+    point: list[float]
+    voxel: list[int] = Field(description="voxel (i, j, k) of the scan's grid that was classified")
+    world_mm: list[float] = Field(description="centre of that voxel, RAS mm")
+    organ: str
+    label: int
+    probability: float
+    top3: list[Candidate]
+
+
+class QueryResponse(BaseModel):
+    scan_id: str
+    space: str
+    results: list[PointAnswer]
+
+
+class JobInfo(BaseModel):
+    id: str
+    scan_id: str
+    state: Literal["queued", "running", "done", "failed"]
+    stage: str
+    fraction: float
+    error: str | None = None
+    seconds: float | None = None
+    organs_found: list[OrganInfo] | None = None
+
+
+class ErrorBody(BaseModel):
+    detail: str

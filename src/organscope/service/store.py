@@ -1,0 +1,265 @@
+"""The service's state, without any web framework: open scans (a small LRU), their prepared query state and
+their segmentation jobs.
+
+A scan is loaded once, prepared once (`SparseEngine.prepare`: canonical int16 copy, descriptor sampler), and every
+query request reuses that PreparedScan, so a request costs only the gather and the MLP of its points.
+Segmentations run one at a time on a background thread and report (stage, fraction) through the engine's
+progress callback.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError, OrganscopeError
+from ..volume import Volume
+
+#: Formats that arrive as one file (a DICOM series or a .mhd + .raw pair cannot be uploaded as one file).
+UPLOAD_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+
+
+class NotFound(OrganscopeError):
+    """A scan or job id that the service does not hold (never opened, or closed to make room)."""
+
+
+class Forbidden(OrganscopeError):
+    """A path outside the directory the operator allowed, or path opening switched off."""
+
+
+class NotReady(OrganscopeError):
+    """A job's result was asked for before the job finished."""
+
+
+@dataclass
+class Job:
+    """One segmentation of one scan: its state and, once done, the label map."""
+
+    id: str
+    scan_id: str
+    state: str = "queued"          # queued | running | done | failed
+    stage: str = "queued"
+    fraction: float = 0.0
+    error: str | None = None
+    created: float = field(default_factory=time.time)
+    finished: float | None = None
+    segmentation: object | None = field(default=None, repr=False)   # engines.base.Segmentation when done
+    present: tuple[int, ...] = ()   # label values in the label map (0 = background included if present)
+    _labels_nifti: bytes | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def progress(self, stage: str, fraction: float) -> None:
+        self.stage, self.fraction = str(stage), float(min(max(fraction, 0.0), 1.0))
+
+    def labels_nifti(self) -> bytes:
+        """The label map as .nii.gz bytes (written by organscope's own label writer, names in the header)."""
+        if self.state != "done":
+            raise NotReady(f"Segmentation job {self.id} is {self.state}; fetch its labels once its state is done.")
+        with self._lock:
+            if self._labels_nifti is None:
+                from ..api import save_segmentation
+
+                self._labels_nifti = _write_to_bytes(lambda p: save_segmentation(self.segmentation, p))
+            return self._labels_nifti
+
+
+@dataclass
+class ScanEntry:
+    """An open scan: the volume as loaded, its prepared query state, and its jobs."""
+
+    id: str
+    name: str
+    volume: Volume
+    prepared: object                       # engines.sparse.PreparedScan
+    opened: float = field(default_factory=time.time)
+    jobs: dict[str, Job] = field(default_factory=dict)
+    _nifti: bytes | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def volume_nifti(self) -> bytes:
+        """The scan itself as .nii.gz bytes on its own grid and affine (for the viewer)."""
+        with self._lock:
+            if self._nifti is None:
+                from ..io import save_volume
+
+                self._nifti = _write_to_bytes(lambda p: save_volume(self.volume, p))
+            return self._nifti
+
+    def info(self) -> dict:
+        v = self.volume
+        return {"id": self.id, "name": self.name, "shape": list(v.shape),
+                "spacing_mm": [round(float(s), 6) for s in v.spacing_mm],
+                "affine": [[float(x) for x in row] for row in v.affine], "axcodes": "".join(v.axcodes),
+                "dtype": str(v.array.dtype), "jobs": list(self.jobs)}
+
+
+def _write_to_bytes(write) -> bytes:
+    with tempfile.TemporaryDirectory(prefix="organscope-serve-") as d:
+        path = Path(d) / "out.nii.gz"
+        write(path)
+        return path.read_bytes()
+
+
+class ScanStore:
+    """Open scans by id, least recently used first out when more than `max_scans` are open."""
+
+    def __init__(self, *, engine: str = "sparse", max_scans: int = 4, allowed_dir: str | os.PathLike | None = None):
+        from .. import api
+
+        if engine != "sparse":
+            # the point-query path exists for the sparse engine only (api.query); refuse others up front
+            raise InputError(f"The service runs the sparse engine only, got engine {engine!r}.")
+        self.engine_name = engine
+        self.max_scans = max(1, int(max_scans))
+        self.allowed_dir = Path(allowed_dir).resolve() if allowed_dir is not None else None
+        if self.allowed_dir is not None and not self.allowed_dir.is_dir():
+            raise InputError(f"The allowed directory {allowed_dir} does not exist or is not a folder.")
+        # queries: one ONNX Runtime thread each, so that concurrent requests run side by side on the cores
+        # instead of queueing behind one request's thread pool; segmentations: all cores, one at a time
+        self.query_engine = api.engine(engine, threads=1)
+        self.segment_engine = api.engine(engine)
+        self.classes: tuple[str, ...] = tuple(self.query_engine.classes)
+        self._scans: OrderedDict[str, ScanEntry] = OrderedDict()
+        self._jobs: dict[str, str] = {}  # job id -> scan id
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="organscope-segment")
+        self._query_lock = _engine_lock()
+
+    # ---- scans ---------------------------------------------------------------------------------------
+    def resolve_allowed(self, path: str) -> Path:
+        """`path` (absolute, or relative to the allowed directory) resolved, if it lies inside the allowed
+        directory; Forbidden otherwise."""
+        if self.allowed_dir is None:
+            raise Forbidden("Opening scans by path is switched off on this server; upload the file instead, "
+                            "or restart it with --allow-dir DIR.")
+        p = Path(path).expanduser()
+        resolved = (p if p.is_absolute() else self.allowed_dir / p).resolve()
+        if not resolved.is_relative_to(self.allowed_dir):
+            raise Forbidden(f"{path} is outside the directory this server may read ({self.allowed_dir}).")
+        return resolved
+
+    def open_path(self, path: str | os.PathLike, *, check_allowed: bool = True) -> ScanEntry:
+        from ..io import load_volume
+
+        resolved = self.resolve_allowed(str(path)) if check_allowed else Path(path)
+        return self.add(load_volume(resolved), name=resolved.name)
+
+    def open_upload(self, data_path: Path, filename: str) -> ScanEntry:
+        from ..io import load_volume
+
+        return self.add(load_volume(data_path), name=filename)
+
+    def add(self, volume: Volume, *, name: str) -> ScanEntry:
+        prepared = self.query_engine.prepare(volume)
+        entry = ScanEntry(uuid.uuid4().hex[:12], name, volume, prepared)
+        with self._lock:
+            self._scans[entry.id] = entry
+            while len(self._scans) > self.max_scans:
+                _, old = self._scans.popitem(last=False)
+                for job_id in old.jobs:
+                    self._jobs.pop(job_id, None)
+        return entry
+
+    def get(self, scan_id: str) -> ScanEntry:
+        with self._lock:
+            entry = self._scans.get(scan_id)
+            if entry is None:
+                raise NotFound(f"No open scan has id {scan_id!r}; open it again (at most {self.max_scans} "
+                               "scans stay open, least recently used first out).")
+            self._scans.move_to_end(scan_id)
+            return entry
+
+    def close(self, scan_id: str) -> None:
+        with self._lock:
+            entry = self._scans.pop(scan_id, None)
+            if entry is None:
+                raise NotFound(f"No open scan has id {scan_id!r}.")
+            for job_id in entry.jobs:
+                self._jobs.pop(job_id, None)
+
+    def list(self) -> list[ScanEntry]:
+        with self._lock:
+            return list(self._scans.values())
+
+    # ---- queries -------------------------------------------------------------------------------------
+    def query(self, scan_id: str, points: np.ndarray, *, voxel: bool):
+        entry = self.get(scan_id)
+        with self._query_lock, _numba_threads(1):
+            return entry, self.query_engine.query(entry.prepared, points, voxel=voxel)
+
+    # ---- segmentation jobs -------------------------------------------------------------------------------
+    def start_segmentation(self, scan_id: str) -> Job:
+        entry = self.get(scan_id)
+        job = Job(uuid.uuid4().hex[:12], scan_id)
+        with self._lock:
+            entry.jobs[job.id] = job
+            self._jobs[job.id] = scan_id
+        self._executor.submit(self._run, job, entry)
+        return job
+
+    def _run(self, job: Job, entry: ScanEntry) -> None:
+        job.state, job.stage = "running", "starting"
+        try:
+            with self._query_lock:
+                job.segmentation = self.segment_engine.segment(entry.prepared, progress=job.progress)
+            job.progress("counting organs", 1.0)
+            counts = np.bincount(job.segmentation.labels.array.ravel(order="K"))
+            job.present = tuple(int(v) for v in np.flatnonzero(counts))
+            job.progress("done", 1.0)
+            job.state = "done"
+        except OrganscopeError as exc:
+            job.state, job.error = "failed", str(exc)
+        except Exception as exc:  # an unexpected failure is reported on the job, not lost in a thread
+            job.state, job.error = "failed", f"Segmentation failed unexpectedly ({type(exc).__name__}: {exc})."
+        finally:
+            job.finished = time.time()
+
+    def job(self, job_id: str) -> Job:
+        with self._lock:
+            scan_id = self._jobs.get(job_id)
+            entry = self._scans.get(scan_id) if scan_id else None
+        if entry is None or job_id not in entry.jobs:
+            raise NotFound(f"No segmentation job has id {job_id!r} (or its scan was closed).")
+        return entry.jobs[job_id]
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def _numba_threads(n: int):
+    """numba's thread count is per calling thread: a query request gathers on its own thread, so that
+    concurrent requests use the cores side by side (a 100-point gather is too small to split well)."""
+    import numba
+
+    old = numba.get_num_threads()
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(old)
+
+
+def _engine_lock():
+    """A lock around engine calls where numba's threading layer cannot run kernels from several threads at
+    once (the 'workqueue' layer aborts the process on concurrent launches); no lock with omp or tbb."""
+    import numba
+
+    from ..sampling.gather import gather
+
+    gather(np.zeros((4, 4, 4), np.int16), np.zeros((128, 3), np.int32), np.zeros((1, 3), np.int32))  # starts the layer
+    try:
+        layer = numba.threading_layer()
+    except ValueError:
+        layer = "workqueue"
+    return threading.Lock() if layer == "workqueue" else contextlib.nullcontext()
+

@@ -1,0 +1,178 @@
+"""The browser viewer in a real headless browser (Debian's chromium driven by Playwright): `organscope serve` runs
+on a loopback port with the bundled scan, the page shows it with NiiVue, a mouse click inside the brainstem shows
+that organ and its probability (checked against organscope.api.query at the clicked point), and the Segment
+button overlays the label map with its legend. Screenshots go to the test's tmp folder and to work/.
+
+Skipped only when chromium is not installed (CI installs it in .ci/run)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+import organscope as osc
+from organscope import api
+from organscope.organs import get_organ
+
+REPO = Path(__file__).resolve().parents[1]
+SCAN = Path(osc.__file__).resolve().parent / "data" / "okbp_validation_222.nii.gz"
+CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium")) if p and Path(p).exists()), None)
+BRAINSTEM_MM = (-300.0, -304.7, -81.0)  # inside the brainstem of the bundled scan (see README)
+
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed "
+                                "(apt-get install -y chromium; .ci/run does this)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`organscope serve SCAN` on a free loopback port; yields its base URL."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "organscope.cli", "serve", str(SCAN), "--port", str(port),
+                                 "--log-level", "warning"], stdout=fh, stderr=subprocess.STDOUT, cwd=REPO)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"organscope serve exited with {proc.returncode}:\n{log.read_text()}")
+            try:
+                if httpx.get(f"{base}/api/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"server did not start:\n{log.read_text()}"
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _coloured_pixels(png: Path, box) -> int:
+    """Pixels of the canvas area whose colour is not grey (the CT is drawn in grey; overlay and crosshair are not)."""
+    from PIL import Image
+
+    img = np.asarray(Image.open(png).convert("RGB").crop(box)).astype(int)
+    spread = img.max(axis=2) - img.min(axis=2)
+    return int((spread > 40).sum())
+
+
+def test_click_shows_organ_and_segment_overlays(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    volume = osc.load_volume(SCAN)
+    errors: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM,
+                                     args=["--enable-unsafe-swiftshader", "--use-angle=swiftshader"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(server + "/")
+            page.wait_for_function("document.body.dataset.scanLoaded", timeout=60_000)
+            page.wait_for_function("document.getElementById('answer').dataset.seq == window.organscope.state.querySeq")
+
+            # move the crosshair off the target within the same axial slice, then click the target in the axial tile
+            pos = page.evaluate("""(mm) => {
+                const nv = window.organscope.nv
+                nv.scene.crosshairPos = nv.mm2frac([mm[0] + 40, mm[1] + 40, mm[2]])
+                nv.drawScene()
+                const hit = nv.frac2canvasPosWithTile(nv.mm2frac(mm), 0)  // 0 = axial
+                const rect = nv.canvas.getBoundingClientRect()
+                const dpr = nv.uiData.dpr || 1
+                return { x: rect.left + hit.pos[0] / dpr, y: rect.top + hit.pos[1] / dpr,
+                         canvas: [rect.left, rect.top, rect.right, rect.bottom] }
+            }""", list(BRAINSTEM_MM))
+            before_seq = page.evaluate("window.organscope.state.querySeq")
+            page.mouse.click(pos["x"], pos["y"])
+            page.wait_for_function(
+                f"window.organscope.state.querySeq > {before_seq} && "
+                "document.getElementById('answer').dataset.seq == window.organscope.state.querySeq", timeout=30_000)
+
+            mm = json.loads(page.get_attribute("#location-mm", "data-mm"))
+            shown_name = page.text_content("#organ-name")
+            shown_prob = page.text_content("#organ-probability")
+            shown_organ = page.get_attribute("#answer", "data-organ")
+            shown_vox = page.text_content("#location-vox")
+            # NiiVue's own value at its crosshair: the same HU as organscope's voxel at those world mm, so
+            # NiiVue's mm and organscope's world coordinates are one space (RAS mm of the scan's affine)
+            niivue_value = page.evaluate("""(mm) => {
+                const v = window.organscope.nv.volumes[0]; const vox = v.mm2vox(mm)
+                return v.getValue(vox[0], vox[1], vox[2]) }""", mm)
+            shot = tmp_path / "viewer_click.png"
+            page.screenshot(path=str(shot))
+
+            page.click("#segment-button")
+            page.wait_for_function("document.body.dataset.segmented", timeout=120_000)
+            page.wait_for_timeout(500)  # let NiiVue draw the overlay
+            job_id = page.evaluate("document.body.dataset.segmented")
+            legend = page.eval_on_selector_all("#legend li", "els => els.map(e => e.dataset.organ)")
+            status = page.text_content("#status")
+            final = tmp_path / "viewer_segmented.png"
+            page.screenshot(path=str(final))
+            page.uncheck("#overlay-toggle")  # the overlay can be hidden again
+            page.wait_for_timeout(300)
+            hidden = tmp_path / "viewer_overlay_hidden.png"
+            page.screenshot(path=str(hidden))
+            page.check("#overlay-toggle")
+
+            # uploading a scan from the page opens it and shows it (a second entry in the scan list)
+            first_id = page.evaluate("document.body.dataset.scanLoaded")
+            page.set_input_files("#upload-input", str(SCAN))
+            page.wait_for_function("(first) => document.body.dataset.scanLoaded && "
+                                   "document.body.dataset.scanLoaded != first", arg=first_id, timeout=60_000)
+            n_options = page.eval_on_selector_all("#scan-select option", "els => els.length")
+            legend_after_upload = page.text_content("#legend")
+        finally:
+            browser.close()
+
+    assert not errors, errors
+    # the click landed where it was aimed (within one voxel) ...
+    assert np.linalg.norm(np.subtract(mm, BRAINSTEM_MM)) < max(volume.spacing_mm), mm
+    vox = np.rint(volume.world_to_voxel([mm])).astype(int).reshape(3)
+    assert shown_vox == ", ".join(str(v) for v in vox)
+    assert niivue_value == pytest.approx(float(volume.array[tuple(vox)]))
+    # ... and the page shows what organscope.api.query says about that point
+    expected = api.query(volume, [mm])
+    name, prob = expected.names[0], float(expected.probability[0])
+    assert name == "brainstem"
+    assert shown_organ == name
+    assert shown_name == get_organ(name).display_name
+    assert shown_prob == f"{100 * prob:.1f} %"
+
+    # the segmentation's organs are listed and its colours are drawn over the (grey) scan
+    job = httpx.get(f"{server}/api/jobs/{job_id}").json()
+    assert job["state"] == "done"
+    assert legend == [o["name"] for o in job["organs_found"]] and "brainstem" in legend
+    assert "organ(s)" in status
+    box = tuple(int(v) for v in pos["canvas"])
+    coloured = {name: _coloured_pixels(png, box) for name, png in
+                (("click", shot), ("segmented", final), ("hidden", hidden))}
+    assert coloured["segmented"] > coloured["click"] + 500, coloured
+    assert coloured["hidden"] < coloured["click"] + 100, coloured
+    assert n_options == 2 and "press Segment" in legend_after_upload
+
+    out = REPO / "work"
+    out.mkdir(exist_ok=True)
+    shutil.copy(final, out / "viewer_screenshot.png")
+    assert os.path.getsize(out / "viewer_screenshot.png") > 10_000
