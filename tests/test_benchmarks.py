@@ -43,3 +43,81 @@ def test_bench_sparse_missing_model_message(tmp_path):
     assert proc.returncode != 0
     assert "model not found" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_bench_service_quick(tmp_path):
+    """The service load test runs end to end (server on loopback, N = 1, 8, 32 clients) with no failed request."""
+    pytest.importorskip("fastapi")
+    out_json = tmp_path / "service.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_service.py"), "--quick", "--seconds", "0.5",
+         "--max-requests", "60", "--json", str(out_json)],
+        capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for heading in ("organscope service load test", "== Concurrent clients", "p99 ms", "== Reference"):
+        assert heading in proc.stdout, f"missing {heading!r} in the output:\n{proc.stdout}"
+    figures = json.loads(out_json.read_text())
+    assert [lv["clients"] for lv in figures["levels"]] == [1, 8, 32]
+    assert all(lv["requests"] > 0 and lv["errors"] == 0 for lv in figures["levels"]), figures["levels"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# bench_cnn3d.py: organscope engines vs. the peers (MONAI SegResNet, nnU-Net PlainConvUNet; optional extra)
+# ----------------------------------------------------------------------------------------------------------
+BENCH_CNN3D = REPO / "benchmarks" / "bench_cnn3d.py"
+
+
+def _importable(mod: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(mod) is not None
+
+
+def test_bench_cnn3d_quick(tmp_path, synthetic_model_path):
+    """--quick runs end to end: every registered organscope engine (the shipped model where there is one, else a
+    synthetic test model, named in the output) and the peers whose packages are installed (CI installs
+    .[dev,train] only, so there the peers are skipped and the script must say which extra to install)."""
+    pytest.importorskip("onnx")
+    from organscope.engines.base import ENGINES
+
+    args = [sys.executable, str(BENCH_CNN3D), "--quick", "--repeats", "1", "--cache", str(tmp_path / "cache"),
+            "--json", str(tmp_path / "figures.json")]
+    engines = [e for e in ("cnn3d", "sparse") if e in ENGINES]
+    args += ["--engines", ",".join(engines)]
+    if "sparse" in engines and not (SHIPPED.exists() and SHIPPED.with_suffix(".json").exists()):
+        args += ["--sparse-model", str(synthetic_model_path)]
+    if "cnn3d" in engines:
+        from organscope.engines.cnn3d.engine import DEFAULT_MODEL as CNN3D_MODEL
+        from organscope.engines.cnn3d.engine import MODELS_DIR as CNN3D_DIR
+
+        if not (CNN3D_DIR / f"{CNN3D_MODEL}.onnx").exists():
+            from helpers import synthetic_cnn3d as syn3
+
+            args += ["--cnn3d-model", str(syn3.write_model(tmp_path / "cnn3d_model"))]
+    peers = [p for p, mod in (("monai", "monai"), ("nnunet", "dynamic_network_architectures")) if _importable(mod)]
+    have_torch = _importable("torch")
+    args += ["--peers", "monai,nnunet"]  # asks for both: the missing ones must be reported, not crash the run
+
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = proc.stdout
+    for heading in ("organscope cnn3d benchmark", "machine:", "threads:", "scan:",
+                    "== 1. Seconds per scan", "== 3. Ratios", "aim: cnn3d <= 2 s per scan"):
+        assert heading in text, f"missing {heading!r} in the output:\n{text}"
+    figures = json.loads((tmp_path / "figures.json").read_text())
+    assert {"machine", "organscope", "peers", "ratios", "aims"} <= set(figures)
+    for e in engines:
+        assert figures["organscope"][e]["segment_s"] > 0, figures["organscope"][e]
+        assert figures["organscope"][e]["output_on_input_grid"]
+    if not have_torch:
+        peers = []
+    for p in peers:
+        fig = figures["peers"][p]
+        assert fig["segment_s"] > 0 and fig["parameters"] > 1_000_000 and fig["tiles"] == 1, fig
+        assert fig["output_on_input_grid"]
+        assert f"{p} " in text and "source:" in text
+    if len(peers) < 2:
+        assert 'pip install -e ".[peers]"' in text
+    if peers and engines:
+        assert "x the time" in text
+        assert set(figures["ratios"]) == {f"{p}/{e}" for p in peers for e in engines}
