@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .engines.base import ProgressFn, Segmentation, get_engine
+from .engines.base import ProgressFn, Segmentation, get_engine, keep_organs
 from .io import load_volume, save_labels
 from .volume import Volume
 
@@ -38,10 +38,16 @@ def _volume(scan) -> Volume:
 
 
 def segment(scan, *, engine: str = "sparse", model: str | None = None, threads: int | None = None,
-            progress: ProgressFn | None = None) -> Segmentation:
-    """Multi-organ label map of `scan` (path or Volume) on the scan's own grid and orientation."""
+            organs=None, progress: ProgressFn | None = None) -> Segmentation:
+    """Multi-organ label map of `scan` (path or Volume) on the scan's own grid and orientation.
+    `organs` (names) restricts the result to those organs: engines with one model per organ (slice2d) run
+    only those models; the others segment everything and keep only the chosen labels."""
     vol = _volume(scan)
-    return _engine(engine, model, threads).segment(vol, progress=progress)
+    eng = _engine(engine, model, threads)
+    if organs is not None and getattr(eng, "supports_organ_subset", False):
+        return eng.segment(vol, organs=organs, progress=progress)
+    seg = eng.segment(vol, progress=progress)
+    return seg if organs is None else keep_organs(seg, organs)
 
 
 def query(scan, points, *, voxel: bool = False, model: str | None = None, threads: int | None = None):

@@ -38,7 +38,28 @@ def _cnn3d(**kw):
     return Cnn3dEngine(**kw)
 
 
-ENGINES: dict[str, Callable[..., Engine]] = {"sparse": _sparse, "cnn3d": _cnn3d}
+def _slice2d(**kw):
+    from .slice2d import Slice2dEngine
+    return Slice2dEngine(**kw)
+
+
+ENGINES: dict[str, Callable[..., Engine]] = {"sparse": _sparse, "cnn3d": _cnn3d, "slice2d": _slice2d}
+
+
+def keep_organs(seg: Segmentation, organs) -> Segmentation:
+    """The segmentation with only the requested organs (canonical names or aliases) kept; the other labels
+    become background. Raises ModelError naming what the engine can segment if an organ is unknown."""
+    from ..organs import normalize_name
+
+    wanted = {normalize_name(o) for o in organs}
+    unknown = sorted(wanted - set(seg.names.values()))
+    if unknown:
+        raise ModelError(f"This engine does not segment {', '.join(unknown)}; "
+                         f"it segments {', '.join(seg.names.values())}.")
+    keep = [i for i, n in seg.names.items() if n in wanted]
+    arr = seg.labels.array
+    out = np.where(np.isin(arr, keep), arr, 0).astype(arr.dtype)
+    return Segmentation(seg.labels.with_array(out), {i: seg.names[i] for i in keep}, seg.timings_s)
 
 
 def get_engine(name: str, **kwargs) -> Engine:

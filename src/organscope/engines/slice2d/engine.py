@@ -1,0 +1,152 @@
+"""The slice2d engine (Salimi et al.): one small 2D Res-UNet per organ on axial slices of the body box, within
+the organ's slice range; a user may ask for a subset of organs and only those models run.
+
+The slice range comes from the sparse classifier's coarse grid (`localize.sparse_grid`), grown by a margin:
+the paper crops training slices to the organ's range plus 30 slices, and at inference needs the range too.
+Where two organs claim a voxel, the higher probability wins; each organ keeps its largest 3D component."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ...body import body_crop
+from ...errors import InputError, ModelError
+from ...geometry import world_to_voxel
+from ...organs import normalize_name
+from ...volume import Volume
+from ..base import ProgressFn, Segmentation, labels_dtype, no_progress
+from ..sparse.refine import largest_components
+from . import preprocess
+
+MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
+DEFAULT_MODEL = "slice2d_openkbp"
+RANGE_MARGIN_MM = 10.0
+
+
+def card_path_for(name_or_path) -> Path:
+    p = Path(name_or_path) if name_or_path is not None else MODELS_DIR / f"{DEFAULT_MODEL}.json"
+    if p.suffix != ".json":
+        p = (p / f"{DEFAULT_MODEL}.json") if p.is_dir() else MODELS_DIR / f"{p.name}.json"
+    if not p.exists():
+        raise ModelError(f"slice2d model card {p} not found; shipped: "
+                         f"{', '.join(q.stem for q in MODELS_DIR.glob('slice2d_*.json')) or 'none'}.")
+    return p
+
+
+class Slice2dEngine:
+    name = "slice2d"
+    supports_organ_subset = True
+
+    def __init__(self, model=None, *, threads: int | None = None, slice_range: str | None = None):
+        """slice_range: "sparse" (each organ's slices from the sparse classifier's coarse grid, the default) or
+        "body" (every slice of the body box: no localiser, slower on long scans)."""
+        self.card_path = card_path_for(model)
+        try:
+            self.card = json.loads(self.card_path.read_text())
+            self.organ_cards: dict[str, dict] = self.card["organs"]
+            self.input_size = tuple(int(v) for v in self.card["input_size"])
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"Model card {self.card_path.name} is missing or malformed ({exc!r}).") from None
+        if self.input_size != preprocess.INPUT_SIZE:
+            raise ModelError(f"Model card {self.card_path.name} wants slices of {self.input_size}, "
+                             f"this organscope makes {preprocess.INPUT_SIZE}.")
+        self.classes: tuple[str, ...] = ("background", *self.organ_cards)
+        self.threads = threads
+        self._sessions: dict[str, object] = {}
+        self._locator = None
+        self.range_margin_mm = float(self.card.get("range_margin_mm", RANGE_MARGIN_MM))
+        self.largest_component = bool(self.card.get("largest_component", True))
+        self.slice_range = slice_range or self.card.get("slice_range", "sparse")
+        if self.slice_range not in ("sparse", "body"):
+            raise ModelError(f"slice_range must be 'sparse' or 'body', not {self.slice_range!r}.")
+
+    def _session(self, organ: str):
+        if organ not in self._sessions:
+            import onnxruntime as ort
+
+            path = self.card_path.parent / self.organ_cards[organ]["file"]
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = self.threads or os.cpu_count() or 1
+            opts.inter_op_num_threads = 1
+            try:
+                self._sessions[organ] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            except Exception as exc:  # onnxruntime raises its own untyped errors on missing/corrupt files
+                raise ModelError(f"Could not load the {organ} model {path.name}: {exc}") from None
+        return self._sessions[organ]
+
+    def select(self, organs) -> list[str]:
+        """Canonical names of the requested organs, in the card's order; all when `organs` is None."""
+        if organs is None:
+            return list(self.organ_cards)
+        wanted = [normalize_name(o) for o in organs]
+        unknown = [o for o in wanted if o not in self.organ_cards]
+        if unknown:
+            raise InputError(f"The slice2d model has no organ {', '.join(unknown)}; "
+                             f"it segments {', '.join(self.organ_cards)}.")
+        return [o for o in self.organ_cards if o in wanted]
+
+    def locate(self, volume: Volume):
+        from ...localize import sparse_grid
+        from ..sparse import SparseEngine
+
+        if self._locator is None:
+            self._locator = SparseEngine(threads=self.threads)
+        return sparse_grid.locate(volume, engine=self._locator)
+
+    def segment(self, volume: Volume, *, organs=None, progress: ProgressFn | None = None) -> Segmentation:
+        progress = progress or no_progress
+        chosen = self.select(organs)
+        arr = volume.array
+        if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+            raise InputError("The scan contains NaN or infinite values; organscope needs finite HU values.")
+        t0 = time.perf_counter()
+        progress("body box and organ ranges", 0.0)
+        canon, ornt = volume.to_canonical()
+        crop = body_crop(canon)
+        where = self.locate(volume) if self.slice_range == "sparse" else None
+        timings = {"locate": time.perf_counter() - t0}
+        dtype = labels_dtype(len(self.classes))
+        labels = np.zeros(canon.shape, dtype=dtype)
+        best = np.zeros(crop.size, dtype=np.float16)  # probability of the label written, inside the body box
+        margin = int(np.ceil(self.range_margin_mm / canon.spacing_mm[2]))
+        for n, organ in enumerate(chosen):
+            t = time.perf_counter()
+            progress(f"{organ}", 0.1 + 0.85 * n / max(1, len(chosen)))
+            if where is None:
+                z0, z1 = crop.start[2], crop.stop[2]
+            else:
+                loc = where.get(organ)
+                if loc is None or not loc.present:
+                    timings[organ] = time.perf_counter() - t
+                    continue
+                corners = world_to_voxel(canon.affine, np.array(loc.box_mm))
+                z0 = int(np.floor(corners[:, 2].min())) - margin
+                z1 = int(np.ceil(corners[:, 2].max())) + 1 + margin
+            oc = crop.with_axis(2, max(z0, crop.start[2]), min(z1, crop.stop[2]))
+            if oc.size[2] <= 0:
+                continue
+            x = preprocess.to_slices(canon.array[oc.slices], tuple(self.organ_cards[organ]["window_hu"]))
+            logits = self._session(organ).run(None, {"slices": x})[0][:, 0]
+            prob = preprocess.from_slices(1.0 / (1.0 + np.exp(-logits)), oc.size)
+            # place into the body-box frame, highest probability wins
+            rel = tuple(slice(a - c, b - c) for a, b, c in zip(oc.start, oc.stop, crop.start))
+            sub_best = best[rel]
+            win = (prob > 0.5) & (prob > sub_best)
+            sub_best[win] = prob[win]
+            sub_lab = labels[crop.slices][rel]
+            sub_lab[win] = self.classes.index(organ)
+            timings[organ] = time.perf_counter() - t
+        t = time.perf_counter()
+        progress("clean-up", 0.97)
+        if self.largest_component:
+            labels = largest_components(labels, len(self.classes))
+        out = volume.from_canonical(labels, ornt)
+        timings["postprocess"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t0
+        progress("done", 1.0)
+        names = {self.classes.index(o): o for o in chosen}
+        return Segmentation(out, names, timings)

@@ -1,0 +1,60 @@
+"""Organ boxes: found on a canonical (RAS+) grid, reported in world mm and in voxel indices of the input grid."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..geometry import voxel_to_world
+
+
+@dataclass(frozen=True)
+class OrganLocation:
+    """An organ's place in a scan. Boxes are inclusive; box_mm spans the box's voxel centres (the axis-aligned
+    world box around them on oblique grids); box_voxels indexes the input's own grid (its axis order)."""
+
+    name: str
+    present: bool
+    centroid_mm: tuple[float, float, float] | None = None
+    box_mm: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None
+    box_voxels: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None
+    confidence: float = 0.0
+
+    def to_dict(self) -> dict:
+        d = {"present": self.present}
+        if self.present:
+            d.update(centroid_mm=[round(v, 2) for v in self.centroid_mm],
+                     box_mm=[[round(v, 2) for v in c] for c in self.box_mm],
+                     box_voxels=[list(c) for c in self.box_voxels])
+        d["confidence"] = round(float(self.confidence), 4)
+        return d
+
+
+def canonical_box_to_input(start, stop, ornt: np.ndarray, input_shape) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Inclusive voxel box [lo, hi] on the input grid of a canonical box [start, stop) (exact: axes permute/flip)."""
+    lo, hi = [0, 0, 0], [0, 0, 0]
+    for a, (c, flip) in enumerate(ornt):
+        c = int(c)
+        s, e = int(start[c]), int(stop[c]) - 1
+        n = int(input_shape[a])
+        lo[a], hi[a] = (n - 1 - e, n - 1 - s) if flip < 0 else (s, e)
+    return tuple(lo), tuple(hi)
+
+
+def location(name: str, start, stop, centroid_vox, confidence: float, canon_affine: np.ndarray, ornt: np.ndarray,
+             input_shape) -> OrganLocation:
+    """An OrganLocation from a box [start, stop) and centroid found on the canonical grid."""
+    start, stop = np.asarray(start, int), np.asarray(stop, int)
+    ends = np.stack([start, stop - 1])  # inclusive
+    corners = np.array([[ends[(m >> a) & 1, a] for a in range(3)] for m in range(8)], dtype=float)
+    world = voxel_to_world(canon_affine, corners)
+    centroid = voxel_to_world(canon_affine, np.asarray(centroid_vox, float)[None])[0]
+    lo, hi = canonical_box_to_input(start, stop, ornt, input_shape)
+    return OrganLocation(name, True, tuple(float(v) for v in centroid),
+                         (tuple(float(v) for v in world.min(0)), tuple(float(v) for v in world.max(0))),
+                         (lo, hi), float(confidence))
+
+
+def locations_to_json(locations: dict[str, OrganLocation]) -> dict:
+    """The `organscope locate --json` document: {"organs": {name: {...}}}."""
+    return {"organs": {name: loc.to_dict() for name, loc in locations.items()}}
