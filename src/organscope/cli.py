@@ -1,4 +1,4 @@
-"""organscope command line: segment | query | evaluate | models | train.
+"""organscope command line: segment | query | evaluate | models | train | serve.
 
 Heavy modules are imported inside the commands so that `organscope --help` starts instantly.
 Every OrganscopeError becomes one line on stderr and exit status 2; no partial output is left behind.
@@ -67,15 +67,26 @@ def _read_points_csv(path: Path) -> list[list[float]]:
 
 
 def cmd_segment(args) -> int:
-    from . import api
+    from . import api, batch
 
+    if batch.is_batch_input(args.input):  # a folder of scans or a glob: -o is an output folder
+        return batch.cmd_batch(args)
+    from .io import load_volume
+    from .outputs import write_outputs
+
+    targets = batch.single_targets(args.output, batch.extras_from_args(args, batch=False))
+    ct = load_volume(args.input)
+    if targets.dicom_seg is not None:
+        from .outputs.dicom_seg import require_dicom_source
+
+        require_dicom_source(ct)
     progress, close = _progress_bar(args.progress if args.progress is not None else sys.stderr.isatty())
     try:
-        seg = api.segment(args.input, engine=args.engine, model=args.model, threads=args.threads,
+        seg = api.segment(ct, engine=args.engine, model=args.model, threads=args.threads,
                           progress=progress)
     finally:
         close()
-    api.save_segmentation(seg, args.output)
+    write_outputs(ct, seg, targets, engine=args.engine)
     t = seg.timings_s
     present = sorted({seg.names[int(v)] for v in api.present_labels(seg)})
     print(f"{args.output}: {len(present)} organ(s) found ({', '.join(present) or 'none'}); "
@@ -135,6 +146,29 @@ def cmd_train(args) -> int:
     return run_pipeline(args)
 
 
+def cmd_serve(args) -> int:
+    try:
+        import uvicorn
+
+        from .service.app import create_app
+    except ImportError as exc:
+        raise OrganscopeError(f"organscope serve needs the serve extra ({exc}); install it with "
+                              "pip install 'organscope[serve]'.") from None
+    if not 0 <= args.port <= 65535:
+        raise InputError(f"--port must be 0..65535, got {args.port}.")
+    if args.max_upload_mb <= 0:
+        raise InputError(f"--max-upload-mb must be positive, got {args.max_upload_mb:g}.")
+    app = create_app(allowed_dir=args.allow_dir, max_upload_mb=args.max_upload_mb, max_scans=args.max_scans,
+                     preload=args.scan)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"organscope: warning: listening on {args.host}: other machines can reach this server, which "
+              "has no authentication.", file=sys.stderr)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"organscope: viewer at http://{host}:{args.port}/ , API description at /docs", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -150,6 +184,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     s.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: when stderr is a terminal)")
+    s.add_argument("--statistics", nargs="?", const="", default=None, metavar="FILE.json",
+                   help="per-organ volume (ml), mean/sd HU and centroid as JSON (default name: OUT.statistics.json)")
+    s.add_argument("--preview", nargs="?", const="", default=None, metavar="FILE.png",
+                   help="PNG of three orthogonal views with the labels and a legend (default: OUT.preview.png)")
+    s.add_argument("--dicom-seg", nargs="?", const="", default=None, metavar="FILE.dcm",
+                   help="DICOM-SEG of the result; the input must be a DICOM series (default: OUT.seg.dcm)")
+    s.add_argument("--masks", nargs="?", const="", default=None, metavar="DIR",
+                   help="one NIfTI mask per organ found, in DIR (default: OUT_masks)")
+    s.add_argument("--jobs", type=int, default=None,
+                   help="batch (-i FOLDER or GLOB, -o OUT_DIR): scans segmented at once (default: cores / 2)")
+    s.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="batch on a Dask distributed cluster at ADDRESS (e.g. tcp://host:8786)")
     s.set_defaults(func=cmd_segment)
 
     q = sub.add_parser("query", help="organ, probability and top-3 at points of a scan")
@@ -178,6 +224,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=10)
     t.add_argument("--install", action="store_true", help="copy the result into the package's models folder")
     t.set_defaults(func=cmd_train)
+
+    v = sub.add_parser("serve", help="HTTP API and browser viewer: point queries and segmentation (serve extra)")
+    v.add_argument("scan", nargs="*", help="scans to open at start (more can be uploaded or opened by path)")
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--allow-dir", default=None, metavar="DIR",
+                   help="folder whose scans clients may open by path (default: none, upload only)")
+    v.add_argument("--max-upload-mb", type=float, default=512, metavar="N", help="upload size limit (default 512)")
+    v.add_argument("--max-scans", type=int, default=4, metavar="N",
+                   help="scans kept open in memory, least recently used closed first (default 4)")
+    v.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    v.set_defaults(func=cmd_serve)
     return ap
 
 
