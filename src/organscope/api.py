@@ -38,16 +38,22 @@ def _volume(scan) -> Volume:
 
 
 def segment(scan, *, engine: str = "sparse", model: str | None = None, threads: int | None = None,
-            organs=None, progress: ProgressFn | None = None) -> Segmentation:
+            organs=None, priors: bool = False, progress: ProgressFn | None = None) -> Segmentation:
     """Multi-organ label map of `scan` (path or Volume) on the scan's own grid and orientation.
     `organs` (names) restricts the result to those organs: engines with one model per organ (slice2d) run
-    only those models; the others segment everything and keep only the chosen labels."""
+    only those models; the others segment everything and keep only the chosen labels. `priors` applies the
+    anatomical-prior rules measured to raise this engine's validation Dice (postprocess.priors)."""
     vol = _volume(scan)
     eng = _engine(engine, model, threads)
     if organs is not None and getattr(eng, "supports_organ_subset", False):
-        return eng.segment(vol, organs=organs, progress=progress)
-    seg = eng.segment(vol, progress=progress)
-    return seg if organs is None else keep_organs(seg, organs)
+        seg = eng.segment(vol, organs=organs, progress=progress)
+    else:
+        seg = eng.segment(vol, progress=progress)
+    if priors:  # before the subset: anchors may be organs the user did not ask for
+        from .postprocess.priors import apply_priors
+
+        seg = apply_priors(seg, engine=eng.name)
+    return seg if organs is None or getattr(eng, "supports_organ_subset", False) else keep_organs(seg, organs)
 
 
 def query(scan, points, *, voxel: bool = False, model: str | None = None, threads: int | None = None):

@@ -120,6 +120,8 @@ class ScanJob:
     engine: str = "sparse"
     model: str | None = None
     threads: int | None = None
+    organs: tuple[str, ...] | None = None
+    priors: bool = False
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,7 @@ def _missing(targets: OutputPaths) -> OutputPaths:
 
 
 def plan(scans: list[Path], out_dir: Path, extras: set[str], *, engine: str = "sparse", model=None,
-         threads=None) -> tuple[list[ScanJob], list[Path], list[Path]]:
+         threads=None, organs=None, priors: bool = False) -> tuple[list[ScanJob], list[Path], list[Path]]:
     """(jobs to run, scans already done, scans given no DICOM-SEG because they are not DICOM series)."""
     names: dict[str, Path] = {}
     for scan in scans:
@@ -168,7 +170,8 @@ def plan(scans: list[Path], out_dir: Path, extras: set[str], *, engine: str = "s
         if not todo.wanted():
             done.append(scan)
             continue
-        jobs.append(ScanJob(str(scan), todo, engine, None if model is None else str(model), threads))
+        jobs.append(ScanJob(str(scan), todo, engine, None if model is None else str(model), threads,
+                            None if organs is None else tuple(organs), priors))
     return jobs, done, no_seg
 
 
@@ -187,7 +190,8 @@ def run_scan(job: ScanJob) -> ScanResult:
             from .outputs.dicom_seg import require_dicom_source
 
             require_dicom_source(ct)
-        seg = api.segment(ct, engine=job.engine, model=job.model, threads=job.threads)
+        seg = api.segment(ct, engine=job.engine, model=job.model, threads=job.threads, organs=job.organs,
+                          priors=job.priors)
         write_outputs(ct, seg, job.targets, engine=job.engine)
         present = sorted({seg.names[int(v)] for v in api.present_labels(seg)})
         message = f"{len(present)} organ(s) found ({', '.join(present) or 'none'})"
@@ -255,7 +259,7 @@ class BatchReport:
 
 def run_batch(spec: str, out_dir: str | os.PathLike, extras: set[str], *, engine: str = "sparse", model=None,
               threads: int | None = None, jobs: int | None = None, scheduler: str | None = None,
-              progress: bool = False, log=None) -> BatchReport:
+              progress: bool = False, log=None, organs=None, priors: bool = False) -> BatchReport:
     """Segment every scan named by `spec` into `out_dir`; failures are collected, not raised."""
     log = log or (lambda line: print(line, file=sys.stderr))
     out = Path(out_dir)
@@ -266,7 +270,8 @@ def run_batch(spec: str, out_dir: str | os.PathLike, extras: set[str], *, engine
     if jobs is not None and jobs < 1:
         raise InputError(f"--jobs must be at least 1, got {jobs}.")
     scans = find_scans(spec)
-    todo, done, no_seg = plan(scans, out, extras, engine=engine, model=model, threads=threads)
+    todo, done, no_seg = plan(scans, out, extras, engine=engine, model=model, threads=threads, organs=organs,
+                              priors=priors)
     if not out.exists():
         if not out.parent.is_dir():
             raise InputError(f"Cannot create the output folder {out}: {out.parent} does not exist.")
@@ -336,6 +341,7 @@ def cmd_batch(args) -> int:
     asked = extras_from_args(args, batch=True)
     progress = args.progress if args.progress is not None else sys.stderr.isatty()
     report = run_batch(args.input, args.output, set(asked), engine=args.engine, model=args.model,
-                       threads=args.threads, jobs=args.jobs, scheduler=args.scheduler, progress=progress)
+                       threads=args.threads, jobs=args.jobs, scheduler=args.scheduler, progress=progress,
+                       organs=args.organs, priors=args.priors)
     print(summary(report, args.output), file=sys.stderr)
     return 1 if report.failed else 0

@@ -32,6 +32,13 @@ def _progress_bar(enabled: bool):
     return update, bar.close
 
 
+def _organ_list(text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give organ names separated by commas, e.g. parotid_left,mandible")
+    return names
+
+
 def _parse_point(text: str) -> list[float]:
     parts = text.replace(";", ",").split(",")
     try:
@@ -83,7 +90,7 @@ def cmd_segment(args) -> int:
     progress, close = _progress_bar(args.progress if args.progress is not None else sys.stderr.isatty())
     try:
         seg = api.segment(ct, engine=args.engine, model=args.model, threads=args.threads,
-                          progress=progress)
+                          organs=args.organs, priors=args.priors, progress=progress)
     finally:
         close()
     write_outputs(ct, seg, targets, engine=args.engine)
@@ -116,6 +123,34 @@ def cmd_query(args) -> int:
     for p, n, pr, tn, tp in zip(points, res.names, res.probability, res.top3_names, res.top3_probability):
         top = ", ".join(f"{a} {b:.2f}" for a, b in zip(tn, tp))
         print(f"{p[0]:8.1f} {p[1]:8.1f} {p[2]:8.1f}        {n:<16} {pr:6.3f}  {top}")
+    return 0
+
+
+def cmd_locate(args) -> int:
+    from .io import load_volume
+    from .io._common import atomic_paths
+    from .localize import locations_to_json
+    from .localize.sparse_grid import locate
+
+    vol = load_volume(args.scan)
+    timings: dict = {}
+    locs = locate(vol, timings=timings, level_mm=args.level_mm)
+    doc = locations_to_json(locs)
+    text = json.dumps(doc)
+    if args.output:
+        with atomic_paths(args.output) as (tmp,):
+            tmp.write_text(text + "\n")
+    if args.json:
+        print(text)
+        return 0
+    print(f"{'organ':<16} {'present':<8} {'conf':>5}  {'centroid (mm, RAS)':<26} box (voxels of the input grid)")
+    for name, loc in locs.items():
+        if loc.present:
+            c = ", ".join(f"{v:.1f}" for v in loc.centroid_mm)
+            print(f"{name:<16} {'yes':<8} {loc.confidence:5.2f}  {c:<26} {list(loc.box_voxels[0])}-{list(loc.box_voxels[1])}")
+        else:
+            print(f"{name:<16} {'no':<8} {'':>5}")
+    print(f"{timings['total']:.2f} s, {int(timings['points_classified'])} points classified", file=sys.stderr)
     return 0
 
 
@@ -182,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--engine", default="sparse", help="segmentation engine (default: sparse)")
     s.add_argument("--model", default=None, help="shipped model name or path to an .onnx with its .json card")
     s.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    s.add_argument("--organs", type=_organ_list, default=None, metavar="NAME,NAME",
+                   help="only these organs (slice2d runs only their models; other engines keep only their labels)")
+    s.add_argument("--priors", action="store_true",
+                   help="apply the anatomical-prior rules measured to help this engine (post-processing)")
     s.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: when stderr is a terminal)")
     s.add_argument("--statistics", nargs="?", const="", default=None, metavar="FILE.json",
@@ -213,6 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="per-organ Dice/Jaccard/NSD/HD95 of label maps against references")
     add_evaluate_arguments(e)
     e.set_defaults(func=cmd_evaluate)
+
+    lo = sub.add_parser("locate", help="per organ: present or not, centroid, box and confidence")
+    lo.add_argument("scan", help="CT scan file or DICOM folder")
+    lo.add_argument("--json", action="store_true", help="print {\"organs\": {name: {...}}} on stdout")
+    lo.add_argument("-o", "--output", default=None, help="also write the JSON to this file")
+    lo.add_argument("--level-mm", type=float, default=8.0, help="grid step of the sparse localiser (default 8 mm)")
+    lo.set_defaults(func=cmd_locate)
 
     m = sub.add_parser("models", help="list the shipped models and their recorded accuracy")
     m.set_defaults(func=cmd_models)

@@ -21,13 +21,15 @@ class OrganLocation:
     confidence: float = 0.0
 
     def to_dict(self) -> dict:
-        d = {"present": self.present}
-        if self.present:
-            d.update(centroid_mm=[round(v, 2) for v in self.centroid_mm],
-                     box_mm=[[round(v, 2) for v in c] for c in self.box_mm],
-                     box_voxels=[list(c) for c in self.box_voxels])
-        d["confidence"] = round(float(self.confidence), 4)
-        return d
+        """The JSON form; an absent organ has null centroid and boxes."""
+        present = self.present and self.centroid_mm is not None
+        return {
+            "present": bool(self.present),
+            "centroid_mm": [round(v, 2) for v in self.centroid_mm] if present else None,
+            "box_mm": [[round(v, 2) for v in c] for c in self.box_mm] if present else None,
+            "box_voxels": [[int(v) for v in c] for c in self.box_voxels] if present else None,
+            "confidence": round(float(self.confidence), 4),
+        }
 
 
 def canonical_box_to_input(start, stop, ornt: np.ndarray, input_shape) -> tuple[tuple[int, ...], tuple[int, ...]]:
