@@ -174,7 +174,12 @@ def cmd_evaluate(args) -> int:
 
 def cmd_train(args) -> int:
     try:
-        from .training.sparse_pipeline import run_pipeline
+        if args.engine == "sparse":
+            from .training.sparse_pipeline import run_pipeline
+        elif args.engine == "cnn3d":
+            from .training.cnn3d_pipeline import run_pipeline
+        else:
+            raise InputError(f"organscope train knows the engines sparse and cnn3d, not {args.engine!r}.")
     except ImportError as exc:
         raise OrganscopeError(f"Training needs the train extra ({exc}); install it with "
                               "pip install 'organscope[train]'.") from None
@@ -263,11 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list the shipped models and their recorded accuracy")
     m.set_defaults(func=cmd_models)
 
-    t = sub.add_parser("train", help="train the sparse classifier (needs the train extra)")
+    t = sub.add_parser("train", help="train a model: the sparse classifier or the cnn3d network (train extra)")
     t.add_argument("--data", type=Path, required=True, help="dataset folder: images/ labels/ dataset.json")
+    t.add_argument("--engine", default="sparse", help="sparse (default) or cnn3d")
     t.add_argument("--work", type=Path, default=Path("work"), help="folder for training sets and checkpoints")
-    t.add_argument("--name", default="sparse_openkbp", help="model name (output: <work>/<name>.onnx + .json)")
-    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--name", default=None, help="model name (default <engine>_openkbp; output <work>/<name>.onnx)")
+    t.add_argument("--epochs", type=int, default=10, help="sparse: epochs")
+    t.add_argument("--hours", type=float, default=1.55, help="cnn3d: time budget of the training run")
     t.add_argument("--install", action="store_true", help="copy the result into the package's models folder")
     t.set_defaults(func=cmd_train)
 

@@ -58,12 +58,13 @@ def export(net: Cnn3dNet, out_path: Path, *, atol: float = 1e-2) -> float:
     return err
 
 
-def validate(onnx_path: Path, card: dict, data_root: Path, cases, work: Path) -> dict:
-    """Segment every case with the engine (with and without the largest-component step) and score both."""
+def validate(onnx_path: Path, card: dict, data_root: Path, cases, work: Path, variants=(False, True)) -> dict:
+    """Segment every case with the engine (with and without the largest-component step) and score each.
+    Writes the card beside the model (the engine reads it from there)."""
     from ..engines.cnn3d import Cnn3dEngine
 
     results = {}
-    for lcc in (False, True):
+    for lcc in variants:
         c = dict(card, largest_component=lcc)
         card_path = onnx_path.with_suffix(".json")
         card_path.write_text(json.dumps(c, indent=1))
@@ -134,6 +135,30 @@ def finalize(run_dir: Path, data_root: Path, out_dir: Path, name: str = "cnn3d_o
         shutil.copy2(card_path, MODELS_DIR / card_path.name)
         print(f"installed into {MODELS_DIR}")
     return card
+
+
+def run_pipeline(args) -> int:
+    """`organscope train --engine cnn3d`: cache, train (resumes), export, validate, card."""
+    from .cnn3d_data import build_cache
+    from .train_cnn3d import Cnn3dSettings, train
+
+    name = args.name or "cnn3d_openkbp"
+    cache, run_dir = args.work / "cnn3d_cache", args.work / "runs" / name
+    if not (cache / "cases.json").exists():
+        build_cache(args.data, cache)
+    if not (run_dir / "best.pt").exists() or not _finished(run_dir):
+        train(cache, run_dir, Cnn3dSettings(hours=args.hours))
+    finalize(run_dir, args.data, args.work, name, install=args.install)
+    return 0
+
+
+def _finished(run_dir: Path) -> bool:
+    ck = torch.load(run_dir / "last.pt", weights_only=False) if (run_dir / "last.pt").exists() else None
+    if ck is None:
+        return False
+    s = ck["state"]
+    settings = json.loads((run_dir / "settings.json").read_text())["settings"]
+    return s["step"] >= settings["steps"] or s["elapsed_s"] >= settings["hours"] * 3600
 
 
 def main(argv=None):

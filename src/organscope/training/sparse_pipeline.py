@@ -159,6 +159,7 @@ def run_pipeline(args) -> int:
 
     work: Path = args.work
     data: Path = args.data
+    args.name = args.name or "sparse_openkbp"
     pattern = paper_pattern()
     val_dir, run_dir = work / "sparse_val", work / "runs" / args.name
     if not (val_dir / "info.json").exists():
