@@ -38,6 +38,7 @@ class GridMap:
     grid_shape: tuple[int, int, int]
     ornt: np.ndarray
     grid_affine: np.ndarray
+    canonical_affine: np.ndarray
 
     @property
     def identity(self) -> bool:
@@ -128,7 +129,7 @@ def to_grid(volume: Volume, grid: tuple[int, int, int] = GRID) -> tuple[np.ndarr
     grid_in_input_order = tuple(int(grid[int(ornt[a, 0])]) for a in range(3))
     canon_affine = geometry.oriented_affine(volume.affine, ornt, volume.shape)
     zoom = np.array(canon_shape, dtype=float) / np.array(grid, dtype=float)
-    gmap = GridMap(canon_shape, tuple(grid), ornt, scale_affine(canon_affine, zoom))
+    gmap = GridMap(canon_shape, tuple(grid), ornt, scale_affine(canon_affine, zoom), canon_affine)
     small = resample(volume.array, grid_in_input_order)
     hu, _ = geometry.apply_orientation(small, volume.affine, ornt)
     return hu, gmap

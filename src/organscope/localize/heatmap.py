@@ -1,0 +1,115 @@
+"""The heat-map localiser (Navarro et al., unified 3D localisation + segmentation): a 3D network regresses one
+Gaussian heat-map per organ on a coarse grid; an organ's centroid is the mid-point of the region where its
+heat-map exceeds tau (0.1 in the paper; below it everywhere, the organ is absent); its box is the training
+set's mean organ extent around the centroid plus a margin.
+
+The coarse grid is the cnn3d fixed grid halved: 64^3 over the scan's field of view (OpenKBP: 7-10 mm in-plane,
+4-6 mm between slices; the paper used 3 mm on whole-body scans, a grid of similar size).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from ..engines.cnn3d import preprocess
+from ..errors import InputError, ModelError
+from ..volume import Volume
+from .boxes import OrganLocation, location
+from .organ_sizes import organ_sizes
+
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+DEFAULT_MODEL = "heatmap_openkbp"
+GRID = (64, 64, 64)
+SIGMA2_MM2 = 150.0   # the paper's isotropic variance of the target Gaussians
+TAU = 0.1            # the paper's threshold
+
+
+def gaussian_heatmap(shape, affine: np.ndarray, centroid_mm: np.ndarray, sigma2_mm2: float = SIGMA2_MM2) -> np.ndarray:
+    """exp(-|x - c|^2 / (2 sigma^2)) over the voxel centres of a grid, distances in world mm."""
+    axes = [np.arange(n, dtype=np.float32) for n in shape]
+    lin = affine[:3, :3].astype(np.float32)
+    off = (affine[:3, 3] - centroid_mm).astype(np.float32)
+    idx = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
+    d = idx @ lin.T + off
+    return np.exp(-(d ** 2).sum(-1) / (2 * sigma2_mm2)).astype(np.float32)
+
+
+def centroid_from_heatmap(heat: np.ndarray, tau: float = TAU) -> tuple[np.ndarray | None, float]:
+    """(mid-point of the region above tau, in grid voxels, or None if there is none; the heat-map's maximum).
+    Of several regions, the one holding the maximum is used (robust to a false positive elsewhere)."""
+    peak = float(heat.max())
+    if peak < tau:
+        return None, peak
+    lab, n = ndimage.label(heat > tau)
+    if n > 1:
+        lab = lab == lab[np.unravel_index(int(np.argmax(heat)), heat.shape)]
+    idx = np.argwhere(lab > 0)
+    return (idx.min(0) + idx.max(0)) / 2.0, peak
+
+
+def model_paths(name_or_path) -> tuple[Path, Path]:
+    p = Path(name_or_path) if name_or_path is not None else MODELS_DIR / f"{DEFAULT_MODEL}.onnx"
+    if p.suffix != ".onnx":
+        p = MODELS_DIR / f"{p.name}.onnx"
+    card = p.with_suffix(".json")
+    if not p.exists() or not card.exists():
+        raise ModelError(f"Heat-map localiser {str(name_or_path or DEFAULT_MODEL)!r} not found "
+                         f"(need {p.name} and {card.name}).")
+    return p, card
+
+
+class HeatmapLocalizer:
+    def __init__(self, model=None, *, threads: int | None = None):
+        import onnxruntime as ort
+
+        onnx_path, card_path = model_paths(model)
+        try:
+            self.card = json.loads(card_path.read_text())
+            self.organs: tuple[str, ...] = tuple(self.card["organs"])
+            self.grid = tuple(int(v) for v in self.card["grid"])
+            self.tau = float(self.card.get("tau", TAU))
+            self.margin_mm = float(self.card.get("box_margin_mm", 10.0))
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"Model card {card_path.name} is missing or malformed ({exc!r}).") from None
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or os.cpu_count() or 1
+        try:
+            self._session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own untyped errors on a corrupt file
+            raise ModelError(f"Could not load model {onnx_path.name}: {exc}") from None
+
+    def heatmaps(self, volume: Volume) -> tuple[np.ndarray, preprocess.GridMap]:
+        arr = volume.array
+        if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+            raise InputError("The scan contains NaN or infinite values; organscope needs finite HU values.")
+        hu, gmap = preprocess.to_grid(volume, self.grid)
+        return self._session.run(None, {"windows": preprocess.windows(hu)[None]})[0][0], gmap
+
+    def locate(self, volume: Volume, *, timings: dict | None = None) -> dict[str, OrganLocation]:
+        t0 = time.perf_counter()
+        heat, gmap = self.heatmaps(volume)
+        sizes = organ_sizes()
+        canon_affine = gmap.canonical_affine
+        canon_sp = np.sqrt((canon_affine[:3, :3] ** 2).sum(0))
+        zoom = np.array(gmap.canonical_shape) / np.array(gmap.grid_shape)  # grid voxel g = canonical [g*z, (g+1)*z)
+        out = {}
+        for c, name in enumerate(self.organs):
+            cen, peak = centroid_from_heatmap(heat[c], self.tau)
+            conf = float(np.clip(peak, 0.0, 1.0))
+            if cen is None:
+                out[name] = OrganLocation(name, False, confidence=conf)
+                continue
+            cen_canon = (cen + 0.5) * zoom - 0.5
+            extent = np.array(sizes.get(name, {}).get("extent_mm", [40.0, 40.0, 40.0]))
+            half = (extent / 2 + self.margin_mm) / canon_sp
+            start = np.maximum(np.floor(cen_canon - half), 0).astype(int)
+            stop = np.minimum(np.ceil(cen_canon + half) + 1, gmap.canonical_shape).astype(int)
+            out[name] = location(name, start, stop, cen_canon, conf, canon_affine, gmap.ornt, volume.shape)
+        if timings is not None:
+            timings["total"] = time.perf_counter() - t0
+        return out

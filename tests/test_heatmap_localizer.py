@@ -1,0 +1,58 @@
+"""Heat-map localiser pieces: Gaussian targets in world mm, centroid = mid-point of the region above tau (absent
+below it), and the localiser's boxes on a flipped grid; the network part with a few training steps."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from organscope.localize.heatmap import TAU, centroid_from_heatmap, gaussian_heatmap
+
+
+def test_gaussian_is_one_at_the_centroid_and_follows_the_variance_in_mm():
+    aff = np.diag([2.0, 3.0, 5.0, 1.0])
+    aff[:3, 3] = [-10, 0, 10]
+    c_vox = np.array([10, 7, 4])
+    c_mm = aff[:3, :3] @ c_vox + aff[:3, 3]
+    h = gaussian_heatmap((20, 16, 10), aff, c_mm, 150.0)
+    assert h[tuple(c_vox)] == pytest.approx(1.0)
+    # 3 voxels along axis 1 = 9 mm away: exp(-81 / 300)
+    assert h[10, 10, 4] == pytest.approx(np.exp(-81 / 300), rel=1e-5)
+
+
+def test_centroid_is_the_mid_point_of_the_region_above_tau_and_absent_below():
+    h = np.zeros((20, 20, 20), np.float32)
+    h[4:9, 10:13, 2:4] = 0.5  # region x 4..8, y 10..12, z 2..3
+    h[15, 15, 15] = 0.2       # a weaker false positive elsewhere
+    h[6, 11, 3] = 0.9         # the peak is inside the first region
+    c, peak = centroid_from_heatmap(h, TAU)
+    np.testing.assert_allclose(c, [6.0, 11.0, 2.5])
+    assert peak == pytest.approx(0.9)
+    c, peak = centroid_from_heatmap(np.full((5, 5, 5), 0.05, np.float32), TAU)
+    assert c is None and peak == pytest.approx(0.05)
+
+
+def test_trained_few_steps_localiser_runs_end_to_end(tmp_path, phantoms):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    from organscope.localize.heatmap import GRID, HeatmapLocalizer
+    from organscope.training.train_heatmap import export, train
+
+    rng = np.random.default_rng(0)
+    x = rng.random((3, 2) + GRID).astype(np.float16)
+    h = np.zeros((3, 2) + GRID, np.float16)
+    h[:, 0, 30:34, 30:34, 30:34] = 1
+    torch.set_num_threads(1)
+    net = train(x, h, np.ones((3, 2), bool), [0, 1, 2], steps=2, batch=2, width=4, log=lambda s: None)
+    path = tmp_path / "hm.onnx"
+    assert export(net, path) < 1e-3
+    path.with_suffix(".json").write_text(json.dumps({"organs": ["brainstem", "mandible"], "grid": list(GRID)}))
+    loc = HeatmapLocalizer(path, threads=1).locate(phantoms["LPS"])
+    assert set(loc) == {"brainstem", "mandible"}
+    for item in loc.values():
+        d = item.to_dict()
+        assert set(d) == {"present", "centroid_mm", "box_mm", "box_voxels", "confidence"}
+        if d["present"]:
+            lo, hi = np.array(d["box_voxels"])
+            assert (lo >= 0).all() and (hi < np.array(phantoms["LPS"].shape)).all() and (lo <= hi).all()
