@@ -181,3 +181,18 @@ def test_a_few_training_steps_then_export_matches_onnxruntime(tmp_path):
     assert state["step"] in (2, 3)
     err = export(net, tmp_path / "m.onnx")
     assert err < 2e-3
+
+
+def test_partial_loss_still_pushes_an_organ_whose_probability_is_tiny():
+    """Regression: a clamped log had zero gradient below p = 1e-6, so organs pushed that low never recovered."""
+    torch = pytest.importorskip("torch")
+    from organscope.training.train_cnn3d import partial_loss
+
+    target = torch.ones(1, 8, 8, 8, dtype=torch.long)
+    target[0, 2:5, 2:5, 2:5] = 2
+    logits = torch.zeros(1, 3, 8, 8, 8)
+    logits[:, 2] = -40.0  # p(organ) ~ 1e-17 everywhere
+    logits.requires_grad_(True)
+    partial_loss(logits, target, torch.tensor([[True]])).backward()
+    per_voxel = float(logits.grad[0, 2][target[0] == 2].mean())
+    assert per_voxel < -0.5 / target.numel()  # about -(1 - p) / N from the cross-entropy
