@@ -39,6 +39,10 @@ class Cnn3dSettings:
     threads: int = 2
 
 
+#: cross-entropy weight of organ voxels; 1 until step 11000 of the shipped run, 10 after it (see cnn3d_revive)
+CE_ORGAN_WEIGHT = 10.0
+
+
 def class_weights(n_classes: int) -> torch.Tensor:
     w = torch.ones(n_classes)
     w[0], w[1] = 0.1, 0.2
@@ -61,7 +65,9 @@ def partial_loss(logits: torch.Tensor, target: torch.Tensor, contoured: torch.Te
     logp_body = torch.logsumexp(torch.cat([logp[:, 1:2], organ_logp], dim=1), dim=1)
     merged_logp = torch.cat([logp[:, :1], logp_body[:, None], logp[:, N_SPECIAL:]], dim=1)
     onehot = F.one_hot(target, n_classes).permute(0, 4, 1, 2, 3).float()
-    ce = -(merged_logp * onehot).sum(1).mean()
+    # organ voxels weigh CE_ORGAN_WEIGHT times more than air/body ones (they are ~0.1 % of a patch)
+    vw = torch.where(target >= N_SPECIAL, CE_ORGAN_WEIGHT, 1.0)
+    ce = -((merged_logp * onehot).sum(1) * vw).sum() / vw.sum()
     # soft Dice per class pooled over the batch, uncontoured organs excluded per case
     p_body = prob[:, 1] + (prob[:, N_SPECIAL:] * unknown.float()[:, :, None, None, None]).sum(1)
     p = torch.cat([prob[:, :1], p_body[:, None], prob[:, N_SPECIAL:]], dim=1)
