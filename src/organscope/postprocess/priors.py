@@ -108,7 +108,8 @@ class RuleSet:
         keep = set(rule_ids)
         for i in keep:
             self.rule(i)
-        return replace(self, rules=tuple(r for r in self.rules if r.id in keep))
+        enabled = {e: tuple(i for i in ids if i in keep) for e, ids in self.enabled_for.items()}
+        return replace(self, rules=tuple(r for r in self.rules if r.id in keep), enabled_for=enabled)
 
     def for_engine(self, engine: str) -> "RuleSet":
         """Only the rules measured to help `engine` (see organscope.training.measure_priors)."""
