@@ -96,8 +96,9 @@ def cmd_segment(args) -> int:
     write_outputs(ct, seg, targets, engine=args.engine)
     t = seg.timings_s
     present = sorted({seg.names[int(v)] for v in api.present_labels(seg)})
+    points = f", {int(t['points_classified'])} points classified" if "points_classified" in t else ""
     print(f"{args.output}: {len(present)} organ(s) found ({', '.join(present) or 'none'}); "
-          f"{t['total']:.2f} s, {int(t.get('points_classified', 0))} points classified", file=sys.stderr)
+          f"{t['total']:.2f} s{points}", file=sys.stderr)
     return 0
 
 
