@@ -9,20 +9,18 @@ The coarse grid is the cnn3d fixed grid halved: 64^3 over the scan's field of vi
 from __future__ import annotations
 
 import json
-import os
 import time
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
 from ..engines.cnn3d import preprocess
+from ..engines.onnx_models import MODELS_DIR, model_paths, open_session  # noqa: F401 (MODELS_DIR: re-exported)
 from ..errors import InputError, ModelError
 from ..volume import Volume
 from .boxes import OrganLocation, location
 from .organ_sizes import organ_sizes
 
-MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 DEFAULT_MODEL = "heatmap_openkbp"
 GRID = (64, 64, 64)
 SIGMA2_MM2 = 150.0   # the paper's isotropic variance of the target Gaussians
@@ -52,22 +50,9 @@ def centroid_from_heatmap(heat: np.ndarray, tau: float = TAU) -> tuple[np.ndarra
     return (idx.min(0) + idx.max(0)) / 2.0, peak
 
 
-def model_paths(name_or_path) -> tuple[Path, Path]:
-    p = Path(name_or_path) if name_or_path is not None else MODELS_DIR / f"{DEFAULT_MODEL}.onnx"
-    if p.suffix != ".onnx":
-        p = MODELS_DIR / f"{p.name}.onnx"
-    card = p.with_suffix(".json")
-    if not p.exists() or not card.exists():
-        raise ModelError(f"Heat-map localiser {str(name_or_path or DEFAULT_MODEL)!r} not found "
-                         f"(need {p.name} and {card.name}).")
-    return p, card
-
-
 class HeatmapLocalizer:
     def __init__(self, model=None, *, threads: int | None = None):
-        import onnxruntime as ort
-
-        onnx_path, card_path = model_paths(model)
+        onnx_path, card_path = model_paths(model, DEFAULT_MODEL, "heatmap")
         try:
             self.card = json.loads(card_path.read_text())
             self.organs: tuple[str, ...] = tuple(self.card["organs"])
@@ -76,12 +61,7 @@ class HeatmapLocalizer:
             self.margin_mm = float(self.card.get("box_margin_mm", 10.0))
         except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"Model card {card_path.name} is missing or malformed ({exc!r}).") from None
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or os.cpu_count() or 1
-        try:
-            self._session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own untyped errors on a corrupt file
-            raise ModelError(f"Could not load model {onnx_path.name}: {exc}") from None
+        self._session = open_session(onnx_path, threads)
 
     def heatmaps(self, volume: Volume) -> tuple[np.ndarray, preprocess.GridMap]:
         arr = volume.array

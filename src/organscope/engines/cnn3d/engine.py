@@ -3,42 +3,26 @@
 from __future__ import annotations
 
 import json
-import os
 import time
-from pathlib import Path
 
 import numpy as np
 
 from ...errors import InputError, ModelError
 from ...volume import Volume
+from ..onnx_models import MODELS_DIR, model_paths, open_session  # noqa: F401 (MODELS_DIR: re-exported)
 from ..base import ProgressFn, Segmentation, labels_dtype, no_progress
 from ..sparse.refine import largest_components
 from . import preprocess
 
-MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 DEFAULT_MODEL = "cnn3d_openkbp"
 N_BACKGROUND = 2  # the network's classes 0 (air) and 1 (body) are both background in the output
-
-
-def model_paths(name_or_path) -> tuple[Path, Path]:
-    p = Path(name_or_path) if name_or_path is not None else MODELS_DIR / f"{DEFAULT_MODEL}.onnx"
-    if p.suffix != ".onnx":
-        p = MODELS_DIR / f"{p.name}.onnx"
-    card = p.with_suffix(".json")
-    if not p.exists() or not card.exists():
-        shipped = sorted(q.stem for q in MODELS_DIR.glob("cnn3d_*.onnx"))
-        raise ModelError(f"Model {str(name_or_path or DEFAULT_MODEL)!r} not found (need {p.name} and {card.name}); "
-                         f"shipped cnn3d models: {', '.join(shipped) or 'none'}.")
-    return p, card
 
 
 class Cnn3dEngine:
     name = "cnn3d"
 
     def __init__(self, model=None, *, threads: int | None = None):
-        import onnxruntime as ort
-
-        self.onnx_path, card_path = model_paths(model)
+        self.onnx_path, card_path = model_paths(model, DEFAULT_MODEL, "cnn3d")
         try:
             self.card = json.loads(card_path.read_text())
             self.classes: tuple[str, ...] = tuple(self.card["classes"])
@@ -46,14 +30,7 @@ class Cnn3dEngine:
             self.largest_component = bool(self.card.get("largest_component", False))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"Model card {card_path.name} is missing or malformed ({exc!r}).") from None
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = threads or os.cpu_count() or 1
-        opts.inter_op_num_threads = 1
-        try:
-            self._session = ort.InferenceSession(str(self.onnx_path), opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own untyped errors on a corrupt file
-            raise ModelError(f"Could not load model {self.onnx_path.name}: {exc}") from None
+        self._session = open_session(self.onnx_path, threads)
         self._input = self._session.get_inputs()[0].name
 
     def network_input(self, volume: Volume) -> tuple[np.ndarray, preprocess.GridMap]:

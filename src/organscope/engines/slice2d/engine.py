@@ -7,7 +7,6 @@ Where two organs claim a voxel, the higher probability wins; each organ keeps it
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -18,11 +17,11 @@ from ...errors import InputError, ModelError
 from ...geometry import world_to_voxel
 from ...organs import normalize_name
 from ...volume import Volume
+from ..onnx_models import MODELS_DIR, open_session
 from ..base import ProgressFn, Segmentation, labels_dtype, no_progress
 from ..sparse.refine import largest_components
 from . import preprocess
 
-MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 DEFAULT_MODEL = "slice2d_openkbp"
 RANGE_MARGIN_MM = 10.0
 
@@ -66,16 +65,8 @@ class Slice2dEngine:
 
     def _session(self, organ: str):
         if organ not in self._sessions:
-            import onnxruntime as ort
-
             path = self.card_path.parent / self.organ_cards[organ]["file"]
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = self.threads or os.cpu_count() or 1
-            opts.inter_op_num_threads = 1
-            try:
-                self._sessions[organ] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-            except Exception as exc:  # onnxruntime raises its own untyped errors on missing/corrupt files
-                raise ModelError(f"Could not load the {organ} model {path.name}: {exc}") from None
+            self._sessions[organ] = open_session(path, self.threads)
         return self._sessions[organ]
 
     def select(self, organs) -> list[str]:

@@ -10,22 +10,15 @@ import numpy as np
 
 from ...errors import ModelError
 from ...sampling.pattern import Pattern, paper_pattern
+from ..onnx_models import MODELS_DIR, open_session  # noqa: F401 (MODELS_DIR: re-exported)
+from ..onnx_models import model_paths as _model_paths
 
-MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 DEFAULT_MODEL = "sparse_openkbp"
 
 
 def model_paths(name_or_path: str | os.PathLike | None) -> tuple[Path, Path]:
-    """(onnx, card) for a shipped model name or a path to an .onnx file with its .json card beside it."""
-    p = Path(name_or_path) if name_or_path is not None else MODELS_DIR / f"{DEFAULT_MODEL}.onnx"
-    if p.suffix != ".onnx":
-        p = MODELS_DIR / f"{p.name}.onnx"
-    card = p.with_suffix(".json")
-    if not p.exists() or not card.exists():
-        shipped = sorted(q.stem for q in MODELS_DIR.glob("sparse_*.onnx"))
-        raise ModelError(f"Model {str(name_or_path or DEFAULT_MODEL)!r} not found (need {p.name} and {card.name}); "
-                         f"shipped sparse models: {', '.join(shipped) or 'none'}.")
-    return p, card
+    """(onnx, card) for a shipped sparse model name or a path to an .onnx file with its .json card beside it."""
+    return _model_paths(name_or_path, DEFAULT_MODEL, "sparse")
 
 
 def pattern_from_card(card: dict) -> Pattern:
@@ -49,20 +42,11 @@ class SparseModel:
     threads: int | None = None
 
     def __post_init__(self):
-        import onnxruntime as ort
-
         missing = [k for k in ("classes", "n_inputs", "pattern") if k not in self.card]
         if not isinstance(self.card, dict) or missing:
             raise ModelError(f"Model card of {self.onnx_path.name} lacks {', '.join(missing) or 'its fields'}.")
 
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = self.threads or os.cpu_count() or 1
-        opts.inter_op_num_threads = 1
-        try:
-            self._session = ort.InferenceSession(str(self.onnx_path), opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own untyped errors on a corrupt file
-            raise ModelError(f"Could not load model {self.onnx_path.name}: {exc}") from None
+        self._session = open_session(self.onnx_path, self.threads)
         first = self._session.get_inputs()[0]
         self._input = first.name
         #: "codes": uint8 descriptor codes (int8 first layer, see training/quantize.py); "float": float32 values
