@@ -107,7 +107,10 @@ def validate(net, images, targets, contoured, cases) -> np.ndarray:
     return scores
 
 
-def train(cache: Path, run_dir: Path, settings: Cnn3dSettings, plan: PatchPlan = PatchPlan()) -> Path:
+def train(cache: Path, run_dir: Path, settings: Cnn3dSettings, plan: PatchPlan = PatchPlan(),
+          init: Path | None = None) -> Path:
+    """`init`: start a new run from another run's weights (a warm restart: fresh optimiser, step count and
+    learning-rate schedule); ignored when `run_dir` already has a checkpoint to resume."""
     torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     meta = json.loads((cache / "cases.json").read_text())
@@ -132,6 +135,12 @@ def train(cache: Path, run_dir: Path, settings: Cnn3dSettings, plan: PatchPlan =
         opt.load_state_dict(ck["opt"])
         state = ck["state"]
         print(f"resumed at step {state['step']}", flush=True)
+    elif init is not None:
+        ck = torch.load(init, weights_only=False)
+        net.load_state_dict(ck["net"])
+        state["history"].append({"step": 0, "warm_start_from": str(init), "from_step": ck["state"]["step"],
+                                 "from_history": ck["state"]["history"]})
+        print(f"warm start from {init} (its step {ck['state']['step']})", flush=True)
     (run_dir / "settings.json").write_text(json.dumps({"settings": asdict(settings), "plan": asdict(plan),
                                                        "organs": meta["organs"]}, indent=1))
     sampler = PatchSampler(images, targets, plan, seed=settings.seed + state["step"])
@@ -186,11 +195,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description="Train the cnn3d network (resumes from RUN/last.pt).")
     ap.add_argument("--cache", type=Path, required=True)
     ap.add_argument("--run", type=Path, required=True)
+    ap.add_argument("--init", type=Path, help="warm-start a new run from this checkpoint's weights")
     for f, v in asdict(Cnn3dSettings()).items():
         ap.add_argument(f"--{f.replace('_', '-')}", type=type(v), default=v)
     a = ap.parse_args(argv)
     s = Cnn3dSettings(**{f: getattr(a, f) for f in asdict(Cnn3dSettings())})
-    train(a.cache, a.run, s)
+    train(a.cache, a.run, s, init=a.init)
 
 
 if __name__ == "__main__":
