@@ -18,9 +18,8 @@ import torch
 from ..datasets import Dataset
 from ..engines.cnn3d.engine import MODELS_DIR
 from ..engines.cnn3d.preprocess import GRID, WINDOWS_HU
-from ..io import save_labels
-from ..metrics.report import evaluate_dirs
 from .cnn3d_net import Cnn3dNet, count_gflops, count_parameters
+from .engine_validation import score_engine
 
 
 def load_run(run_dir: Path, checkpoint: str = "best.pt") -> tuple[Cnn3dNet, dict, dict]:
@@ -68,25 +67,10 @@ def validate(onnx_path: Path, card: dict, data_root: Path, cases, work: Path, va
         c = dict(card, largest_component=lcc)
         card_path = onnx_path.with_suffix(".json")
         card_path.write_text(json.dumps(c, indent=1))
-        engine = Cnn3dEngine(onnx_path)
-        pred_dir = work / f"pred_lcc{int(lcc)}"
-        pred_dir.mkdir(parents=True, exist_ok=True)
-        seconds = []
-        for case in cases:
-            seg = engine.segment(case.load_image())
-            seconds.append(seg.timings_s["total"])
-            save_labels(seg.labels, seg.labels.array, pred_dir / f"{case.case_id}.nii.gz",
-                        {0: "background", **seg.names})
-        report = evaluate_dirs(pred_dir, data_root / "labels")
-        summ = report.summary()
-        results[lcc] = {
-            "largest_component": lcc,
-            "mean": report.mean_row(),
-            "per_organ": {o: {"n": s.n, "dice": s.dice_mean, "dice_sd": s.dice_sd, "jaccard": s.jaccard_mean,
-                              "nsd_2mm": s.nsd_mean, "hd95_mm": s.hd95_mm_mean} for o, s in summ.items()},
-            "seconds_per_scan_median": float(np.median(seconds)),
-        }
-        print(f"largest_component={lcc}: mean Dice {report.mean_row()['dice']:.4f}\n{report.table()}", flush=True)
+        r = score_engine(Cnn3dEngine(onnx_path), cases, data_root, work / f"pred_lcc{int(lcc)}", quiet=True)
+        results[lcc] = {"largest_component": lcc, "mean": r["mean"], "per_organ": r["per_organ"],
+                        "seconds_per_scan_median": r["median_seconds"]["total"]}
+        print(f"largest_component={lcc}: mean Dice {r['mean']['dice']:.4f}", flush=True)
     return results
 
 

@@ -10,29 +10,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from ..datasets import Dataset
-from ..io import save_labels
-from ..metrics.report import evaluate_dirs
+from .engine_validation import score_engine
 
 
 def validate(card_path: Path, data_root: Path, cases, work: Path) -> dict:
     from ..engines.slice2d import Slice2dEngine
 
-    engine = Slice2dEngine(card_path)
-    seconds: dict[str, list[float]] = {}
-    for case in cases:
-        seg = engine.segment(case.load_image())
-        for k, v in seg.timings_s.items():
-            seconds.setdefault(k, []).append(v)
-        save_labels(seg.labels, seg.labels.array, work / f"{case.case_id}.nii.gz", {0: "background", **seg.names})
-    report = evaluate_dirs(work, data_root / "labels")
-    print(report.table(), flush=True)
-    return {"mean": report.mean_row(),
-            "per_organ": {o: {"n": s.n, "dice": s.dice_mean, "dice_sd": s.dice_sd, "jaccard": s.jaccard_mean,
-                              "nsd_2mm": s.nsd_mean, "hd95_mm": s.hd95_mm_mean} for o, s in report.summary().items()},
-            "median_seconds": {k: float(np.median(v)) for k, v in seconds.items()}}
+    return score_engine(Slice2dEngine(card_path), cases, data_root, work)
 
 
 def finalize(models_dir: Path, data_root: Path, *, install: bool = False) -> dict:
