@@ -1,4 +1,4 @@
-"""organscope locate with the sparse-grid localiser, on the bundled OpenKBP example scan (shipped sparse model):
+"""organscope locate with the sparse-grid and heat-map localisers, on the bundled OpenKBP example scan (shipped sparse model):
 JSON format, boxes in world mm and voxels under flipped axes, an organ cut out of the scan reported absent."""
 from __future__ import annotations
 
@@ -25,11 +25,23 @@ def scan():
     return load_volume(SCAN)
 
 
-@pytest.fixture(scope="module")
-def located(scan):
+@pytest.fixture(scope="module", params=["sparse_grid", "heatmap"])
+def locate_fn(request):
+    """Each localiser as a function volume -> {organ: OrganLocation}; the heat-map one when its model ships."""
+    if request.param == "heatmap":
+        from organscope.localize.heatmap import DEFAULT_MODEL, MODELS_DIR as HEATMAP_DIR, HeatmapLocalizer
+
+        if not (HEATMAP_DIR / f"{DEFAULT_MODEL}.onnx").exists():
+            pytest.skip("no shipped heat-map model")
+        return HeatmapLocalizer(threads=2).locate
     from organscope.localize.sparse_grid import locate
 
-    return locate(scan)
+    return locate
+
+
+@pytest.fixture(scope="module")
+def located(scan, locate_fn):
+    return locate_fn(scan)
 
 
 def test_every_organ_found_and_its_box_holds_it(scan, located):
@@ -49,8 +61,8 @@ def test_every_organ_found_and_its_box_holds_it(scan, located):
         assert np.all(np.array(loc.centroid_mm) <= np.array(loc.box_mm[1]) + 1e-6)
 
 
-def test_flipped_axes_give_the_same_world_boxes_and_mirrored_voxel_boxes(scan, located):
-    from organscope.localize.sparse_grid import locate
+def test_flipped_axes_give_the_same_world_boxes_and_mirrored_voxel_boxes(scan, located, locate_fn):
+    locate = locate_fn
 
     flipped_aff = scan.affine.copy()
     n0 = scan.shape[0]
@@ -67,8 +79,8 @@ def test_flipped_axes_give_the_same_world_boxes_and_mirrored_voxel_boxes(scan, l
         np.testing.assert_array_equal([a0[1:], a1[1:]], [b0[1:], b1[1:]])
 
 
-def test_an_organ_cut_out_of_the_scan_is_absent(scan, located):
-    from organscope.localize.sparse_grid import locate
+def test_an_organ_cut_out_of_the_scan_is_absent(scan, located, locate_fn):
+    locate = locate_fn
 
     # OpenKBP is stored P-L-I: axis 2 runs superior -> inferior; keep only what lies below the larynx's box
     low = located["larynx"].box_voxels[1][2] + 5

@@ -131,11 +131,19 @@ def cmd_locate(args) -> int:
     from .io import load_volume
     from .io._common import atomic_paths
     from .localize import locations_to_json
-    from .localize.sparse_grid import locate
 
     vol = load_volume(args.scan)
     timings: dict = {}
-    locs = locate(vol, timings=timings, level_mm=args.level_mm)
+    if args.localizer == "heatmap":
+        from .localize.heatmap import HeatmapLocalizer
+
+        locs = HeatmapLocalizer(threads=args.threads).locate(vol, timings=timings)
+    elif args.localizer == "sparse_grid":
+        from .localize.sparse_grid import locate
+
+        locs = locate(vol, timings=timings, level_mm=args.level_mm)
+    else:
+        raise InputError(f"--localizer must be sparse_grid or heatmap, not {args.localizer!r}.")
     doc = locations_to_json(locs)
     text = json.dumps(doc)
     if args.output:
@@ -151,7 +159,8 @@ def cmd_locate(args) -> int:
             print(f"{name:<16} {'yes':<8} {loc.confidence:5.2f}  {c:<26} {list(loc.box_voxels[0])}-{list(loc.box_voxels[1])}")
         else:
             print(f"{name:<16} {'no':<8} {'':>5}")
-    print(f"{timings['total']:.2f} s, {int(timings['points_classified'])} points classified", file=sys.stderr)
+    extra = f", {int(timings['points_classified'])} points classified" if "points_classified" in timings else ""
+    print(f"{timings['total']:.2f} s ({args.localizer}){extra}", file=sys.stderr)
     return 0
 
 
@@ -179,8 +188,10 @@ def cmd_train(args) -> int:
             from .training.sparse_pipeline import run_pipeline
         elif args.engine == "cnn3d":
             from .training.cnn3d_pipeline import run_pipeline
+        elif args.engine == "cascade":
+            from .training.cascade_pipeline import run_pipeline
         else:
-            raise InputError(f"organscope train knows the engines sparse and cnn3d, not {args.engine!r}.")
+            raise InputError(f"organscope train knows the engines sparse, cnn3d and cascade, not {args.engine!r}.")
     except ImportError as exc:
         raise OrganscopeError(f"Training needs the train extra ({exc}); install it with "
                               "pip install 'organscope[train]'.") from None
@@ -263,19 +274,25 @@ def build_parser() -> argparse.ArgumentParser:
     lo.add_argument("scan", help="CT scan file or DICOM folder")
     lo.add_argument("--json", action="store_true", help="print {\"organs\": {name: {...}}} on stdout")
     lo.add_argument("-o", "--output", default=None, help="also write the JSON to this file")
+    lo.add_argument("--localizer", default="sparse_grid", choices=("sparse_grid", "heatmap"),
+                    help="sparse_grid: the sparse classifier's coarse grid (default); heatmap: the heat-map network")
     lo.add_argument("--level-mm", type=float, default=8.0, help="grid step of the sparse localiser (default 8 mm)")
+    lo.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     lo.set_defaults(func=cmd_locate)
 
     m = sub.add_parser("models", help="list the shipped models and their recorded accuracy")
     m.set_defaults(func=cmd_models)
 
-    t = sub.add_parser("train", help="train a model: the sparse classifier or the cnn3d network (train extra)")
+    t = sub.add_parser("train", help="train a model: the sparse classifier, the cnn3d network or the cascade's "
+                                     "group networks (train extra)")
     t.add_argument("--data", type=Path, required=True, help="dataset folder: images/ labels/ dataset.json")
-    t.add_argument("--engine", default="sparse", help="sparse (default) or cnn3d")
+    t.add_argument("--engine", default="sparse", help="sparse (default), cnn3d or cascade (after cnn3d: its "
+                                                        "group networks start from the cnn3d weights)")
     t.add_argument("--work", type=Path, default=Path("work"), help="folder for training sets and checkpoints")
     t.add_argument("--name", default=None, help="model name (default <engine>_openkbp; output <work>/<name>.onnx)")
     t.add_argument("--epochs", type=int, default=10, help="sparse: epochs")
-    t.add_argument("--hours", type=float, default=1.55, help="cnn3d: time budget of the training run")
+    t.add_argument("--hours", type=float, default=1.55,
+                   help="cnn3d and cascade: time budget of the training run (cascade: shared by its groups)")
     t.add_argument("--install", action="store_true", help="copy the result into the package's models folder")
     t.set_defaults(func=cmd_train)
 

@@ -59,24 +59,32 @@ class HeatmapLocalizer:
             self.grid = tuple(int(v) for v in self.card["grid"])
             self.tau = float(self.card.get("tau", TAU))
             self.margin_mm = float(self.card.get("box_margin_mm", 10.0))
+            self.source_grid = tuple(int(v) for v in self.card.get("source_grid", preprocess.GRID))
         except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"Model card {card_path.name} is missing or malformed ({exc!r}).") from None
         self._session = open_session(onnx_path, threads)
 
-    def heatmaps(self, volume: Volume) -> tuple[np.ndarray, preprocess.GridMap]:
-        arr = volume.array
-        if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
-            raise InputError("The scan contains NaN or infinite values; organscope needs finite HU values.")
-        hu, gmap = preprocess.to_grid(volume, self.grid)
-        return self._session.run(None, {"windows": preprocess.windows(hu)[None]})[0][0], gmap
+    def heatmaps(self, volume: Volume, hu: np.ndarray | None = None,
+                 gmap: preprocess.GridMap | None = None) -> tuple[np.ndarray, preprocess.GridMap]:
+        """(organs, *coarse grid) heat-maps and the map of the fine grid they came from. The scan goes to the
+        cnn3d 128^3 grid first (or `hu`/`gmap` from a caller that has it) and is halved from there, as in
+        training; a caller that already resampled the scan pays only for the halving."""
+        if hu is None or gmap is None:
+            arr = volume.array
+            if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+                raise InputError("The scan contains NaN or infinite values; organscope needs finite HU values.")
+            hu, gmap = preprocess.to_grid(volume, self.source_grid)
+        coarse = preprocess.resample(hu, self.grid)
+        return self._session.run(None, {"windows": preprocess.windows(coarse)[None]})[0][0], gmap
 
-    def locate(self, volume: Volume, *, timings: dict | None = None) -> dict[str, OrganLocation]:
+    def locate(self, volume: Volume, *, timings: dict | None = None, hu: np.ndarray | None = None,
+               gmap: preprocess.GridMap | None = None) -> dict[str, OrganLocation]:
         t0 = time.perf_counter()
-        heat, gmap = self.heatmaps(volume)
+        heat, gmap = self.heatmaps(volume, hu, gmap)
         sizes = organ_sizes()
         canon_affine = gmap.canonical_affine
         canon_sp = np.sqrt((canon_affine[:3, :3] ** 2).sum(0))
-        zoom = np.array(gmap.canonical_shape) / np.array(gmap.grid_shape)  # grid voxel g = canonical [g*z, (g+1)*z)
+        zoom = np.array(gmap.canonical_shape) / np.array(self.grid)  # coarse voxel g = canonical [g*z, (g+1)*z)
         out = {}
         for c, name in enumerate(self.organs):
             cen, peak = centroid_from_heatmap(heat[c], self.tau)

@@ -75,8 +75,8 @@ def train(x, h, known, train_ids, *, steps: int, batch: int = 4, width: int = 8,
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if (step + 1) % 100 == 0:
-            log(f"step {step + 1} loss {float(loss):.5f} {time.time() - t0:.0f} s")
+        if (step + 1) % 50 == 0:
+            log(f"step {step + 1} loss {float(loss.detach()):.5f} {time.time() - t0:.0f} s")
     return net.eval()
 
 
@@ -145,19 +145,20 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=Path("work/heatmap"))
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--width", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--install", action="store_true")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     meta, x, h, known = coarse_set(a.cache, a.data)
     train_ids = [n for n, s in enumerate(meta["splits"]) if s == "train"]
-    net = train(x, h, known, train_ids, steps=a.steps, width=a.width, log=lambda s: print(s, flush=True))
+    net = train(x, h, known, train_ids, steps=a.steps, batch=a.batch, width=a.width, log=lambda s: print(s, flush=True))
     a.out.mkdir(parents=True, exist_ok=True)
     path = a.out / "heatmap_openkbp.onnx"
     err = export(net, path)
     card = {"name": "heatmap_openkbp", "engine": "locate", "organs": meta["organs"], "grid": list(GRID),
             "sigma2_mm2": SIGMA2_MM2, "tau": TAU, "box_margin_mm": 10.0, "onnx_parity_max_abs_diff": err,
-            "training": {"data": "OpenKBP training split", "steps": a.steps, "width": a.width}}
+            "training": {"data": "OpenKBP training split", "steps": a.steps, "batch": a.batch, "width": a.width}}
     path.with_suffix(".json").write_text(json.dumps(card, indent=1))
     with tempfile.TemporaryDirectory():
         card["validation"] = compare(a.data, path, Dataset(a.data).split("validation"))
