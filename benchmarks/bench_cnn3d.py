@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Seconds per scan and peak memory: organscope's cnn3d and sparse engines against two peers, same input.
+"""Seconds per scan and peak memory: organscope's engines (cnn3d, sparse, slice2d, cascade) against two peers, same input.
 
     python benchmarks/bench_cnn3d.py                       # 512x512x300 scan, 3 runs per method (long: see README)
     python benchmarks/bench_cnn3d.py --quick               # smoke run: small scan, 1 run per method
@@ -36,7 +36,7 @@ FULL = dict(shape=(512, 512, 300), spacing=(0.8, 0.8, 1.5), repeats=3)
 # --quick: a small field of view (256 x 256 x 288 mm) so that each peer runs a single tile
 QUICK = dict(shape=(160, 160, 96), spacing=(1.6, 1.6, 3.0), repeats=1)
 
-OUR_ENGINES = ("cnn3d", "sparse")
+OUR_ENGINES = ("cnn3d", "sparse", "slice2d", "cascade")
 AIM_CNN3D_S = 2.0        # issue 3: cnn3d <= 2 s per scan on the 2-core machine (the paper: 1.6 s on 16 cores)
 AIM_SPEEDUP = 10.0       # issue 3: >= 10x faster than both peers
 
@@ -62,8 +62,7 @@ def child_engine(name: str, nii: Path, threads: int, model: str | None) -> dict:
 
     rec: dict = {"kind": "engine", "name": name}
     vol = _load(nii, rec)
-    if name == "sparse":
-        set_numba_threads(threads)
+    set_numba_threads(threads)  # every engine resamples or refines with numba
     from organscope.errors import ModelError
 
     t = time.perf_counter()
@@ -303,7 +302,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=None, help="runs per method, each a fresh process (default 3; quick 1)")
     ap.add_argument("--threads", type=int, default=None, help="threads for every method (default: cores available)")
     ap.add_argument("--engines", default=",".join(OUR_ENGINES),
-                    help="organscope engines, comma-separated (default cnn3d,sparse; those not registered are skipped)")
+                    help="organscope engines, comma-separated (default cnn3d,sparse,slice2d,cascade; those not registered are skipped)")
     ap.add_argument("--peers", default="monai,nnunet", help="peers, comma-separated: monai, nnunet, or 'none'")
     ap.add_argument("--cnn3d-model", help="model path for the cnn3d engine (default: its shipped model)")
     ap.add_argument("--sparse-model", help="model path for the sparse engine (default: its shipped model)")

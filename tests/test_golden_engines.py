@@ -1,4 +1,4 @@
-"""Golden tests of the shipped cnn3d and slice2d models: they still reach their recorded Dice on the three
+"""Golden tests of the shipped cnn3d, slice2d and cascade models: they still reach their recorded Dice on the three
 bundled OpenKBP validation cases (tests/data/openkbp/golden_<engine>.json, written by tests/make_golden.py
 when the model shipped); a drop beyond the tolerance fails."""
 import json
@@ -9,7 +9,7 @@ from helpers.golden import DATA, engine_dice
 from organscope.engines.base import ENGINES
 
 TOLERANCE = 0.02
-MODELS = {"cnn3d": "cnn3d_openkbp.onnx", "slice2d": "slice2d_openkbp.json"}
+MODELS = {"cnn3d": "cnn3d_openkbp.onnx", "slice2d": "slice2d_openkbp.json", "cascade": "cascade_openkbp.json"}
 
 
 @pytest.mark.parametrize("engine", sorted(MODELS))

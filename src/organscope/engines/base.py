@@ -43,7 +43,13 @@ def _slice2d(**kw):
     return Slice2dEngine(**kw)
 
 
-ENGINES: dict[str, Callable[..., Engine]] = {"sparse": _sparse, "cnn3d": _cnn3d, "slice2d": _slice2d}
+def _cascade(**kw):
+    from .cascade import CascadeEngine
+    return CascadeEngine(**kw)
+
+
+ENGINES: dict[str, Callable[..., Engine]] = {"sparse": _sparse, "cnn3d": _cnn3d, "slice2d": _slice2d,
+                                             "cascade": _cascade}
 
 
 def keep_organs(seg: Segmentation, organs) -> Segmentation:

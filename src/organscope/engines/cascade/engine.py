@@ -1,0 +1,177 @@
+"""The cascade engine (Navarro et al.'s localise-then-segment, Zhang et al.'s coarse-to-fine cascade):
+
+1. the scan on the cnn3d fixed grid (128^3 on the canonical RAS+ axes over its field of view);
+2. organ boxes from a localiser: the sparse classifier's 8 mm grid (`localize.sparse_grid`) or the heat-map
+   network (`localize.heatmap`), whichever the model card names (the one that measured better);
+3. per group of neighbouring organs (`groups.GROUPS`) with at least one organ found: a crop around the union of
+   the group's boxes through the group's compact residual 3D U-Net (ONNX), softmax;
+4. the crops merged on the grid, the highest probability winning where two groups claim a voxel; an organ the
+   localiser reports absent stays absent;
+5. the largest connected component per organ, nearest neighbour back to the input's grid and orientation.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import InputError, ModelError
+from ...geometry import world_to_voxel
+from ...organs import normalize_name
+from ...volume import Volume
+from ..base import ProgressFn, Segmentation, labels_dtype, no_progress
+from ..cnn3d import preprocess
+from ..onnx_models import MODELS_DIR, open_session
+from ..sparse.refine import largest_components
+from .groups import MARGIN_VOX, crop_window, extract, overlap
+
+DEFAULT_MODEL = "cascade_openkbp"
+LOCALIZERS = ("sparse_grid", "heatmap")
+N_BACKGROUND = 2  # each group network's classes 0 (air) and 1 (body, or an organ of another group)
+
+
+def card_path_for(name_or_path) -> Path:
+    p = Path(name_or_path) if name_or_path is not None else MODELS_DIR / f"{DEFAULT_MODEL}.json"
+    if p.suffix != ".json":
+        p = (p / f"{DEFAULT_MODEL}.json") if p.is_dir() else MODELS_DIR / f"{p.name}.json"
+    if not p.exists():
+        raise ModelError(f"cascade model card {p} not found; shipped: "
+                         f"{', '.join(q.stem for q in MODELS_DIR.glob('cascade_*.json')) or 'none'}.")
+    return p
+
+
+class CascadeEngine:
+    name = "cascade"
+    supports_organ_subset = True
+
+    def __init__(self, model=None, *, threads: int | None = None, localizer: str | None = None):
+        self.card_path = card_path_for(model)
+        try:
+            self.card = json.loads(self.card_path.read_text())
+            self.groups: dict[str, dict] = self.card["groups"]
+            self.grid = tuple(int(v) for v in self.card["grid"])
+            organs = [o for g in self.groups.values() for o in g["organs"]]
+            for g in self.groups.values():
+                g["crop"] = [int(v) for v in g["crop"]]
+                str(g["file"])
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"Model card {self.card_path.name} is missing or malformed ({exc!r}).") from None
+        self.classes: tuple[str, ...] = ("background", *organs)
+        self.class_id = {o: i for i, o in enumerate(self.classes)}
+        self.margin_vox = int(self.card.get("margin_vox", MARGIN_VOX))
+        self.largest_component = bool(self.card.get("largest_component", True))
+        self.localizer = localizer or self.card.get("localizer", "sparse_grid")
+        if self.localizer not in LOCALIZERS:
+            raise ModelError(f"The cascade localiser must be one of {', '.join(LOCALIZERS)}, not {self.localizer!r}.")
+        self.threads = threads
+        self._sessions: dict[str, object] = {}
+        self._locator = None
+
+    def _session(self, group: str):
+        if group not in self._sessions:
+            self._sessions[group] = open_session(self.card_path.parent / self.groups[group]["file"], self.threads)
+        return self._sessions[group]
+
+    def select(self, organs) -> list[str]:
+        """Canonical names of the requested organs in the card's order (all when `organs` is None)."""
+        known = self.classes[1:]
+        if organs is None:
+            return list(known)
+        wanted = [normalize_name(o) for o in organs]
+        unknown = [o for o in wanted if o not in known]
+        if unknown:
+            raise InputError(f"The cascade model has no organ {', '.join(unknown)}; it segments {', '.join(known)}.")
+        return [o for o in known if o in wanted]
+
+    def locate(self, volume: Volume, hu: np.ndarray, gmap: preprocess.GridMap, timings: dict | None = None):
+        """Per organ OrganLocation from the card's localiser."""
+        if self.localizer == "heatmap":
+            if self._locator is None:
+                from ...localize.heatmap import HeatmapLocalizer
+
+                self._locator = HeatmapLocalizer(self.card.get("heatmap_model"), threads=self.threads)
+            return self._locator.locate(volume, hu=hu, gmap=gmap, timings=timings)
+        from ...localize import sparse_grid
+        from ..sparse import SparseEngine
+
+        if self._locator is None:
+            self._locator = SparseEngine(threads=self.threads)
+        return sparse_grid.locate(volume, engine=self._locator, timings=timings)
+
+    def group_boxes(self, locations, gmap: preprocess.GridMap, organs) -> dict[str, tuple[list[str], np.ndarray, np.ndarray]]:
+        """Per group with a wanted organ found: (its found organs, crop start, crop size) on the fixed grid."""
+        out = {}
+        for gname, g in self.groups.items():
+            found = [o for o in g["organs"] if o in organs and locations.get(o) is not None and locations[o].present]
+            if not found:
+                continue
+            pts = []
+            for o in found:
+                (x0, y0, z0), (x1, y1, z1) = locations[o].box_mm
+                pts += [(x, y, z) for x in (x0, x1) for y in (y0, y1) for z in (z0, z1)]
+            vox = world_to_voxel(gmap.grid_affine, np.array(pts, float))
+            lo, hi = np.floor(vox.min(0)), np.ceil(vox.max(0))
+            start, size = crop_window(lo, hi, g["crop"], self.margin_vox, limit=self.grid)
+            out[gname] = (found, start, size)
+        return out
+
+    def segment(self, volume: Volume, *, progress: ProgressFn | None = None, organs=None) -> Segmentation:
+        progress = progress or no_progress
+        wanted = self.select(organs)
+        arr = volume.array
+        if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+            raise InputError("The scan contains NaN or infinite values; organscope needs finite HU values.")
+        t0 = time.perf_counter()
+        progress("resample to the grid", 0.0)
+        hu, gmap = preprocess.to_grid(volume, self.grid)
+        timings = {"prepare": time.perf_counter() - t0}
+        t = time.perf_counter()
+        progress(f"locate organs ({self.localizer})", 0.2)
+        locations = self.locate(volume, hu, gmap)
+        timings["locate"] = time.perf_counter() - t
+        crops = self.group_boxes(locations, gmap, wanted)
+        best = np.zeros(self.grid, np.float32)
+        labels = np.zeros(self.grid, labels_dtype(len(self.classes)))
+        for n, (gname, (found, start, size)) in enumerate(crops.items()):
+            t = time.perf_counter()
+            progress(f"segment {gname}", 0.4 + 0.5 * n / max(1, len(crops)))
+            x = preprocess.windows(extract(hu, start, size))[None]
+            logits = self._session(gname).run(None, {"windows": x})[0][0]
+            members = [self.class_id[o] if o in found else 0 for o in self.groups[gname]["organs"]]
+            merge_crop(best, labels, _softmax(logits), start, members)
+            timings[f"group_{gname}"] = time.perf_counter() - t
+        t = time.perf_counter()
+        progress("labels back to the scan's grid", 0.9)
+        if self.largest_component:
+            labels = largest_components(labels, len(self.classes))
+        out = preprocess.from_grid(labels, gmap, volume)
+        timings["postprocess"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t0
+        progress("done", 1.0)
+        names = {self.class_id[o]: o for o in wanted}
+        return Segmentation(out, names, timings)
+
+
+def merge_crop(best: np.ndarray, labels: np.ndarray, prob: np.ndarray, start, members) -> None:
+    """Write one group's crop into the grid's label map in place: where the crop's argmax is member m (class
+    N_BACKGROUND + m) and its probability beats the best so far (`best`, updated), the voxel becomes members[m];
+    a member given as 0 (not found by the localiser, or not asked for) is never written."""
+    src, dst = overlap(labels.shape, start, prob.shape[1:])
+    if src is None:
+        return
+    cls = prob[(slice(None), *dst)].argmax(0)
+    region_best, region_lab = best[src], labels[src]  # views
+    for m, label in enumerate(members):
+        if not label:
+            continue
+        p = prob[N_BACKGROUND + m][dst]
+        win = (cls == N_BACKGROUND + m) & (p > region_best)
+        region_best[win] = p[win]
+        region_lab[win] = label
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(0, keepdims=True))
+    return e / e.sum(0, keepdims=True)

@@ -1,0 +1,138 @@
+"""From the cascade's group training runs (train_cascade) to a shipped engine: each group network exported to
+ONNX (checked against ONNX Runtime, graph optimised offline, as cnn3d), the card written, and the engine itself
+scored on the validation cases with each localiser and with/without the largest-component step; the best
+setting goes in the card.
+
+    python -m organscope.training.cascade_pipeline --runs work/cascade/run1_{group} --data ../shared/data/openkbp \
+        --out work/cascade/export [--install]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..datasets import Dataset
+from ..engines.cascade.groups import GROUPS, MARGIN_VOX
+from ..engines.cnn3d.preprocess import GRID, WINDOWS_HU
+from ..engines.onnx_models import MODELS_DIR
+from .cnn3d_data import N_SPECIAL
+from .cnn3d_net import Cnn3dNet, count_gflops, count_parameters
+from .cnn3d_pipeline import export
+from .engine_validation import score_engine
+
+
+def load_group(run_dir: Path, checkpoint: str = "best.pt") -> tuple[Cnn3dNet, dict, dict]:
+    run = json.loads((run_dir / "settings.json").read_text())
+    net = Cnn3dNet(N_SPECIAL + len(run["organs"]), width=run["settings"]["width"])
+    ck = torch.load(run_dir / checkpoint, weights_only=False)
+    net.load_state_dict(ck["net"])
+    return net.eval(), run, ck["state"]
+
+
+def heatmap_available() -> bool:
+    return (MODELS_DIR / "heatmap_openkbp.onnx").exists() and (MODELS_DIR / "heatmap_openkbp.json").exists()
+
+
+def finalize(runs: dict[str, Path], data_root: Path, out_dir: Path, name: str = "cascade_openkbp", *,
+             install: bool = False) -> dict:
+    from ..engines.cascade import CascadeEngine
+
+    ds = Dataset(data_root)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    groups = {}
+    for gname in GROUPS:
+        net, run, state = load_group(runs[gname])
+        onnx_path = out_dir / f"{name}_{gname}.onnx"
+        err = export(net, onnx_path)
+        crop = [int(v) for v in run["crop"]]
+        groups[gname] = {
+            "organs": run["organs"], "file": onnx_path.name, "crop": crop,
+            "network_classes": ["air", "body", *run["organs"]],
+            "parameters": count_parameters(net), "gflops_crop": round(count_gflops(net, (1, 2, *crop)), 3),
+            "onnx_parity_max_abs_diff": err,
+            "training": {"settings": run["settings"], "plan": run["plan"], "init": run["init"],
+                         "steps": state["step"], "minutes": round(state["elapsed_s"] / 60, 1),
+                         "history": state["history"]},
+        }
+        print(f"{gname}: exported {onnx_path.name} ({onnx_path.stat().st_size / 1e6:.2f} MB), "
+              f"crop {crop}, max |torch - ORT| = {err:.1e}", flush=True)
+    card = {
+        "name": name, "engine": "cascade", "format": "onnx",
+        "classes": ["background", *[o for g in groups.values() for o in g["organs"]]],
+        "grid": list(GRID), "windows_hu": [list(w) for w in WINDOWS_HU], "margin_vox": MARGIN_VOX,
+        "input": "per group, (1, 2, d, h, w) float32 (multiples of 16): a crop of the scan on the canonical RAS+ "
+                 "128^3 grid around the group's located boxes, HU through two windows clipped to [0, 1]",
+        "output": "per group, logits (1, 2 + group organs, d, h, w): air, body, the group's organs; softmax; "
+                  "the highest probability wins between groups",
+        "groups": groups,
+        "training_data": "OpenKBP (Babier et al. 2021), training split (170 cases); crops around the true group "
+                         "boxes, centre jittered by up to 4 voxels, rotated up to 10 degrees, scaled 0.9-1.1",
+    }
+    card_path = out_dir / f"{name}.json"
+    cases = ds.split("validation")
+    localizers = ["sparse_grid"] + (["heatmap"] if heatmap_available() else [])
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for loc in localizers:
+            for lcc in (False, True):
+                card_path.write_text(json.dumps(dict(card, localizer=loc, largest_component=lcc), indent=1))
+                r = score_engine(CascadeEngine(card_path), cases, data_root, Path(tmp) / f"{loc}_{lcc}", quiet=True)
+                results[(loc, lcc)] = r
+                print(f"localizer={loc} largest_component={lcc}: mean Dice {r['mean']['dice']:.4f}", flush=True)
+    (loc, lcc), best = max(results.items(), key=lambda kv: kv[1]["mean"]["dice"])
+    card.update(localizer=loc, largest_component=lcc, date=_dt.date.today().isoformat())
+    card["validation"] = {
+        "cases": [c.case_id for c in cases],
+        "note": "organscope segment --engine cascade, scored like organscope evaluate (Dice per contoured organ, "
+                "NSD at 2 mm); the localiser and the largest-component step are chosen on these cases",
+        **best,
+        "settings_search": {f"{k[0]}, largest_component={k[1]}": v["mean"]["dice"] for k, v in results.items()},
+    }
+    card_path.write_text(json.dumps(card, indent=1))
+    print(f"model card {card_path}: localizer {loc}, largest_component {lcc}, mean Dice {best['mean']['dice']:.4f}")
+    if install:
+        for g in groups.values():
+            shutil.copy2(out_dir / g["file"], MODELS_DIR / g["file"])
+        shutil.copy2(card_path, MODELS_DIR / card_path.name)
+        print(f"installed into {MODELS_DIR}")
+    return card
+
+
+def run_pipeline(args) -> int:
+    """`organscope train --engine cascade`: cache, each group network (resumes; starts from the cnn3d run in the
+    same work folder when there is one), export, validate, card. --hours is shared by the three groups."""
+    from .cnn3d_data import build_cache
+    from .train_cascade import CascadeSettings, train_group
+
+    name = args.name or "cascade_openkbp"
+    cache = args.work / "cnn3d_cache"
+    if not (cache / "cases.json").exists():
+        build_cache(args.data, cache)
+    init = args.work / "runs" / "cnn3d_openkbp" / "best.pt"
+    runs = {g: args.work / "runs" / f"{name}_{g}" for g in GROUPS}
+    for g, run_dir in runs.items():
+        train_group(cache, run_dir, g, CascadeSettings(minutes=args.hours * 60 / len(GROUPS)),
+                    init=init if init.exists() else None)
+    finalize(runs, args.data, args.work, name, install=args.install)
+    return 0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", required=True, help="run folder pattern with {group}, e.g. work/cascade/run1_{group}")
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--out", type=Path, default=Path("work/cascade/export"))
+    ap.add_argument("--name", default="cascade_openkbp")
+    ap.add_argument("--install", action="store_true")
+    a = ap.parse_args(argv)
+    finalize({g: Path(a.runs.format(group=g)) for g in GROUPS}, a.data, a.out, a.name, install=a.install)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""Train the cascade's group networks (one compact residual 3D U-Net per organ group) on crops from the cnn3d
+cache, resumably, keeping the checkpoint with the best validation Dice on crops around the true group boxes.
+
+The network is the cnn3d one (`cnn3d_net.Cnn3dNet`: residual 3D U-Net, factorised convolutions, 4 halvings)
+with air, body and the group's organs as classes. Loss: soft Dice + cross-entropy (the paper's sum), partial
+labels respected (`train_cnn3d.partial_loss`: an organ not contoured in a case is merged into body and dropped
+from Dice). A group network may start from a whole-scan cnn3d checkpoint (`--init`): its weights, with the
+output rows of the group's classes; on a 2-core CPU this saves most of the training.
+
+    python -m organscope.training.train_cascade --cache work/cnn3d/cache --run work/cascade/run1 \
+        --group midline [--init work/cnn3d/run4/best.pt] [--minutes 20]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..engines.cascade.groups import GROUPS, MARGIN_VOX, crop_window, extract
+from ..engines.cnn3d.preprocess import windows
+from .cascade_data import GroupPlan, GroupSampler, crop_shape, group_boxes, member_indices, target_lut
+from .cnn3d_data import N_SPECIAL
+from .cnn3d_net import Cnn3dNet
+from .train_cnn3d import dice_scores, partial_loss
+
+
+@dataclass(frozen=True)
+class CascadeSettings:
+    minutes: float = 20.0
+    steps: int = 20000
+    batch_size: int = 2
+    lr: float = 5e-4
+    weight_decay: float = 1e-5
+    width: int = 16
+    val_every: int = 500
+    seed: int = 0
+    threads: int = 1
+
+
+def init_from_cnn3d(net: Cnn3dNet, checkpoint: Path, all_organs, group_organs) -> None:
+    """Copy a whole-scan cnn3d checkpoint into a group network: every weight, and of the last convolution the
+    rows of air, body and the group's organs."""
+    state = torch.load(checkpoint, weights_only=False)["net"]
+    rows = [0, 1] + [N_SPECIAL + o for o in member_indices(all_organs, group_organs)]
+    own = net.state_dict()
+    for k, v in state.items():
+        if k not in own:
+            continue
+        if own[k].shape != v.shape:
+            v = v[rows]
+        own[k] = v
+    net.load_state_dict(own)
+
+
+@torch.no_grad()
+def validate(net, images, targets, contoured, boxes, ids, lut, members, crop) -> np.ndarray:
+    """Per case and member organ, Dice on the crop around the true group box (as the engine would cut it)."""
+    net.eval()
+    scores = []
+    for n in ids:
+        if boxes[n] is None:
+            continue
+        start, size = crop_window(*boxes[n], crop, MARGIN_VOX, limit=images.shape[1:])
+        x = torch.from_numpy(windows(extract(np.asarray(images[n]), start, size))[None])
+        pred = net(x).argmax(1)[0].numpy()
+        tgt = lut[np.clip(extract(np.asarray(targets[n]), start, size), 0, None).astype(np.int64)]
+        scores.append(dice_scores(pred, tgt, contoured[n][members]))
+    net.train()
+    return np.array(scores)
+
+
+def train_group(cache: Path, run_dir: Path, group: str, settings: CascadeSettings, init: Path | None = None,
+                plan: GroupPlan = GroupPlan()) -> Path:
+    torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    meta = json.loads((cache / "cases.json").read_text())
+    organs, members_names = meta["organs"], GROUPS[group]
+    members = member_indices(organs, members_names)
+    images = np.load(cache / "images.npy", mmap_mode="r")
+    targets = np.load(cache / "targets.npy", mmap_mode="r")
+    contoured = np.load(cache / "contoured.npy")
+    boxes = group_boxes(targets, organs, members_names)
+    train_ids = [n for n, s in enumerate(meta["splits"]) if s == "train" and boxes[n] is not None]
+    val_ids = [n for n, s in enumerate(meta["splits"]) if s == "validation"]
+    crop = crop_shape(boxes, train_ids)
+    lut = target_lut(organs, members_names)
+    images, targets = np.ascontiguousarray(images), np.ascontiguousarray(targets)
+
+    net = Cnn3dNet(N_SPECIAL + len(members), width=settings.width)
+    opt = torch.optim.Adam(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = {"step": 0, "elapsed_s": 0.0, "best": -1.0, "history": []}
+    last = run_dir / "last.pt"
+    if last.exists():
+        ck = torch.load(last, weights_only=False)
+        net.load_state_dict(ck["net"])
+        opt.load_state_dict(ck["opt"])
+        state = ck["state"]
+        print(f"{group}: resumed at step {state['step']}", flush=True)
+    elif init is not None:
+        init_from_cnn3d(net, init, organs, members_names)
+        state["history"].append({"step": 0, "init": str(init)})
+        print(f"{group}: weights from {init}", flush=True)
+    (run_dir / "settings.json").write_text(json.dumps(
+        {"group": group, "organs": list(members_names), "crop": list(crop), "settings": asdict(settings),
+         "plan": asdict(plan), "init": str(init) if init else None}, indent=1))
+    print(f"{group}: organs {', '.join(members_names)}, crop {crop}, {len(train_ids)} training cases", flush=True)
+    sampler = GroupSampler(images, targets, boxes, lut, crop, plan, seed=settings.seed + state["step"])
+    rng = np.random.default_rng(settings.seed + 1 + state["step"])
+    budget_s = settings.minutes * 60
+    t0 = time.time() - state["elapsed_s"]
+    losses: list[float] = []
+
+    def checkpoint():
+        scores = validate(net, images, targets, contoured, boxes, val_ids, lut, members, crop)
+        per_organ = np.nanmean(scores, axis=0)
+        mean = float(np.nanmean(per_organ))
+        state["elapsed_s"] = time.time() - t0
+        state["history"].append({"step": state["step"], "loss": float(np.mean(losses[-200:])) if losses else None,
+                                 "val_mean_dice_crop": mean,
+                                 "val_dice_crop": dict(zip(members_names, map(float, per_organ))),
+                                 "minutes": state["elapsed_s"] / 60})
+        print(f"== {group} step {state['step']} crop Dice {mean:.4f} " +
+              " ".join(f"{o}={d:.3f}" for o, d in zip(members_names, per_organ)), flush=True)
+        if mean > state["best"]:
+            state["best"] = mean
+            torch.save({"net": net.state_dict(), "state": state}, run_dir / "best.pt")
+        tmp = run_dir / "last.tmp.pt"
+        torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "state": state}, tmp)
+        tmp.replace(last)
+
+    if state["step"] == 0:
+        checkpoint()  # the starting point (the cnn3d weights) is a candidate too
+    net.train()
+    while True:
+        elapsed = time.time() - t0
+        frac = max(state["step"] / settings.steps, elapsed / budget_s)
+        if frac >= 1.0:
+            break
+        for g in opt.param_groups:
+            g["lr"] = settings.lr * (1 - frac) ** 0.9
+        ids = rng.choice(train_ids, settings.batch_size, replace=False)
+        x, y = sampler.sample(ids)
+        loss = partial_loss(net(x), y, torch.from_numpy(contoured[ids][:, members]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        state["step"] += 1
+        if state["step"] % 50 == 0:
+            print(f"{group} step {state['step']} loss {np.mean(losses[-50:]):.4f} "
+                  f"lr {opt.param_groups[0]['lr']:.2e} {elapsed / 60:.1f} min", flush=True)
+        if state["step"] % settings.val_every == 0:
+            checkpoint()
+    checkpoint()
+    return run_dir / "best.pt"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Train one cascade group network (resumes from RUN/last.pt).")
+    ap.add_argument("--cache", type=Path, required=True)
+    ap.add_argument("--run", type=Path, required=True, help="run folder (one per group)")
+    ap.add_argument("--group", required=True, choices=sorted(GROUPS))
+    ap.add_argument("--init", type=Path, help="start from this whole-scan cnn3d checkpoint")
+    for f, v in asdict(CascadeSettings()).items():
+        ap.add_argument(f"--{f.replace('_', '-')}", type=type(v), default=v)
+    a = ap.parse_args(argv)
+    s = CascadeSettings(**{f: getattr(a, f) for f in asdict(CascadeSettings())})
+    train_group(a.cache, a.run, a.group, s, init=a.init)
+
+
+if __name__ == "__main__":
+    main()
