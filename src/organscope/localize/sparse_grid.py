@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from scipy import ndimage
 
 from ..engines.sparse import refine
 from ..volume import Volume
@@ -19,6 +20,29 @@ MIN_CONFIDENCE = 0.65
 #: ... and one whose grid cells add up to less than this fraction of the training set's 5th-percentile volume
 #: is absent too (a scan cut below the larynx gave a 'mandible' of a few cells at a clavicle, probability 0.78)
 MIN_VOLUME_FRACTION = 0.5
+
+
+#: grid points of an organ at most 2 * BRIDGE_STEPS steps apart count as one group: a thin organ (the spinal cord,
+#: ~10 mm across) falls between 8 mm grid points here and there, and its largest strictly connected piece alone
+#: gave boxes holding 26 % and 66 % of the cord on two validation cases (with 2: 76 % and 100 %; 1 gave 36 %, 100 %)
+BRIDGE_STEPS = 2
+
+
+def bridged_largest_components(grid: np.ndarray, n_classes: int, bridge: int = BRIDGE_STEPS) -> np.ndarray:
+    """Per organ label, keep the group of grid points with the most points, where points closer than 2 * bridge
+    + 1 steps (26-connectivity after dilating by `bridge`) belong to one group; the rest becomes background."""
+    out = grid.copy()
+    struct = np.ones((3, 3, 3), bool)
+    for c in range(1, n_classes):
+        m = grid == c
+        if not m.any():
+            continue
+        joined = ndimage.binary_dilation(m, struct, iterations=bridge) if bridge > 0 else m
+        lab, n = ndimage.label(joined, struct)
+        if n > 1:
+            counts = np.bincount(lab[m], minlength=n + 1)
+            out[m & (lab != np.argmax(counts))] = 0
+    return out
 
 
 def locate(volume: Volume, *, engine=None, level_mm: float = 8.0, grow_steps: float = 1.0,
@@ -43,7 +67,7 @@ def locate(volume: Volume, *, engine=None, level_mm: float = 8.0, grow_steps: fl
     if len(todo):
         probs = eng.classify_voxels(scan, refine.grid_to_voxels(todo, step, shape))
         grid[tuple(todo.T)] = probs.argmax(1)
-    grid = refine.largest_components(grid, n_classes)
+    grid = bridged_largest_components(grid, n_classes, BRIDGE_STEPS)
     out = {}
     step_a = np.array(step)
     cell_ml = float(np.prod(step_a * scan.canonical.spacing_mm)) / 1000
