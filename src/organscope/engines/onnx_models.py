@@ -25,6 +25,18 @@ def model_paths(name_or_path: str | os.PathLike | None, default: str, kind: str)
     return p, card
 
 
+def card_path(name_or_path: str | os.PathLike | None, default: str, kind: str) -> Path:
+    """The card of a multi-file model (one .json naming its .onnx files): a shipped model name (default:
+    `default`), a folder holding `default`.json, or a path to the .json; `kind` names the shipped ones in the error."""
+    p = Path(name_or_path) if name_or_path is not None else MODELS_DIR / f"{default}.json"
+    if p.suffix != ".json":
+        p = (p / f"{default}.json") if p.is_dir() else MODELS_DIR / f"{p.name}.json"
+    if not p.exists():
+        raise ModelError(f"{kind} model card {p} not found; shipped: "
+                         f"{', '.join(q.stem for q in MODELS_DIR.glob(f'{kind}_*.json')) or 'none'}.")
+    return p
+
+
 def open_session(onnx_path: Path, threads: int | None = None):
     """An ONNX Runtime CPU session with `threads` intra-op threads (default: all cores)."""
     import onnxruntime as ort

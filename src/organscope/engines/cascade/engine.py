@@ -23,7 +23,7 @@ from ...organs import normalize_name
 from ...volume import Volume
 from ..base import ProgressFn, Segmentation, labels_dtype, no_progress
 from ..cnn3d import preprocess
-from ..onnx_models import MODELS_DIR, open_session
+from ..onnx_models import card_path, open_session
 from ..sparse.refine import largest_components
 from .groups import MARGIN_VOX, crop_window, extract, overlap
 
@@ -33,13 +33,7 @@ N_BACKGROUND = 2  # each group network's classes 0 (air) and 1 (body, or an orga
 
 
 def card_path_for(name_or_path) -> Path:
-    p = Path(name_or_path) if name_or_path is not None else MODELS_DIR / f"{DEFAULT_MODEL}.json"
-    if p.suffix != ".json":
-        p = (p / f"{DEFAULT_MODEL}.json") if p.is_dir() else MODELS_DIR / f"{p.name}.json"
-    if not p.exists():
-        raise ModelError(f"cascade model card {p} not found; shipped: "
-                         f"{', '.join(q.stem for q in MODELS_DIR.glob('cascade_*.json')) or 'none'}.")
-    return p
+    return card_path(name_or_path, DEFAULT_MODEL, "cascade")
 
 
 class CascadeEngine:

@@ -17,7 +17,7 @@ from ...errors import InputError, ModelError
 from ...geometry import world_to_voxel
 from ...organs import normalize_name
 from ...volume import Volume
-from ..onnx_models import MODELS_DIR, open_session
+from ..onnx_models import MODELS_DIR, card_path, open_session  # noqa: F401 (MODELS_DIR: re-exported)
 from ..base import ProgressFn, Segmentation, labels_dtype, no_progress
 from ..sparse.refine import largest_components
 from . import preprocess
@@ -27,13 +27,7 @@ RANGE_MARGIN_MM = 10.0
 
 
 def card_path_for(name_or_path) -> Path:
-    p = Path(name_or_path) if name_or_path is not None else MODELS_DIR / f"{DEFAULT_MODEL}.json"
-    if p.suffix != ".json":
-        p = (p / f"{DEFAULT_MODEL}.json") if p.is_dir() else MODELS_DIR / f"{p.name}.json"
-    if not p.exists():
-        raise ModelError(f"slice2d model card {p} not found; shipped: "
-                         f"{', '.join(q.stem for q in MODELS_DIR.glob('slice2d_*.json')) or 'none'}.")
-    return p
+    return card_path(name_or_path, DEFAULT_MODEL, "slice2d")
 
 
 class Slice2dEngine:
