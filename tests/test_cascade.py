@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from helpers import synthetic_cascade
-from organscope.engines.cascade.engine import N_BACKGROUND, CascadeEngine, merge_crop
+from organscope.engines.cascade.engine import N_BACKGROUND, CascadeEngine, merge_crop, mirror_permutation
 from organscope.engines.cascade.groups import crop_window, extract, overlap
 from organscope.engines.cnn3d import preprocess
 from organscope.engines.sparse.model import MODELS_DIR
@@ -61,6 +61,11 @@ def test_merge_keeps_the_higher_probability_and_skips_members_not_found():
     prob3 = prob2.copy()
     merge_crop(best, labels, prob3, (2, 2, 2), [0, 0])  # members not found: nothing written
     assert labels[3, 3, 3] == 0
+
+
+def test_mirror_permutation_swaps_left_and_right_organs_only():
+    assert mirror_permutation(["parotid_right", "parotid_left", "mandible"]) == [0, 1, 3, 2, 4]
+    assert mirror_permutation(["brainstem", "spinal_cord"]) == [0, 1, 2, 3]
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +125,20 @@ def test_a_flipped_copy_gives_the_same_world_map(synthetic, scan, result):
     flipped = Volume(np.ascontiguousarray(scan.array[::-1]), scan.affine @ flip)
     seg2 = CascadeEngine(synthetic, threads=1).segment(flipped)
     np.testing.assert_array_equal(seg2.labels.array[::-1], seg.labels.array)
+
+
+def test_mirror_tta_averages_with_the_mirrored_run_and_swaps_left_and_right(tmp_path, synthetic, rng):
+    """The synthetic networks are pointwise: mirroring the crop changes nothing for the midline group, and in the
+    face group it moves parotid_right's probability (the bone rule) onto parotid_left, so the two get its mean."""
+    plain = CascadeEngine(synthetic, threads=1)
+    mirrored = CascadeEngine(synthetic_cascade.write_model(tmp_path, mirror_tta=True), threads=1)
+    x = rng.random((2, 16, 16, 32), dtype=np.float32)
+    np.testing.assert_allclose(mirrored.group_probabilities("midline", x), plain.group_probabilities("midline", x),
+                               atol=1e-6)
+    p, q = plain.group_probabilities("face", x), mirrored.group_probabilities("face", x)
+    np.testing.assert_allclose(q[2], q[3], atol=1e-6)
+    np.testing.assert_allclose(q[2], 0.5 * (p[2] + p[3]), atol=1e-6)
+    np.testing.assert_allclose(q.sum(0), 1.0, atol=1e-5)
 
 
 @needs_sparse

@@ -42,7 +42,7 @@ def _conv_model(n_organs: int, path: Path) -> None:
 
 
 def write_model(folder: Path, name: str = "cascade_synthetic_test", *, localizer: str = "sparse_grid",
-                crop=(16, 16, 16), largest_component: bool = False) -> Path:
+                crop=(16, 16, 16), largest_component: bool = False, mirror_tta: bool = False) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     groups = {}
     for g, organs in GROUPS.items():
@@ -50,7 +50,7 @@ def write_model(folder: Path, name: str = "cascade_synthetic_test", *, localizer
         _conv_model(len(organs), folder / f)
         groups[g] = {"organs": organs, "file": f, "crop": list(crop)}
     card = {"name": name, "engine": "cascade", "format": "onnx", "grid": [128, 128, 128], "groups": groups,
-            "localizer": localizer, "largest_component": largest_component, "margin_vox": 4,
+            "localizer": localizer, "largest_component": largest_component, "margin_vox": 4, "mirror_tta": mirror_tta,
             "note": "SYNTHETIC test model: each group's first organ = HU > 300 inside the group's crop"}
     path = folder / f"{name}.json"
     path.write_text(json.dumps(card))

@@ -1,7 +1,7 @@
 """From the cascade's group training runs (train_cascade) to a shipped engine: each group network exported to
 ONNX (checked against ONNX Runtime, graph optimised offline, as cnn3d), the card written, and the engine itself
-scored on the validation cases with each localiser and with/without the largest-component step; the best
-setting goes in the card.
+scored on the validation cases with each localiser, with/without the largest-component step and with/without
+averaging each crop with its left-right mirror; the best setting goes in the card.
 
     python -m organscope.training.cascade_pipeline --runs work/cascade/run1_{group} --data ../shared/data/openkbp \
         --out work/cascade/export [--install]
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import itertools
 import json
 import shutil
 import tempfile
@@ -79,23 +80,28 @@ def finalize(runs: dict[str, Path], data_root: Path, out_dir: Path, name: str = 
     localizers = ["sparse_grid"] + (["heatmap"] if heatmap_available() else [])
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for loc in localizers:
-            for lcc in (False, True):
-                card_path.write_text(json.dumps(dict(card, localizer=loc, largest_component=lcc), indent=1))
-                r = score_engine(CascadeEngine(card_path), cases, data_root, Path(tmp) / f"{loc}_{lcc}", quiet=True)
-                results[(loc, lcc)] = r
-                print(f"localizer={loc} largest_component={lcc}: mean Dice {r['mean']['dice']:.4f}", flush=True)
-    (loc, lcc), best = max(results.items(), key=lambda kv: kv[1]["mean"]["dice"])
-    card.update(localizer=loc, largest_component=lcc, date=_dt.date.today().isoformat())
+        for loc, lcc, mirror in itertools.product(localizers, (False, True), (False, True)):
+            card_path.write_text(json.dumps(dict(card, localizer=loc, largest_component=lcc, mirror_tta=mirror)))
+            r = score_engine(CascadeEngine(card_path), cases, data_root, Path(tmp) / f"{loc}_{lcc}_{mirror}",
+                             quiet=True)
+            results[(loc, lcc, mirror)] = r
+            print(f"localizer={loc} largest_component={lcc} mirror_tta={mirror}: mean Dice "
+                  f"{r['mean']['dice']:.4f}, {r['median_seconds']['total']:.2f} s", flush=True)
+    (loc, lcc, mirror), best = max(results.items(), key=lambda kv: kv[1]["mean"]["dice"])
+    card.update(localizer=loc, largest_component=lcc, mirror_tta=mirror, date=_dt.date.today().isoformat())
     card["validation"] = {
         "cases": [c.case_id for c in cases],
         "note": "organscope segment --engine cascade, scored like organscope evaluate (Dice per contoured organ, "
-                "NSD at 2 mm); the localiser and the largest-component step are chosen on these cases",
+                "NSD at 2 mm); the localiser, the largest-component step and the mirror averaging are chosen on "
+                "these cases",
         **best,
-        "settings_search": {f"{k[0]}, largest_component={k[1]}": v["mean"]["dice"] for k, v in results.items()},
+        "settings_search": {f"localizer={k[0]}, largest_component={k[1]}, mirror_tta={k[2]}":
+                            {"mean_dice": v["mean"]["dice"], "median_seconds": v["median_seconds"]["total"]}
+                            for k, v in results.items()},
     }
     card_path.write_text(json.dumps(card, indent=1))
-    print(f"model card {card_path}: localizer {loc}, largest_component {lcc}, mean Dice {best['mean']['dice']:.4f}")
+    print(f"model card {card_path}: localizer {loc}, largest_component {lcc}, mirror_tta {mirror}, "
+          f"mean Dice {best['mean']['dice']:.4f}")
     if install:
         for g in groups.values():
             shutil.copy2(out_dir / g["file"], MODELS_DIR / g["file"])

@@ -1,5 +1,6 @@
 """Train the cascade's group networks (one compact residual 3D U-Net per organ group) on crops from the cnn3d
-cache, resumably, keeping the checkpoint with the best validation Dice on crops around the true group boxes.
+cache, resumably (`loop.py`), keeping the checkpoint with the best validation Dice on crops around the true group
+boxes (the localiser's misses are not in this figure; the pipeline scores the whole engine).
 
 The network is the cnn3d one (`cnn3d_net.Cnn3dNet`: residual 3D U-Net, factorised convolutions, 4 halvings)
 with air, body and the group's organs as classes. Loss: soft Dice + cross-entropy (the paper's sum), partial
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from ..engines.cnn3d.preprocess import windows
 from .cascade_data import GroupPlan, GroupSampler, crop_shape, group_boxes, member_indices, target_lut
 from .cnn3d_data import N_SPECIAL
 from .cnn3d_net import Cnn3dNet
+from .loop import open_run, run_loop
 from .train_cnn3d import dice_scores, partial_loss
 
 
@@ -60,7 +61,6 @@ def init_from_cnn3d(net: Cnn3dNet, checkpoint: Path, all_organs, group_organs) -
 @torch.no_grad()
 def validate(net, images, targets, contoured, boxes, ids, lut, members, crop) -> np.ndarray:
     """Per case and member organ, Dice on the crop around the true group box (as the engine would cut it)."""
-    net.eval()
     scores = []
     for n in ids:
         if boxes[n] is None:
@@ -70,7 +70,6 @@ def validate(net, images, targets, contoured, boxes, ids, lut, members, crop) ->
         pred = net(x).argmax(1)[0].numpy()
         tgt = lut[np.clip(extract(np.asarray(targets[n]), start, size), 0, None).astype(np.int64)]
         scores.append(dice_scores(pred, tgt, contoured[n][members]))
-    net.train()
     return np.array(scores)
 
 
@@ -93,72 +92,29 @@ def train_group(cache: Path, run_dir: Path, group: str, settings: CascadeSetting
 
     net = Cnn3dNet(N_SPECIAL + len(members), width=settings.width)
     opt = torch.optim.Adam(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    state = {"step": 0, "elapsed_s": 0.0, "best": -1.0, "history": []}
-    last = run_dir / "last.pt"
-    if last.exists():
-        ck = torch.load(last, weights_only=False)
-        net.load_state_dict(ck["net"])
-        opt.load_state_dict(ck["opt"])
-        state = ck["state"]
-        print(f"{group}: resumed at step {state['step']}", flush=True)
-    elif init is not None:
+
+    def start(net) -> dict:
         init_from_cnn3d(net, init, organs, members_names)
-        state["history"].append({"step": 0, "init": str(init)})
-        print(f"{group}: weights from {init}", flush=True)
+        return {"init": str(init)}
+
+    label = f"{group}: "
+    state = open_run(net, opt, run_dir, start if init is not None else None, label=label)
     (run_dir / "settings.json").write_text(json.dumps(
         {"group": group, "organs": list(members_names), "crop": list(crop), "settings": asdict(settings),
          "plan": asdict(plan), "init": str(init) if init else None}, indent=1))
-    print(f"{group}: organs {', '.join(members_names)}, crop {crop}, {len(train_ids)} training cases", flush=True)
+    print(f"{label}organs {', '.join(members_names)}, crop {crop}, {len(train_ids)} training cases", flush=True)
     sampler = GroupSampler(images, targets, boxes, lut, crop, plan, seed=settings.seed + state["step"])
     rng = np.random.default_rng(settings.seed + 1 + state["step"])
-    budget_s = settings.minutes * 60
-    t0 = time.time() - state["elapsed_s"]
-    losses: list[float] = []
 
-    def checkpoint():
-        scores = validate(net, images, targets, contoured, boxes, val_ids, lut, members, crop)
-        per_organ = np.nanmean(scores, axis=0)
-        mean = float(np.nanmean(per_organ))
-        state["elapsed_s"] = time.time() - t0
-        state["history"].append({"step": state["step"], "loss": float(np.mean(losses[-200:])) if losses else None,
-                                 "val_mean_dice_crop": mean,
-                                 "val_dice_crop": dict(zip(members_names, map(float, per_organ))),
-                                 "minutes": state["elapsed_s"] / 60})
-        print(f"== {group} step {state['step']} crop Dice {mean:.4f} " +
-              " ".join(f"{o}={d:.3f}" for o, d in zip(members_names, per_organ)), flush=True)
-        if mean > state["best"]:
-            state["best"] = mean
-            torch.save({"net": net.state_dict(), "state": state}, run_dir / "best.pt")
-        tmp = run_dir / "last.tmp.pt"
-        torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "state": state}, tmp)
-        tmp.replace(last)
-
-    if state["step"] == 0:
-        checkpoint()  # the starting point (the cnn3d weights) is a candidate too
-    net.train()
-    while True:
-        elapsed = time.time() - t0
-        frac = max(state["step"] / settings.steps, elapsed / budget_s)
-        if frac >= 1.0:
-            break
-        for g in opt.param_groups:
-            g["lr"] = settings.lr * (1 - frac) ** 0.9
+    def batch_loss() -> torch.Tensor:
         ids = rng.choice(train_ids, settings.batch_size, replace=False)
         x, y = sampler.sample(ids)
-        loss = partial_loss(net(x), y, torch.from_numpy(contoured[ids][:, members]))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-        state["step"] += 1
-        if state["step"] % 50 == 0:
-            print(f"{group} step {state['step']} loss {np.mean(losses[-50:]):.4f} "
-                  f"lr {opt.param_groups[0]['lr']:.2e} {elapsed / 60:.1f} min", flush=True)
-        if state["step"] % settings.val_every == 0:
-            checkpoint()
-    checkpoint()
-    return run_dir / "best.pt"
+        return partial_loss(net(x), y, torch.from_numpy(contoured[ids][:, members]))
+
+    return run_loop(net, opt, state, run_dir, steps=settings.steps, seconds=settings.minutes * 60, lr=settings.lr,
+                    val_every=settings.val_every, batch_loss=batch_loss, names=list(members_names),
+                    validate=lambda: validate(net, images, targets, contoured, boxes, val_ids, lut, members, crop),
+                    validate_first=True, label=label)
 
 
 def main(argv=None):

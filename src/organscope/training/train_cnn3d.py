@@ -6,14 +6,14 @@ plus cross-entropy (added because it converges in far fewer steps, which a CPU b
 in a case where organ c was not contoured, its Dice term is dropped and its probability is added to the body
 class's in both terms (p_body + p_c), so "body" is never taught where c might be.
 
-The learning rate decays polynomially over whichever runs out first, the step budget or the time budget
-(`--hours`), so a run fits the time it is given; the card records the steps actually made.
+The loop (`loop.py`) resumes from RUN/last.pt, and the learning rate decays polynomially over whichever runs
+out first, the step budget or the time budget (`--hours`), so a run fits the time it is given; the card records
+the steps actually made.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from .cnn3d_data import N_SPECIAL, PatchPlan, PatchSampler, windows_torch
 from .cnn3d_net import Cnn3dNet
+from .loop import open_run, run_loop
 
 
 @dataclass(frozen=True)
@@ -126,69 +127,26 @@ def train(cache: Path, run_dir: Path, settings: Cnn3dSettings, plan: PatchPlan =
     n_classes = N_SPECIAL + len(meta["organs"])
     net = Cnn3dNet(n_classes, width=settings.width)
     opt = torch.optim.Adam(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    state = {"step": 0, "elapsed_s": 0.0, "best": -1.0, "history": []}
-    last = run_dir / "last.pt"
-    if last.exists():
-        ck = torch.load(last, weights_only=False)
-        net.load_state_dict(ck["net"])
-        opt.load_state_dict(ck["opt"])
-        state = ck["state"]
-        print(f"resumed at step {state['step']}", flush=True)
-    elif init is not None:
+
+    def warm_start(net) -> dict:
         ck = torch.load(init, weights_only=False)
         net.load_state_dict(ck["net"])
-        state["history"].append({"step": 0, "warm_start_from": str(init), "from_step": ck["state"]["step"],
-                                 "from_history": ck["state"]["history"]})
-        print(f"warm start from {init} (its step {ck['state']['step']})", flush=True)
+        return {"warm_start_from": str(init), "from_step": ck["state"]["step"], "from_history": ck["state"]["history"]}
+
+    state = open_run(net, opt, run_dir, warm_start if init is not None else None)
     (run_dir / "settings.json").write_text(json.dumps({"settings": asdict(settings), "plan": asdict(plan),
                                                        "organs": meta["organs"]}, indent=1))
     sampler = PatchSampler(images, targets, plan, seed=settings.seed + state["step"])
     rng = np.random.default_rng(settings.seed + 1 + state["step"])
-    budget_s = settings.hours * 3600
-    t0 = time.time() - state["elapsed_s"]
-    losses = []
-    net.train()
-    while True:
-        elapsed = time.time() - t0
-        frac = max(state["step"] / settings.steps, elapsed / budget_s)
-        if frac >= 1.0:
-            break
-        for g in opt.param_groups:
-            g["lr"] = settings.lr * (1 - frac) ** 0.9
+
+    def batch_loss() -> torch.Tensor:
         ids = rng.choice(train_ids, settings.batch_size, replace=False)
         x, y = sampler.sample(ids)
-        loss = partial_loss(net(x), y, torch.from_numpy(contoured[ids]))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-        state["step"] += 1
-        if state["step"] % 50 == 0:
-            print(f"step {state['step']} loss {np.mean(losses[-50:]):.4f} lr {opt.param_groups[0]['lr']:.2e} "
-                  f"{elapsed / 60:.1f} min", flush=True)
-        if state["step"] % settings.val_every == 0:
-            _checkpoint(net, opt, state, t0, run_dir, images, targets, contoured, val_ids, meta, losses)
-    _checkpoint(net, opt, state, t0, run_dir, images, targets, contoured, val_ids, meta, losses)
-    return run_dir / "best.pt"
+        return partial_loss(net(x), y, torch.from_numpy(contoured[ids]))
 
-
-def _checkpoint(net, opt, state, t0, run_dir, images, targets, contoured, val_ids, meta, losses):
-    scores = validate(net, images, targets, contoured, val_ids)
-    per_organ = np.nanmean(scores, axis=0)
-    mean = float(np.nanmean(per_organ))
-    state["elapsed_s"] = time.time() - t0
-    state["history"].append({"step": state["step"], "loss": float(np.mean(losses[-200:])), "val_mean_dice": mean,
-                             "val_dice": dict(zip(meta["organs"], map(float, per_organ))),
-                             "minutes": state["elapsed_s"] / 60})
-    print(f"== step {state['step']} val mean Dice {mean:.4f} " +
-          " ".join(f"{o}={d:.3f}" for o, d in zip(meta["organs"], per_organ)), flush=True)
-    if mean > state["best"]:
-        state["best"] = mean
-        torch.save({"net": net.state_dict(), "state": state}, run_dir / "best.pt")
-    tmp = run_dir / "last.tmp.pt"
-    torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "state": state}, tmp)
-    tmp.replace(run_dir / "last.pt")
+    return run_loop(net, opt, state, run_dir, steps=settings.steps, seconds=settings.hours * 3600, lr=settings.lr,
+                    val_every=settings.val_every, batch_loss=batch_loss, names=meta["organs"],
+                    validate=lambda: validate(net, images, targets, contoured, val_ids))
 
 
 def main(argv=None):

@@ -56,6 +56,8 @@ class CascadeEngine:
         self.class_id = {o: i for i, o in enumerate(self.classes)}
         self.margin_vox = int(self.card.get("margin_vox", MARGIN_VOX))
         self.largest_component = bool(self.card.get("largest_component", True))
+        self.mirror = bool(self.card.get("mirror_tta", False))
+        self._mirror_perm = {g: mirror_permutation(spec["organs"]) for g, spec in self.groups.items()}
         self.localizer = localizer or self.card.get("localizer", "sparse_grid")
         if self.localizer not in LOCALIZERS:
             raise ModelError(f"The cascade localiser must be one of {', '.join(LOCALIZERS)}, not {self.localizer!r}.")
@@ -111,6 +113,17 @@ class CascadeEngine:
             out[gname] = (found, start, size)
         return out
 
+    def group_probabilities(self, group: str, x: np.ndarray) -> np.ndarray:
+        """Softmax (classes, *crop) of a group network on windows x (2, *crop); with mirror_tta, averaged with its
+        run on the left-right mirrored crop (mirrored back, left and right organs swapped)."""
+        sess = self._session(group)
+        prob = _softmax(sess.run(None, {"windows": x[None]})[0][0])
+        if self.mirror:  # axis 0 of the canonical RAS+ grid is the left-right axis
+            flipped = np.ascontiguousarray(x[:, ::-1])
+            prob_m = _softmax(sess.run(None, {"windows": flipped[None]})[0][0])[:, ::-1]
+            prob = 0.5 * (prob + prob_m[self._mirror_perm[group]])
+        return prob
+
     def segment(self, volume: Volume, *, progress: ProgressFn | None = None, organs=None) -> Segmentation:
         progress = progress or no_progress
         wanted = self.select(organs)
@@ -131,10 +144,9 @@ class CascadeEngine:
         for n, (gname, (found, start, size)) in enumerate(crops.items()):
             t = time.perf_counter()
             progress(f"segment {gname}", 0.4 + 0.5 * n / max(1, len(crops)))
-            x = preprocess.windows(extract(hu, start, size))[None]
-            logits = self._session(gname).run(None, {"windows": x})[0][0]
+            prob = self.group_probabilities(gname, preprocess.windows(extract(hu, start, size)))
             members = [self.class_id[o] if o in found else 0 for o in self.groups[gname]["organs"]]
-            merge_crop(best, labels, _softmax(logits), start, members)
+            merge_crop(best, labels, prob, start, members)
             timings[f"group_{gname}"] = time.perf_counter() - t
         t = time.perf_counter()
         progress("labels back to the scan's grid", 0.9)
@@ -146,6 +158,17 @@ class CascadeEngine:
         progress("done", 1.0)
         names = {self.class_id[o]: o for o in wanted}
         return Segmentation(out, names, timings)
+
+
+def mirror_permutation(organs) -> list[int]:
+    """Class order of a group network's output after a left-right mirror: air, body, then each organ's
+    counterpart (x_right <-> x_left), the others in place."""
+    idx = {o: i for i, o in enumerate(organs)}
+    perm = []
+    for o in organs:
+        twin = o.replace("_right", "_left") if o.endswith("_right") else o.replace("_left", "_right")
+        perm.append(N_BACKGROUND + idx.get(twin, idx[o]))
+    return [0, 1, *perm]
 
 
 def merge_crop(best: np.ndarray, labels: np.ndarray, prob: np.ndarray, start, members) -> None:
