@@ -126,8 +126,20 @@ def test_query_voxel_on_a_flipped_grid(capsys, phantom_files, phantoms, syntheti
 def test_models_lists_shipped_cards(capsys):
     rc, out, err = _run(capsys, "models")
     assert rc == 0 and err == ""
-    for line in out.splitlines():
-        assert " engine=" in line and " classes=" in line and " mean_dice=" in line
+    import json
+
+    from organscope.engines.onnx_models import MODELS_DIR
+
+    lines = out.splitlines()
+    assert len(lines) == len(list(MODELS_DIR.glob("*.json")))
+    for line in lines:
+        name = line.split(":")[0]
+        card = json.loads((MODELS_DIR / f"{name}.json").read_text())
+        assert f" engine={card['engine']} " in line and " organs=" in line
+        if card["engine"] == "locate":
+            assert "median_centroid_error_mm=" in line
+        else:  # every shipped segmentation model has its validation Dice recorded and shown
+            assert "validation_mean_dice=0." in line
 
 
 def test_evaluate_two_tiny_dirs(capsys, tmp_path):

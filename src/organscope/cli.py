@@ -170,9 +170,18 @@ def cmd_models(args) -> int:
     for card_path in sorted(MODELS_DIR.glob("*.json")):
         card = json.loads(card_path.read_text())
         val = card.get("validation", {})
-        print(f"{card_path.stem}: engine={card.get('engine')} classes={len(card.get('classes', []))} "
-              f"trained={card.get('date')} mean_dice={val.get('mean_dice')} "
-              f"point_accuracy={val.get('point_accuracy')}")
+        organs = card.get("classes", ["background", *card.get("organs", [])])
+        n_organs = len(organs) - 1 if organs and organs[0] == "background" else len(organs)
+        if card.get("engine") == "locate":
+            own = val.get(card.get("name", "").split("_")[0], {})
+            score = (f"median_centroid_error_mm={own.get('median_centroid_error_mm', float('nan')):.1f} "
+                     f"mean_box_recall={own.get('mean_box_recall', float('nan')):.3f}")
+        else:
+            dice = val.get("mean_dice", val.get("mean", {}).get("dice"))
+            score = f"validation_mean_dice={'n/a' if dice is None else f'{dice:.4f}'}"
+            if "point_accuracy" in val:
+                score += f" point_accuracy={val['point_accuracy']:.4f}"
+        print(f"{card_path.stem}: engine={card.get('engine')} organs={n_organs} trained={card.get('date')} {score}")
     return 0
 
 
