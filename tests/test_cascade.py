@@ -1,7 +1,8 @@
 """The cascade engine: crop arithmetic, the highest-probability merge, and the whole engine with SYNTHETIC group
 networks (helpers/synthetic_cascade: a group's first organ = HU > 300 inside its crop) behind the shipped sparse
 localiser on the bundled OpenKBP scan: labels only inside the located groups' crops, an organ cut out of the
-scan stays absent, a flipped copy gives the same world map, organ subsets, bad input and bad cards."""
+scan stays absent, a flipped copy gives the same world map, organ subsets, bad input and bad cards; the shipped
+model's label values follow the dataset's organ order, as the other engines'."""
 from __future__ import annotations
 
 import json
@@ -164,3 +165,17 @@ def test_bad_input_and_bad_cards_are_clear_errors(synthetic, tmp_path, scan):
         CascadeEngine(tmp_path / "broken.json")
     with pytest.raises(ModelError, match="localiser"):
         CascadeEngine(synthetic, localizer="guess")
+    (tmp_path / "classes.json").write_text(json.dumps(dict(card, classes=["background", "brainstem", "liver"])))
+    with pytest.raises(ModelError, match="classes"):
+        CascadeEngine(tmp_path / "classes.json")
+
+
+def test_shipped_model_labels_organs_like_the_other_engines():
+    from organscope.engines.cnn3d.engine import DEFAULT_MODEL as CNN3D_MODEL
+    from organscope.engines.onnx_models import MODELS_DIR as DIR
+
+    if not (DIR / "cascade_openkbp.json").exists() or not (DIR / f"{CNN3D_MODEL}.json").exists():
+        pytest.skip("no shipped cascade or cnn3d model")
+    cascade = json.loads((DIR / "cascade_openkbp.json").read_text())["classes"]
+    cnn3d = json.loads((DIR / f"{CNN3D_MODEL}.json").read_text())["classes"]
+    assert cascade == cnn3d

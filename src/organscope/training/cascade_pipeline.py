@@ -65,7 +65,9 @@ def finalize(runs: dict[str, Path], data_root: Path, out_dir: Path, name: str = 
               f"crop {crop}, max |torch - ORT| = {err:.1e}", flush=True)
     card = {
         "name": name, "engine": "cascade", "format": "onnx",
-        "classes": ["background", *[o for g in groups.values() for o in g["organs"]]],
+        # label values as the other engines give them: the dataset's organ order
+        "classes": ["background", *[ds.label_map.names[i] for i in sorted(ds.label_map.names)
+                                    if any(ds.label_map.names[i] in g["organs"] for g in groups.values())]],
         "grid": list(GRID), "windows_hu": [list(w) for w in WINDOWS_HU], "margin_vox": MARGIN_VOX,
         "input": "per group, (1, 2, d, h, w) float32 (multiples of 16): a crop of the scan on the canonical RAS+ "
                  "128^3 grid around the group's located boxes, HU through two windows clipped to [0, 1]",

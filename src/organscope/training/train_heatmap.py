@@ -64,10 +64,18 @@ FG_WEIGHT = 200.0
 
 
 def train(x, h, known, train_ids, *, steps: int, batch: int = 4, width: int = 8, lr: float = 1e-3, seed: int = 0,
-          fg_weight: float = FG_WEIGHT, log=print) -> Cnn3dNet:
+          fg_weight: float = FG_WEIGHT, init: Path | None = None, log=print) -> Cnn3dNet:
+    """`init`: a cnn3d segmentation checkpoint of the same width; every weight but the last layer's is copied
+    (its features already tell the organs apart; a network from scratch, 21 minutes of CPU with the weighted L2,
+    still put its peaks at one blurred common place, 83 mm from the organs)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     net = Cnn3dNet(h.shape[1], width=width)
+    if init is not None:
+        own = net.state_dict()
+        src = torch.load(init, weights_only=False)["net"]
+        own.update({k: v for k, v in src.items() if k in own and own[k].shape == v.shape})
+        net.load_state_dict(own)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     t0 = time.time()
     for step in range(steps):
@@ -155,13 +163,14 @@ def main(argv=None):
     ap.add_argument("--width", type=int, default=8)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--fg-weight", type=float, default=FG_WEIGHT)
+    ap.add_argument("--init", type=Path, default=None, help="cnn3d checkpoint to start from (same --width)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--install", action="store_true")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     meta, x, h, known = coarse_set(a.cache, a.data)
     train_ids = [n for n, s in enumerate(meta["splits"]) if s == "train"]
-    net = train(x, h, known, train_ids, steps=a.steps, batch=a.batch, width=a.width, fg_weight=a.fg_weight,
+    net = train(x, h, known, train_ids, steps=a.steps, batch=a.batch, width=a.width, fg_weight=a.fg_weight, init=a.init,
                 log=lambda s: print(s, flush=True))
     a.out.mkdir(parents=True, exist_ok=True)
     path = a.out / "heatmap_openkbp.onnx"
@@ -170,7 +179,7 @@ def main(argv=None):
             "sigma2_mm2": SIGMA2_MM2, "tau": TAU, "box_margin_mm": 10.0, "onnx_parity_max_abs_diff": err,
             "training": {"data": "OpenKBP training split", "steps": a.steps, "batch": a.batch, "width": a.width,
                          "loss": "L2, voxel weight 1 + fg_weight * target, uncontoured organs masked",
-                         "fg_weight": a.fg_weight}}
+                         "fg_weight": a.fg_weight, "init": str(a.init) if a.init else None}}
     path.with_suffix(".json").write_text(json.dumps(card, indent=1))
     with tempfile.TemporaryDirectory():
         card["validation"] = compare(a.data, path, Dataset(a.data).split("validation"))

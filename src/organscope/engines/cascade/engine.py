@@ -52,7 +52,11 @@ class CascadeEngine:
                 str(g["file"])
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"Model card {self.card_path.name} is missing or malformed ({exc!r}).") from None
-        self.classes: tuple[str, ...] = ("background", *organs)
+        # output label values: the card's class order (the dataset's, as the other engines), else group order
+        self.classes: tuple[str, ...] = tuple(self.card.get("classes") or ("background", *organs))
+        if sorted(self.classes[1:]) != sorted(organs) or self.classes[0] != "background":
+            raise ModelError(f"Model card {self.card_path.name}: classes {list(self.classes)} are not 'background' "
+                             f"and the groups' organs {organs}.")
         self.class_id = {o: i for i, o in enumerate(self.classes)}
         self.margin_vox = int(self.card.get("margin_vox", MARGIN_VOX))
         self.largest_component = bool(self.card.get("largest_component", True))
