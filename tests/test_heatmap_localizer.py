@@ -56,3 +56,20 @@ def test_trained_few_steps_localiser_runs_end_to_end(tmp_path, phantoms):
         if d["present"]:
             lo, hi = np.array(d["box_voxels"])
             assert (lo >= 0).all() and (hi < np.array(phantoms["LPS"].shape)).all() and (lo <= hi).all()
+
+
+def test_untrained_heatmap_network_outputs_zero_everywhere():
+    """The last layer starts at zero, so training starts at the all-zero heat-map rather than at +-1 noise
+    (which a CPU budget spent its steps undoing, leaving peaks at noise)."""
+    torch = pytest.importorskip("torch")
+    from organscope.training.train_heatmap import train
+
+    rng = np.random.default_rng(0)
+    grid = (32, 32, 32)
+    x = rng.random((2, 2) + grid).astype(np.float16)
+    h = np.zeros((2, 3) + grid, np.float16)
+    torch.set_num_threads(1)
+    net = train(x, h, np.ones((2, 3), bool), [0, 1], steps=0, batch=2, width=4, log=lambda s: None)
+    with torch.no_grad():
+        out = net(torch.from_numpy(x[:1].astype(np.float32)))
+    assert out.shape == (1, 3) + grid and float(out.abs().max()) == 0.0

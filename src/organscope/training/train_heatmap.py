@@ -71,6 +71,10 @@ def train(x, h, known, train_ids, *, steps: int, batch: int = 4, width: int = 8,
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     net = Cnn3dNet(h.shape[1], width=width)
+    # the last layer starts at zero: a randomly initialised one outputs +-1 everywhere, and the loss spent the
+    # first ~1500 steps (all a CPU run had) reaching the all-zero output, whose peaks are then noise
+    torch.nn.init.zeros_(net.head[2].weight)
+    torch.nn.init.zeros_(net.head[2].bias)
     if init is not None:
         own = net.state_dict()
         src = torch.load(init, weights_only=False)["net"]
