@@ -138,12 +138,10 @@ def cmd_locate(args) -> int:
         from .localize.heatmap import HeatmapLocalizer
 
         locs = HeatmapLocalizer(threads=args.threads).locate(vol, timings=timings)
-    elif args.localizer == "sparse_grid":
+    else:  # sparse_grid (argparse allows only the two)
         from .localize.sparse_grid import locate
 
         locs = locate(vol, timings=timings, level_mm=args.level_mm)
-    else:
-        raise InputError(f"--localizer must be sparse_grid or heatmap, not {args.localizer!r}.")
     doc = locations_to_json(locs)
     text = json.dumps(doc)
     if args.output:
@@ -173,7 +171,7 @@ def cmd_models(args) -> int:
         organs = card.get("classes", ["background", *card.get("organs", [])])
         n_organs = len(organs) - 1 if organs and organs[0] == "background" else len(organs)
         if card.get("engine") == "locate":
-            own = val.get(card.get("name", "").split("_")[0], {})
+            own = val.get("heatmap", {})  # its trainer scores both localisers; this card is the heat-map one
             score = (f"median_centroid_error_mm={own.get('median_centroid_error_mm', float('nan')):.1f} "
                      f"mean_box_recall={own.get('mean_box_recall', float('nan')):.3f}")
         else:

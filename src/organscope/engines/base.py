@@ -6,7 +6,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from ..errors import ModelError
+from ..errors import InputError, ModelError
 from ..volume import Volume
 
 ProgressFn = Callable[[str, float], None]  # (stage, fraction done 0..1)
@@ -74,6 +74,28 @@ def get_engine(name: str, **kwargs) -> Engine:
     except KeyError:
         raise ModelError(f"Unknown engine {name!r}; available engines: {', '.join(sorted(ENGINES))}.") from None
     return factory(**kwargs)
+
+
+def require_finite(volume: Volume) -> None:
+    """One clear error for a scan (or API Volume) holding NaN or infinite values, which every engine rejects."""
+    arr = volume.array
+    if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+        raise InputError("The scan contains NaN or infinite values; organscope needs finite HU values.")
+
+
+def select_organs(known, organs, engine: str) -> list[str]:
+    """Canonical names of the requested `organs` in the order of `known` (all of them when `organs` is None);
+    an organ the engine's model does not segment is one clear error."""
+    from ..organs import normalize_name
+
+    known = list(known)
+    if organs is None:
+        return known
+    wanted = [normalize_name(o) for o in organs]
+    unknown = [o for o in wanted if o not in known]
+    if unknown:
+        raise InputError(f"The {engine} model has no organ {', '.join(unknown)}; it segments {', '.join(known)}.")
+    return [o for o in known if o in wanted]
 
 
 def no_progress(stage: str, fraction: float) -> None:

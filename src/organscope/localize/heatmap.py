@@ -14,9 +14,10 @@ import time
 import numpy as np
 from scipy import ndimage
 
+from ..engines.base import require_finite
 from ..engines.cnn3d import preprocess
 from ..engines.onnx_models import MODELS_DIR, model_paths, open_session  # noqa: F401 (MODELS_DIR: re-exported)
-from ..errors import InputError, ModelError
+from ..errors import ModelError
 from ..volume import Volume
 from .boxes import OrganLocation, location
 from .organ_sizes import organ_sizes
@@ -70,9 +71,7 @@ class HeatmapLocalizer:
         cnn3d 128^3 grid first (or `hu`/`gmap` from a caller that has it) and is halved from there, as in
         training; a caller that already resampled the scan pays only for the halving."""
         if hu is None or gmap is None:
-            arr = volume.array
-            if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
-                raise InputError("The scan contains NaN or infinite values; organscope needs finite HU values.")
+            require_finite(volume)
             hu, gmap = preprocess.to_grid(volume, self.source_grid)
         coarse = preprocess.resample(hu, self.grid)
         return self._session.run(None, {"windows": preprocess.windows(coarse)[None]})[0][0], gmap

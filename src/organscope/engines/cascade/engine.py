@@ -17,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import InputError, ModelError
+from ...errors import ModelError
 from ...geometry import world_to_voxel
-from ...organs import normalize_name
 from ...volume import Volume
-from ..base import ProgressFn, Segmentation, labels_dtype, no_progress
+from ..base import ProgressFn, Segmentation, labels_dtype, no_progress, require_finite, select_organs
 from ..cnn3d import preprocess
 from ..onnx_models import card_path, open_session
 from ..sparse.refine import largest_components
@@ -76,14 +75,7 @@ class CascadeEngine:
 
     def select(self, organs) -> list[str]:
         """Canonical names of the requested organs in the card's order (all when `organs` is None)."""
-        known = self.classes[1:]
-        if organs is None:
-            return list(known)
-        wanted = [normalize_name(o) for o in organs]
-        unknown = [o for o in wanted if o not in known]
-        if unknown:
-            raise InputError(f"The cascade model has no organ {', '.join(unknown)}; it segments {', '.join(known)}.")
-        return [o for o in known if o in wanted]
+        return select_organs(self.classes[1:], organs, self.name)
 
     def locate(self, volume: Volume, hu: np.ndarray, gmap: preprocess.GridMap, timings: dict | None = None):
         """Per organ OrganLocation from the card's localiser."""
@@ -131,9 +123,7 @@ class CascadeEngine:
     def segment(self, volume: Volume, *, progress: ProgressFn | None = None, organs=None) -> Segmentation:
         progress = progress or no_progress
         wanted = self.select(organs)
-        arr = volume.array
-        if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
-            raise InputError("The scan contains NaN or infinite values; organscope needs finite HU values.")
+        require_finite(volume)
         t0 = time.perf_counter()
         progress("resample to the grid", 0.0)
         hu, gmap = preprocess.to_grid(volume, self.grid)

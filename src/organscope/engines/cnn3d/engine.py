@@ -7,10 +7,10 @@ import time
 
 import numpy as np
 
-from ...errors import InputError, ModelError
+from ...errors import ModelError
 from ...volume import Volume
 from ..onnx_models import MODELS_DIR, model_paths, open_session  # noqa: F401 (MODELS_DIR: re-exported)
-from ..base import ProgressFn, Segmentation, labels_dtype, no_progress
+from ..base import ProgressFn, Segmentation, labels_dtype, no_progress, require_finite
 from ..sparse.refine import largest_components
 from . import preprocess
 
@@ -35,9 +35,7 @@ class Cnn3dEngine:
 
     def network_input(self, volume: Volume) -> tuple[np.ndarray, preprocess.GridMap]:
         """(1, 2, *grid) float32 windows of the scan on the fixed grid, and the map back to its grid."""
-        arr = volume.array
-        if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
-            raise InputError("The scan contains NaN or infinite values; organscope needs finite HU values.")
+        require_finite(volume)
         hu, gmap = preprocess.to_grid(volume, self.grid)
         return preprocess.windows(hu)[None], gmap
 

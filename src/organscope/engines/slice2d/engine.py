@@ -13,12 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from ...body import body_crop
-from ...errors import InputError, ModelError
+from ...errors import ModelError
 from ...geometry import world_to_voxel
-from ...organs import normalize_name
 from ...volume import Volume
 from ..onnx_models import MODELS_DIR, card_path, open_session  # noqa: F401 (MODELS_DIR: re-exported)
-from ..base import ProgressFn, Segmentation, labels_dtype, no_progress
+from ..base import ProgressFn, Segmentation, labels_dtype, no_progress, require_finite, select_organs
 from ..sparse.refine import largest_components
 from . import preprocess
 
@@ -65,14 +64,7 @@ class Slice2dEngine:
 
     def select(self, organs) -> list[str]:
         """Canonical names of the requested organs, in the card's order; all when `organs` is None."""
-        if organs is None:
-            return list(self.organ_cards)
-        wanted = [normalize_name(o) for o in organs]
-        unknown = [o for o in wanted if o not in self.organ_cards]
-        if unknown:
-            raise InputError(f"The slice2d model has no organ {', '.join(unknown)}; "
-                             f"it segments {', '.join(self.organ_cards)}.")
-        return [o for o in self.organ_cards if o in wanted]
+        return select_organs(self.organ_cards, organs, self.name)
 
     def locate(self, volume: Volume):
         from ...localize import sparse_grid
@@ -85,9 +77,7 @@ class Slice2dEngine:
     def segment(self, volume: Volume, *, organs=None, progress: ProgressFn | None = None) -> Segmentation:
         progress = progress or no_progress
         chosen = self.select(organs)
-        arr = volume.array
-        if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
-            raise InputError("The scan contains NaN or infinite values; organscope needs finite HU values.")
+        require_finite(volume)
         t0 = time.perf_counter()
         progress("body box and organ ranges", 0.0)
         canon, ornt = volume.to_canonical()

@@ -16,7 +16,7 @@ from ...errors import InputError, ModelError
 from ...sampling.gather import KIND_F32, KIND_U8, Sampler, contiguous_int16, hu_int16
 from ...sampling.points import body_mask, body_steps, superior_axis
 from ...volume import Volume
-from ..base import ProgressFn, Segmentation, labels_dtype, no_progress
+from ..base import ProgressFn, Segmentation, labels_dtype, no_progress, require_finite
 from . import refine
 from .model import SparseModel
 
@@ -131,9 +131,8 @@ class SparseEngine:
     def prepare(self, volume: Volume) -> PreparedScan:
         """Canonical (RAS+) int16 copy of the scan, made by a tiled copy from the closest-RAS+ view of its memory
         (axis permutations and flips only), plus what every query needs precomputed."""
+        require_finite(volume)
         arr = volume.array
-        if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
-            raise InputError("The scan contains NaN or infinite values; organscope needs finite HU values.")
         ornt = geometry.canonical_transform(volume.affine)
         view = nio.apply_orientation(hu_int16(arr), ornt)  # zero-copy view; the copy below is the tiled one
         canon = Volume(contiguous_int16(view), geometry.oriented_affine(volume.affine, ornt, volume.shape),
