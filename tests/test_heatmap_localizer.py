@@ -36,18 +36,21 @@ def test_centroid_is_the_mid_point_of_the_region_above_tau_and_absent_below():
 def test_trained_few_steps_localiser_runs_end_to_end(tmp_path, phantoms):
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnx")
-    from organscope.localize.heatmap import GRID, HeatmapLocalizer
+    from organscope.localize.heatmap import HeatmapLocalizer
     from organscope.training.train_heatmap import export, train
 
     rng = np.random.default_rng(0)
-    x = rng.random((3, 2) + GRID).astype(np.float16)
-    h = np.zeros((3, 2) + GRID, np.float16)
-    h[:, 0, 30:34, 30:34, 30:34] = 1
+    images = rng.integers(-1000, 1000, (3, 32, 32, 32)).astype(np.int16)
+    h = np.zeros((3, 2, 16, 16, 16), np.float16)
+    h[:, 0, 6:9, 6:9, 6:9] = 1
     torch.set_num_threads(1)
-    net = train(x, h, np.ones((3, 2), bool), [0, 1, 2], steps=2, batch=2, width=4, log=lambda s: None)
+    net = train(images, h, np.ones((3, 2), bool), [0, 1, 2], steps=3, crop=32, width=4, run_dir=tmp_path,
+                log=lambda s: None)
+    assert net.steps_done == 3 and (tmp_path / "last.pt").exists()
     path = tmp_path / "hm.onnx"
-    assert export(net, path) < 1e-3
-    path.with_suffix(".json").write_text(json.dumps({"organs": ["brainstem", "mandible"], "grid": list(GRID)}))
+    assert export(net, path, (32, 32, 32)) < 1e-3
+    path.with_suffix(".json").write_text(json.dumps({"organs": ["brainstem", "mandible"], "grid": [16, 16, 16],
+                                                     "input_grid": [32, 32, 32]}))
     loc = HeatmapLocalizer(path, threads=1).locate(phantoms["LPS"])
     assert set(loc) == {"brainstem", "mandible"}
     for item in loc.values():
@@ -56,20 +59,29 @@ def test_trained_few_steps_localiser_runs_end_to_end(tmp_path, phantoms):
         if d["present"]:
             lo, hi = np.array(d["box_voxels"])
             assert (lo >= 0).all() and (hi < np.array(phantoms["LPS"].shape)).all() and (lo <= hi).all()
+    # a run resumes from its checkpoint
+    again = train(images, h, np.ones((3, 2), bool), [0, 1, 2], steps=5, crop=32, width=4, run_dir=tmp_path,
+                  log=lambda s: None)
+    assert again.steps_done == 5
+    # a card whose grid the network does not output is refused
+    path.with_suffix(".json").write_text(json.dumps({"organs": ["brainstem", "mandible"], "grid": [8, 8, 8],
+                                                     "input_grid": [32, 32, 32]}))
+    from organscope.errors import ModelError
+    with pytest.raises(ModelError, match="outputs"):
+        HeatmapLocalizer(path, threads=1).locate(phantoms["LPS"])
 
 
-def test_untrained_heatmap_network_outputs_zero_everywhere():
+def test_untrained_heatmap_network_outputs_zero_on_the_halved_grid():
     """The last layer starts at zero, so training starts at the all-zero heat-map rather than at +-1 noise
-    (which a CPU budget spent its steps undoing, leaving peaks at noise)."""
+    (which a CPU budget spent its steps undoing, leaving peaks at noise); the output is the input grid halved."""
     torch = pytest.importorskip("torch")
     from organscope.training.train_heatmap import train
 
     rng = np.random.default_rng(0)
-    grid = (32, 32, 32)
-    x = rng.random((2, 2) + grid).astype(np.float16)
-    h = np.zeros((2, 3) + grid, np.float16)
+    images = rng.integers(-1000, 1000, (2, 32, 32, 32)).astype(np.int16)
+    h = np.zeros((2, 3, 16, 16, 16), np.float16)
     torch.set_num_threads(1)
-    net = train(x, h, np.ones((2, 3), bool), [0, 1], steps=0, batch=2, width=4, log=lambda s: None)
+    net = train(images, h, np.ones((2, 3), bool), [0, 1], steps=0, width=4, log=lambda s: None)
     with torch.no_grad():
-        out = net(torch.from_numpy(x[:1].astype(np.float32)))
-    assert out.shape == (1, 3) + grid and float(out.abs().max()) == 0.0
+        out = net(torch.rand(1, 2, 32, 32, 32))
+    assert out.shape == (1, 3, 16, 16, 16) and float(out.abs().max()) == 0.0

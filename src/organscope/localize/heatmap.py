@@ -3,8 +3,10 @@ Gaussian heat-map per organ on a coarse grid; an organ's centroid is the mid-poi
 heat-map exceeds tau (0.1 in the paper; below it everywhere, the organ is absent); its box is the training
 set's mean organ extent around the centroid plus a margin.
 
-The coarse grid is the cnn3d fixed grid halved: 64^3 over the scan's field of view (OpenKBP: 7-10 mm in-plane,
-4-6 mm between slices; the paper used 3 mm on whole-body scans, a grid of similar size).
+The coarse grid (the heat-maps') is the cnn3d fixed grid halved: 64^3 over the scan's field of view (OpenKBP:
+7-10 mm in-plane, 4-6 mm between slices; the paper used 3 mm on whole-body scans, a grid of similar size). The
+network reads the scan on the card's `input_grid` (the shipped one: the cnn3d 128^3 grid, whose segmentation
+weights it starts from) and averages its output down to the coarse grid.
 """
 from __future__ import annotations
 
@@ -58,6 +60,7 @@ class HeatmapLocalizer:
             self.card = json.loads(card_path.read_text())
             self.organs: tuple[str, ...] = tuple(self.card["organs"])
             self.grid = tuple(int(v) for v in self.card["grid"])
+            self.input_grid = tuple(int(v) for v in self.card.get("input_grid", self.grid))
             self.tau = float(self.card.get("tau", TAU))
             self.margin_mm = float(self.card.get("box_margin_mm", 10.0))
             self.source_grid = tuple(int(v) for v in self.card.get("source_grid", preprocess.GRID))
@@ -68,13 +71,16 @@ class HeatmapLocalizer:
     def heatmaps(self, volume: Volume, hu: np.ndarray | None = None,
                  gmap: preprocess.GridMap | None = None) -> tuple[np.ndarray, preprocess.GridMap]:
         """(organs, *coarse grid) heat-maps and the map of the fine grid they came from. The scan goes to the
-        cnn3d 128^3 grid first (or `hu`/`gmap` from a caller that has it) and is halved from there, as in
-        training; a caller that already resampled the scan pays only for the halving."""
+        cnn3d 128^3 grid first (or `hu`/`gmap` from a caller that has it) and from there to the network's input
+        grid, as in training; a caller that already resampled the scan pays nothing more when the two agree."""
         if hu is None or gmap is None:
             require_finite(volume)
             hu, gmap = preprocess.to_grid(volume, self.source_grid)
-        coarse = preprocess.resample(hu, self.grid)
-        return self._session.run(None, {"windows": preprocess.windows(coarse)[None]})[0][0], gmap
+        x = hu if tuple(hu.shape) == self.input_grid else preprocess.resample(hu, self.input_grid)
+        heat = self._session.run(None, {"windows": preprocess.windows(x)[None]})[0][0]
+        if tuple(heat.shape[1:]) != self.grid:
+            raise ModelError(f"The heat-map model outputs a {heat.shape[1:]} grid, its card says {self.grid}.")
+        return heat, gmap
 
     def locate(self, volume: Volume, *, timings: dict | None = None, hu: np.ndarray | None = None,
                gmap: preprocess.GridMap | None = None) -> dict[str, OrganLocation]:

@@ -1,10 +1,11 @@
 """From the cascade's group training runs (train_cascade) to a shipped engine: each group network exported to
 ONNX (checked against ONNX Runtime, graph optimised offline, as cnn3d), the card written, and the engine itself
-scored on the validation cases with each localiser, with/without the largest-component step and with/without
-averaging each crop with its left-right mirror; the best setting goes in the card.
+scored on the validation cases with each localiser, with/without the largest-component step, with/without
+per-class logit offsets fitted on training crops (`logit_offsets`), and the best of those with/without averaging
+each crop with its left-right mirror; the best setting goes in the card.
 
     python -m organscope.training.cascade_pipeline --runs work/cascade/run1_{group} --data ../shared/data/openkbp \
-        --out work/cascade/export [--install]
+        --out work/cascade/export --cache work/cnn3d/cache [--install]
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from .cnn3d_data import N_SPECIAL
 from .cnn3d_net import Cnn3dNet, count_gflops, count_parameters
 from .cnn3d_pipeline import export
 from .engine_validation import score_engine
+from .logit_offsets import cached_samples, fit_offsets
 
 
 def load_group(run_dir: Path, checkpoint: str = "best.pt") -> tuple[Cnn3dNet, dict, dict]:
@@ -41,12 +43,14 @@ def heatmap_available() -> bool:
 
 
 def finalize(runs: dict[str, Path], data_root: Path, out_dir: Path, name: str = "cascade_openkbp", *,
-             install: bool = False) -> dict:
+             install: bool = False, cache: Path | None = None) -> dict:
+    """`cache`: the training cache, for fitting each group's logit offsets on training crops (every sixth
+    case); without it none are fitted."""
     from ..engines.cascade import CascadeEngine
 
     ds = Dataset(data_root)
     out_dir.mkdir(parents=True, exist_ok=True)
-    groups = {}
+    groups, offsets = {}, {}
     for gname in GROUPS:
         net, run, state = load_group(runs[gname])
         onnx_path = out_dir / f"{name}_{gname}.onnx"
@@ -63,6 +67,10 @@ def finalize(runs: dict[str, Path], data_root: Path, out_dir: Path, name: str = 
         }
         print(f"{gname}: exported {onnx_path.name} ({onnx_path.stat().st_size / 1e6:.2f} MB), "
               f"crop {crop}, max |torch - ORT| = {err:.1e}", flush=True)
+        if cache is not None:
+            offsets[gname] = [float(v) for v in fit_offsets(
+                cached_samples(onnx_path, cache, group_organs=run["organs"], crop=crop), N_SPECIAL,
+                log=lambda m, g=gname: print(f"{g}: {m}", flush=True))]
     card = {
         "name": name, "engine": "cascade", "format": "onnx",
         # label values as the other engines give them: the dataset's organ order
@@ -81,28 +89,43 @@ def finalize(runs: dict[str, Path], data_root: Path, out_dir: Path, name: str = 
     cases = ds.split("validation")
     localizers = ["sparse_grid"] + (["heatmap"] if heatmap_available() else [])
     results = {}
+
+    def score(loc: str, lcc: bool, mirror: bool, off: bool) -> None:
+        c = dict(card, localizer=loc, largest_component=lcc, mirror_tta=mirror,
+                 groups={g: dict(spec, logit_offsets=offsets[g] if off else None) for g, spec in groups.items()})
+        card_path.write_text(json.dumps(c))
+        r = score_engine(CascadeEngine(card_path), cases, data_root, Path(tmp) / f"{loc}_{lcc}_{mirror}_{off}",
+                         quiet=True)
+        results[(loc, lcc, mirror, off)] = r
+        print(f"localizer={loc} largest_component={lcc} mirror_tta={mirror} logit_offsets={off}: mean Dice "
+              f"{r['mean']['dice']:.4f}, {r['median_seconds']['total']:.2f} s", flush=True)
+
     with tempfile.TemporaryDirectory() as tmp:
-        for loc, lcc, mirror in itertools.product(localizers, (False, True), (False, True)):
-            card_path.write_text(json.dumps(dict(card, localizer=loc, largest_component=lcc, mirror_tta=mirror)))
-            r = score_engine(CascadeEngine(card_path), cases, data_root, Path(tmp) / f"{loc}_{lcc}_{mirror}",
-                             quiet=True)
-            results[(loc, lcc, mirror)] = r
-            print(f"localizer={loc} largest_component={lcc} mirror_tta={mirror}: mean Dice "
-                  f"{r['mean']['dice']:.4f}, {r['median_seconds']['total']:.2f} s", flush=True)
-    (loc, lcc, mirror), best = max(results.items(), key=lambda kv: kv[1]["mean"]["dice"])
+        # every localiser x largest component x offsets; mirror averaging (twice the network time) on the best
+        for loc, lcc, off in itertools.product(localizers, (False, True), (False, True) if offsets else (False,)):
+            score(loc, lcc, False, off)
+        loc, lcc, _, off = max(results, key=lambda k: results[k]["mean"]["dice"])
+        score(loc, lcc, True, off)
+    (loc, lcc, mirror, off), best = max(results.items(), key=lambda kv: kv[1]["mean"]["dice"])
+    for g, spec in groups.items():
+        spec["logit_offsets"] = offsets[g] if off else None
     card.update(localizer=loc, largest_component=lcc, mirror_tta=mirror, date=_dt.date.today().isoformat())
+    if offsets:
+        card["logit_offsets_fit"] = {"cases": "every sixth training case, the crop around its true group box",
+                                     "method": "training.logit_offsets: one organ at a time, Dice on the crop, "
+                                               "two passes", "fitted": offsets}
     card["validation"] = {
         "cases": [c.case_id for c in cases],
         "note": "organscope segment --engine cascade, scored like organscope evaluate (Dice per contoured organ, "
-                "NSD at 2 mm); the localiser, the largest-component step and the mirror averaging are chosen on "
-                "these cases",
+                "NSD at 2 mm); the localiser, the largest-component step, the logit offsets and the mirror "
+                "averaging are chosen on these cases",
         **best,
-        "settings_search": {f"localizer={k[0]}, largest_component={k[1]}, mirror_tta={k[2]}":
+        "settings_search": {f"localizer={k[0]}, largest_component={k[1]}, mirror_tta={k[2]}, logit_offsets={k[3]}":
                             {"mean_dice": v["mean"]["dice"], "median_seconds": v["median_seconds"]["total"]}
                             for k, v in results.items()},
     }
     card_path.write_text(json.dumps(card, indent=1))
-    print(f"model card {card_path}: localizer {loc}, largest_component {lcc}, mirror_tta {mirror}, "
+    print(f"model card {card_path}: localizer {loc}, largest_component {lcc}, mirror_tta {mirror}, offsets {off}, "
           f"mean Dice {best['mean']['dice']:.4f}")
     if install:
         for g in groups.values():
@@ -127,7 +150,7 @@ def run_pipeline(args) -> int:
     for g, run_dir in runs.items():
         train_group(cache, run_dir, g, CascadeSettings(minutes=args.hours * 60 / len(GROUPS)),
                     init=init if init.exists() else None)
-    finalize(runs, args.data, args.work, name, install=args.install)
+    finalize(runs, args.data, args.work, name, install=args.install, cache=cache)
     return 0
 
 
@@ -137,9 +160,11 @@ def main(argv=None):
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--out", type=Path, default=Path("work/cascade/export"))
     ap.add_argument("--name", default="cascade_openkbp")
+    ap.add_argument("--cache", type=Path, help="training cache: fit each group's logit offsets on its crops")
     ap.add_argument("--install", action="store_true")
     a = ap.parse_args(argv)
-    finalize({g: Path(a.runs.format(group=g)) for g in GROUPS}, a.data, a.out, a.name, install=a.install)
+    finalize({g: Path(a.runs.format(group=g)) for g in GROUPS}, a.data, a.out, a.name, install=a.install,
+             cache=a.cache)
 
 
 if __name__ == "__main__":

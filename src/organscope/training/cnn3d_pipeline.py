@@ -1,7 +1,8 @@
 """From a cnn3d training run to a shipped model: ONNX export checked against ONNX Runtime, offline graph
 optimisation (constant folding, BatchNorm folded into the convolutions, redundant nodes removed), then
+per-class logit offsets fitted on training cases (`logit_offsets`: they undo the loss's over-segmentation),
 validation with the engine itself (segment every validation scan, score like `organscope evaluate`), the
-largest-component step kept only if it raises validation Dice, and the model card."""
+offsets and the largest-component step each kept only if they raise validation Dice, and the model card."""
 from __future__ import annotations
 
 import argparse
@@ -19,7 +20,9 @@ from ..datasets import Dataset
 from ..engines.cnn3d.engine import MODELS_DIR
 from ..engines.cnn3d.preprocess import GRID, WINDOWS_HU
 from .cnn3d_net import Cnn3dNet, count_gflops, count_parameters
+from .cnn3d_data import N_SPECIAL
 from .engine_validation import score_engine
+from .logit_offsets import CANDIDATES, cached_samples, fit_offsets
 
 
 def load_run(run_dir: Path, checkpoint: str = "best.pt") -> tuple[Cnn3dNet, dict, dict]:
@@ -57,25 +60,30 @@ def export(net: Cnn3dNet, out_path: Path, *, atol: float = 1e-2) -> float:
     return err
 
 
-def validate(onnx_path: Path, card: dict, data_root: Path, cases, work: Path, variants=(False, True)) -> dict:
-    """Segment every case with the engine (with and without the largest-component step) and score each.
-    Writes the card beside the model (the engine reads it from there)."""
+def validate(onnx_path: Path, card: dict, data_root: Path, cases, work: Path, offsets=None,
+             variants=(False, True)) -> dict:
+    """Segment every case with the engine (with and without the largest-component step, and with and without
+    the logit offsets when given) and score each. Writes the card beside the model (the engine reads it)."""
     from ..engines.cnn3d import Cnn3dEngine
 
     results = {}
-    for lcc in variants:
-        c = dict(card, largest_component=lcc)
-        card_path = onnx_path.with_suffix(".json")
-        card_path.write_text(json.dumps(c, indent=1))
-        r = score_engine(Cnn3dEngine(onnx_path), cases, data_root, work / f"pred_lcc{int(lcc)}", quiet=True)
-        results[lcc] = {"largest_component": lcc, "mean": r["mean"], "per_organ": r["per_organ"],
-                        "seconds_per_scan_median": r["median_seconds"]["total"]}
-        print(f"largest_component={lcc}: mean Dice {r['mean']['dice']:.4f}", flush=True)
+    for off in ([None] if offsets is None else [None, [float(v) for v in offsets]]):
+        for lcc in variants:
+            c = dict(card, largest_component=lcc, logit_offsets=off)
+            card_path = onnx_path.with_suffix(".json")
+            card_path.write_text(json.dumps(c, indent=1))
+            key = f"lcc={int(lcc)} offsets={int(off is not None)}"
+            r = score_engine(Cnn3dEngine(onnx_path), cases, data_root, work / key.replace(" ", "_"), quiet=True)
+            results[key] = {"largest_component": lcc, "logit_offsets": off, "mean": r["mean"],
+                            "per_organ": r["per_organ"], "seconds_per_scan_median": r["median_seconds"]["total"]}
+            print(f"{key}: mean Dice {r['mean']['dice']:.4f}", flush=True)
     return results
 
 
 def finalize(run_dir: Path, data_root: Path, out_dir: Path, name: str = "cnn3d_openkbp", *,
-             checkpoint: str = "best.pt", install: bool = False) -> dict:
+             checkpoint: str = "best.pt", install: bool = False, cache: Path | None = None) -> dict:
+    """`cache`: the training cache (`cnn3d_data.build_cache`), for fitting the logit offsets on every sixth
+    training case; without it none are fitted."""
     net, run, state = load_run(run_dir, checkpoint)
     ds = Dataset(data_root)
     organs = run["organs"]
@@ -100,17 +108,26 @@ def finalize(run_dir: Path, data_root: Path, out_dir: Path, name: str = "cnn3d_o
                      "steps": state["step"], "minutes": round(state["elapsed_s"] / 60, 1),
                      "history": state["history"]},
     }
+    offsets = None
+    if cache is not None:
+        samples = cached_samples(onnx_path, cache)
+        offsets = fit_offsets(samples, N_SPECIAL)
+        card["logit_offsets_fit"] = {"cases": f"every sixth training case ({len(samples)})",
+                                     "method": "one organ at a time, Dice on the network grid, two passes",
+                                     "candidates": [float(CANDIDATES[0]), float(CANDIDATES[-1]), 0.25]}
+        del samples
     val_cases = ds.split("validation")
     t = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        results = validate(onnx_path, card, data_root, val_cases, Path(tmp))
+        results = validate(onnx_path, card, data_root, val_cases, Path(tmp), offsets)
     best = max(results.values(), key=lambda r: r["mean"]["dice"])
     card["largest_component"] = best["largest_component"]
+    card["logit_offsets"] = best["logit_offsets"]
     card["date"] = _dt.date.today().isoformat()
     card["validation"] = {"cases": [c.case_id for c in val_cases],
                           "note": "organscope segment --engine cnn3d, scored like organscope evaluate "
                                   "(Dice per contoured organ, NSD at 2 mm)",
-                          **best, "largest_component_search": {str(k): v["mean"]["dice"] for k, v in results.items()}}
+                          **best, "variant_search": {k: v["mean"]["dice"] for k, v in results.items()}}
     card_path = onnx_path.with_suffix(".json")
     card_path.write_text(json.dumps(card, indent=1))
     print(f"model card {card_path}: mean Dice {best['mean']['dice']:.4f} (validation took {time.time() - t:.0f} s)")
@@ -132,7 +149,7 @@ def run_pipeline(args) -> int:
         build_cache(args.data, cache)
     if not (run_dir / "best.pt").exists() or not _finished(run_dir):
         train(cache, run_dir, Cnn3dSettings(hours=args.hours))
-    finalize(run_dir, args.data, args.work, name, install=args.install)
+    finalize(run_dir, args.data, args.work, name, install=args.install, cache=cache)
     return 0
 
 
@@ -152,9 +169,10 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=Path("work/cnn3d/export"))
     ap.add_argument("--name", default="cnn3d_openkbp")
     ap.add_argument("--checkpoint", default="best.pt")
+    ap.add_argument("--cache", type=Path, help="training cache: fit per-class logit offsets on its training cases")
     ap.add_argument("--install", action="store_true")
     a = ap.parse_args(argv)
-    finalize(a.run, a.data, a.out, a.name, checkpoint=a.checkpoint, install=a.install)
+    finalize(a.run, a.data, a.out, a.name, checkpoint=a.checkpoint, install=a.install, cache=a.cache)
 
 
 if __name__ == "__main__":

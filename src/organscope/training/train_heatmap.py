@@ -1,32 +1,45 @@
-"""Train the heat-map localiser (one Gaussian heat-map per organ, sigma^2 = 150 mm^2, L2 loss) on the cnn3d
-cache halved to the 64^3 coarse grid (voxels near a centroid weighted up: FG_WEIGHT), export it to ONNX,
-and compare it with the sparse-grid localiser on the validation cases: centroid error (mm and coarse-grid
-voxels), box recall (fraction of each organ's voxels inside its box), presence errors and seconds per scan.
+"""Train the heat-map localiser (one Gaussian heat-map per organ on the 64^3 coarse grid, sigma^2 = 150 mm^2,
+L2 loss with voxels near a centroid weighted up: FG_WEIGHT) from the cnn3d cache (input: the 128^3 grid, random
+96^3 crops, one scan per step), resumably; export it to ONNX and compare it with the sparse-grid localiser on
+the validation cases: centroid error (mm and coarse-grid voxels), box recall (fraction of each organ's voxels
+inside its box), presence errors and seconds per scan.
 
     python -m organscope.training.train_heatmap --cache work/cnn3d/cache --data ../shared/data/openkbp \
-        --out work/heatmap [--steps 1500] [--install]
+        --out work/heatmap --init work/cnn3d/run5/best.pt [--minutes 60] [--install]
 """
 from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..datasets import Dataset
-from ..engines.cnn3d.preprocess import resample, windows
+from ..engines.cnn3d.preprocess import GRID as INPUT_GRID, windows
 from ..geometry import canonical_transform, oriented_affine, scale_affine
 from ..localize.heatmap import GRID, SIGMA2_MM2, TAU, gaussian_heatmap
 from .cnn3d_data import N_SPECIAL
 from .cnn3d_net import Cnn3dNet
 
 
-def coarse_set(cache: Path, data_root: Path):
-    """Per cached case: (2, 64, 64, 64) windows, (organs, 64^3) target heat-maps, (organs,) known mask."""
+class HeatmapNet(Cnn3dNet):
+    """The cnn3d network with one output channel per organ, averaged 2x2x2 down to the coarse grid: it reads
+    the scan on the cnn3d grid (128^3), so the cnn3d segmentation weights, which already tell the organs apart
+    there, are a starting point (same parameter names). Earlier networks read the coarse 64^3 grid itself and
+    learnt from scratch (or from cnn3d weights at a scale they were not trained for): after 1000-1500 CPU steps
+    their peaks were 56-94 mm from the organs (median)."""
+
+    def forward(self, x):
+        return F.avg_pool3d(super().forward(x), 2)
+
+
+def heatmap_set(cache: Path, data_root: Path):
+    """Per cached case: HU on the cnn3d grid (int16, as cached), (organs, *coarse grid) target heat-maps
+    (float16) and the (organs,) contoured mask."""
     import nibabel as nib
 
     meta = json.loads((cache / "cases.json").read_text())
@@ -35,42 +48,47 @@ def coarse_set(cache: Path, data_root: Path):
     contoured = np.load(cache / "contoured.npy")
     ds = Dataset(data_root)
     cases = {c.case_id: c for c in ds.cases}
-    xs, hs, known = [], [], []
+    hs = []
     for n, cid in enumerate(meta["cases"]):
         img = nib.load(str(cases[cid].image_path))
         canon_aff = oriented_affine(img.affine, canonical_transform(img.affine), img.shape)
         grid_aff = scale_affine(canon_aff, np.array(images.shape[1:]) / np.array(GRID))
-        xs.append(windows(resample(np.asarray(images[n]), GRID)).astype(np.float16))
         t = np.asarray(targets[n])
         heat = np.zeros((len(meta["organs"]),) + GRID, np.float16)
-        k = contoured[n].copy()
         for o in range(len(meta["organs"])):
             vox = np.argwhere(t == o + N_SPECIAL)
-            if not len(vox):
-                continue  # contoured but absent (cut off): a target of zeros is right
-            c_mm = canon_aff[:3, :3] @ vox.mean(0) + canon_aff[:3, 3]
-            heat[o] = gaussian_heatmap(GRID, grid_aff, c_mm, SIGMA2_MM2)
-        xs_known = k
+            if len(vox):  # contoured but absent (cut off): a target of zeros is right
+                heat[o] = gaussian_heatmap(GRID, grid_aff, canon_aff[:3, :3] @ vox.mean(0) + canon_aff[:3, 3],
+                                           SIGMA2_MM2)
         hs.append(heat)
-        known.append(xs_known)
-    return meta, np.stack(xs), np.stack(hs), np.stack(known)
+    return meta, np.ascontiguousarray(images), np.stack(hs), contoured
 
 
-#: L2 weight of a voxel: 1 + FG_WEIGHT * target. With the paper's plain L2 (FG_WEIGHT 0) a first 1200-step run
+#: L2 weight of a voxel: 1 + fg_weight * target. With the paper's plain L2 (0) a first 1200-step run from scratch
 #: learnt to output ~0 everywhere (an organ's Gaussian covers ~30 of the 262,144 coarse voxels, so zero is almost
-#: optimal): its peaks were noise, 94 mm from the organs (median). Weighting the voxels near a centroid makes
-#: missing a peak cost as much as the whole background.
-FG_WEIGHT = 200.0
+#: optimal). Weighting the voxels near a centroid makes missing a peak costly; too high a weight makes broad
+#: blobs cheap (200: regions above tau of 2000-5000 coarse voxels where the target's has ~270).
+FG_WEIGHT = 20.0
 
 
-def train(x, h, known, train_ids, *, steps: int, batch: int = 4, width: int = 8, lr: float = 1e-3, seed: int = 0,
-          fg_weight: float = FG_WEIGHT, init: Path | None = None, log=print) -> Cnn3dNet:
-    """`init`: a cnn3d segmentation checkpoint of the same width; every weight but the last layer's is copied
-    (its features already tell the organs apart; a network from scratch, 21 minutes of CPU with the weighted L2,
-    still put its peaks at one blurred common place, 83 mm from the organs)."""
+def _freeze_batchnorm(net: torch.nn.Module) -> None:
+    """Keep the running statistics of a pretrained network (batches of one whole scan would replace them)."""
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm3d):
+            m.eval()
+
+
+def train(images, heat, known, train_ids, *, steps: int, minutes: float = 1e9, crop: int = 96, width: int = 16,
+          lr: float = 5e-4, seed: int = 0, fg_weight: float = FG_WEIGHT, init: Path | None = None,
+          run_dir: Path | None = None, log=print) -> HeatmapNet:
+    """images: (cases, D, H, W) HU on the input grid; heat: (cases, organs, D/2, H/2, W/2) targets. One random
+    crop (crop^3 voxels of the input grid, at even offsets, so that the targets crop exactly) per step; the
+    learning rate decays over whichever runs out first, steps or minutes. `init`: a cnn3d checkpoint of the
+    same width, every weight but the last layer's copied, batch-norm statistics kept. `run_dir`: resume from
+    and checkpoint to run_dir/last.pt every 100 steps."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    net = Cnn3dNet(h.shape[1], width=width)
+    net = HeatmapNet(heat.shape[1], width=width)
     # the last layer starts at zero: a randomly initialised one outputs +-1 everywhere, and the loss spent the
     # first ~1500 steps (all a CPU run had) reaching the all-zero output, whose peaks are then noise
     torch.nn.init.zeros_(net.head[2].weight)
@@ -81,29 +99,56 @@ def train(x, h, known, train_ids, *, steps: int, batch: int = 4, width: int = 8,
         own.update({k: v for k, v in src.items() if k in own and own[k].shape == v.shape})
         net.load_state_dict(own)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
-    t0 = time.time()
-    for step in range(steps):
+    step, elapsed = 0, 0.0
+    last = run_dir / "last.pt" if run_dir is not None else None
+    if last is not None and last.exists():
+        ck = torch.load(last, weights_only=False)
+        net.load_state_dict(ck["net"])
+        opt.load_state_dict(ck["opt"])
+        step, elapsed = ck["step"], ck["elapsed_s"]
+        rng = np.random.default_rng(seed + step)
+        log(f"resumed at step {step}")
+    size = np.array(images.shape[1:])
+    crop_v = np.minimum(size, crop) // 16 * 16  # the network needs multiples of 16
+    t0 = time.time() - elapsed
+    losses: list[float] = []
+    while step < steps and time.time() - t0 < minutes * 60:
+        done = max(step / steps, (time.time() - t0) / (minutes * 60))
         for g in opt.param_groups:
-            g["lr"] = lr * (1 - step / steps) ** 0.9
-        ids = rng.choice(train_ids, batch, replace=False)
-        shift = tuple(int(v) for v in rng.integers(-3, 4, 3))
-        xb = torch.roll(torch.from_numpy(x[ids].astype(np.float32)), shift, dims=(2, 3, 4))
-        hb = torch.roll(torch.from_numpy(h[ids].astype(np.float32)), shift, dims=(2, 3, 4))
-        mask = torch.from_numpy(known[ids]).float()[:, :, None, None, None]
+            g["lr"] = lr * (1 - min(done, 0.999)) ** 0.9
+        net.train()
+        if init is not None:
+            _freeze_batchnorm(net)
+        n = int(rng.choice(train_ids))
+        o = (rng.integers(0, (size - crop_v) // 2 + 1) * 2).astype(int)
+        sl = tuple(slice(a, a + c) for a, c in zip(o, crop_v))
+        sl2 = tuple(slice(a // 2, (a + c) // 2) for a, c in zip(o, crop_v))
+        xb = torch.from_numpy(windows(np.asarray(images[n][sl], np.float32))[None])
+        hb = torch.from_numpy(np.asarray(heat[n][(slice(None),) + sl2], np.float32)[None])
+        mask = torch.from_numpy(np.asarray(known[n])).float()[None, :, None, None, None]
         w = mask * (1.0 + fg_weight * hb)
         loss = (((net(xb) - hb) ** 2) * w).sum() / (w.sum() + 1e-6)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if (step + 1) % 50 == 0:
-            log(f"step {step + 1} loss {float(loss.detach()):.5f} {time.time() - t0:.0f} s")
+        step += 1
+        losses.append(float(loss.detach()))
+        if step % 50 == 0:
+            log(f"step {step} loss {np.mean(losses[-50:]):.5f} {time.time() - t0:.0f} s")
+        if last is not None and (step % 100 == 0 or step == steps):
+            torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "step": step,
+                        "elapsed_s": time.time() - t0}, last)
+    if last is not None and losses:
+        torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed_s": time.time() - t0},
+                   last)
+    net.steps_done = step
     return net.eval()
 
 
-def export(net, path: Path) -> float:
+def export(net, path: Path, input_grid=INPUT_GRID) -> float:
     import onnxruntime as ort
 
-    x = torch.rand(1, 2, *GRID)
+    x = torch.rand(1, 2, *input_grid)
     torch.onnx.export(net, (x,), str(path), input_names=["windows"], output_names=["heatmaps"],
                       opset_version=17, dynamo=False)
     with torch.no_grad():
@@ -112,13 +157,13 @@ def export(net, path: Path) -> float:
     return float(np.abs(ref - got).max())
 
 
-def compare(data_root: Path, heat_model: Path | None, cases) -> dict:
+def compare(data_root: Path, heat_model: Path | None, cases, sparse: bool = True) -> dict:
     """Centroid error, box recall, presence errors and time of both localisers on labelled cases."""
     from ..localize import sparse_grid
     from ..localize.heatmap import HeatmapLocalizer
 
     ds = Dataset(data_root)
-    locators = {"sparse_grid": lambda v, t: sparse_grid.locate(v, timings=t)}
+    locators = {"sparse_grid": lambda v, t: sparse_grid.locate(v, timings=t)} if sparse else {}
     if heat_model is not None:
         hl = HeatmapLocalizer(heat_model)
         locators["heatmap"] = lambda v, t: hl.locate(v, timings=t)
@@ -162,31 +207,39 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", type=Path, required=True)
     ap.add_argument("--data", type=Path, required=True)
-    ap.add_argument("--out", type=Path, default=Path("work/heatmap"))
-    ap.add_argument("--steps", type=int, default=1500)
-    ap.add_argument("--width", type=int, default=8)
-    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--out", type=Path, default=Path("work/heatmap"), help="run folder: last.pt, ONNX, card")
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--minutes", type=float, default=60.0, help="time budget (0: export the last checkpoint)")
+    ap.add_argument("--crop", type=int, default=96, help="training crop, voxels of the 128^3 input grid")
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--fg-weight", type=float, default=FG_WEIGHT)
     ap.add_argument("--init", type=Path, default=None, help="cnn3d checkpoint to start from (same --width)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="score every third validation case, heat-map only")
     ap.add_argument("--install", action="store_true")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    meta, x, h, known = coarse_set(a.cache, a.data)
+    meta, images, heat, known = heatmap_set(a.cache, a.data)
     train_ids = [n for n, s in enumerate(meta["splits"]) if s == "train"]
-    net = train(x, h, known, train_ids, steps=a.steps, batch=a.batch, width=a.width, fg_weight=a.fg_weight, init=a.init,
-                log=lambda s: print(s, flush=True))
     a.out.mkdir(parents=True, exist_ok=True)
+    net = train(images, heat, known, train_ids, steps=a.steps, minutes=a.minutes, crop=a.crop, width=a.width,
+                lr=a.lr, fg_weight=a.fg_weight, init=a.init, run_dir=a.out, log=lambda s: print(s, flush=True))
     path = a.out / "heatmap_openkbp.onnx"
-    err = export(net, path)
+    err = export(net, path, images.shape[1:])
     card = {"name": "heatmap_openkbp", "engine": "locate", "organs": meta["organs"], "grid": list(GRID),
+            "input_grid": list(images.shape[1:]), "source_grid": list(images.shape[1:]),
             "sigma2_mm2": SIGMA2_MM2, "tau": TAU, "box_margin_mm": 10.0, "onnx_parity_max_abs_diff": err,
-            "training": {"data": "OpenKBP training split", "steps": a.steps, "batch": a.batch, "width": a.width,
+            "training": {"data": "OpenKBP training split", "steps": net.steps_done, "crop": a.crop,
+                         "width": a.width, "lr": a.lr, "batch": 1,
                          "loss": "L2, voxel weight 1 + fg_weight * target, uncontoured organs masked",
                          "fg_weight": a.fg_weight, "init": str(a.init) if a.init else None}}
     path.with_suffix(".json").write_text(json.dumps(card, indent=1))
-    with tempfile.TemporaryDirectory():
-        card["validation"] = compare(a.data, path, Dataset(a.data).split("validation"))
+    cases = Dataset(a.data).split("validation")
+    if a.quick:
+        cases = cases[::3]
+    card["validation"] = compare(a.data, path, cases, sparse=not a.quick)
+    card["validation"]["cases"] = len(cases)
     path.with_suffix(".json").write_text(json.dumps(card, indent=1))
     print(json.dumps(card["validation"], indent=1))
     if a.install:

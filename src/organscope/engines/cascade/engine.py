@@ -4,7 +4,8 @@
 2. organ boxes from a localiser: the sparse classifier's 8 mm grid (`localize.sparse_grid`) or the heat-map
    network (`localize.heatmap`), whichever the model card names (the one that measured better);
 3. per group of neighbouring organs (`groups.GROUPS`) with at least one organ found: a crop around the union of
-   the group's boxes through the group's compact residual 3D U-Net (ONNX), softmax;
+   the group's boxes through the group's compact residual 3D U-Net (ONNX), the card's logit offsets (fitted
+   on training crops; they undo the loss's over-segmentation), softmax;
 4. the crops merged on the grid, the highest probability winning where two groups claim a voxel; an organ the
    localiser reports absent stays absent;
 5. the largest connected component per organ, nearest neighbour back to the input's grid and orientation.
@@ -22,7 +23,7 @@ from ...geometry import world_to_voxel
 from ...volume import Volume
 from ..base import ProgressFn, Segmentation, labels_dtype, no_progress, require_finite, select_organs
 from ..cnn3d import preprocess
-from ..onnx_models import card_path, open_session
+from ..onnx_models import card_path, logit_offsets, open_session
 from ..sparse.refine import largest_components
 from .groups import MARGIN_VOX, crop_window, extract, overlap
 
@@ -49,6 +50,7 @@ class CascadeEngine:
             for g in self.groups.values():
                 g["crop"] = [int(v) for v in g["crop"]]
                 str(g["file"])
+            n_network = {gname: N_BACKGROUND + len(g["organs"]) for gname, g in self.groups.items()}
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"Model card {self.card_path.name} is missing or malformed ({exc!r}).") from None
         # output label values: the card's class order (the dataset's, as the other engines), else group order
@@ -57,6 +59,8 @@ class CascadeEngine:
             raise ModelError(f"Model card {self.card_path.name}: classes {list(self.classes)} are not 'background' "
                              f"and the groups' organs {organs}.")
         self.class_id = {o: i for i, o in enumerate(self.classes)}
+        self._offsets = {gname: logit_offsets(g, n_network[gname], f"{self.card_path.name} ({gname})")
+                         for gname, g in self.groups.items()}
         self.margin_vox = int(self.card.get("margin_vox", MARGIN_VOX))
         self.largest_component = bool(self.card.get("largest_component", True))
         self.mirror = bool(self.card.get("mirror_tta", False))
@@ -110,13 +114,19 @@ class CascadeEngine:
         return out
 
     def group_probabilities(self, group: str, x: np.ndarray) -> np.ndarray:
-        """Softmax (classes, *crop) of a group network on windows x (2, *crop); with mirror_tta, averaged with its
-        run on the left-right mirrored crop (mirrored back, left and right organs swapped)."""
+        """Softmax (classes, *crop) of a group network on windows x (2, *crop), after the card's logit offsets
+        for the group (if any); with mirror_tta, averaged with its run on the left-right mirrored crop (mirrored
+        back, left and right organs swapped)."""
         sess = self._session(group)
-        prob = _softmax(sess.run(None, {"windows": x[None]})[0][0])
+        off = self._offsets[group]
+
+        def run(windows: np.ndarray) -> np.ndarray:
+            logits = sess.run(None, {"windows": windows[None]})[0][0]
+            return _softmax(logits if off is None else logits + off)
+
+        prob = run(x)
         if self.mirror:  # axis 0 of the canonical RAS+ grid is the left-right axis
-            flipped = np.ascontiguousarray(x[:, ::-1])
-            prob_m = _softmax(sess.run(None, {"windows": flipped[None]})[0][0])[:, ::-1]
+            prob_m = run(np.ascontiguousarray(x[:, ::-1]))[:, ::-1]
             prob = 0.5 * (prob + prob_m[self._mirror_perm[group]])
         return prob
 

@@ -1,5 +1,6 @@
 """The cnn3d engine (COBRA, Henderson et al.): the whole scan on a fixed 128^3 grid through a tiny factorised
-3D U-Net in ONNX Runtime, argmax, nearest upsampling back to the input's grid."""
+3D U-Net in ONNX Runtime, per-class logit offsets from the card (fitted on training cases: they undo the
+loss's over-segmentation), argmax, nearest upsampling back to the input's grid."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ import numpy as np
 
 from ...errors import ModelError
 from ...volume import Volume
-from ..onnx_models import MODELS_DIR, model_paths, open_session  # noqa: F401 (MODELS_DIR: re-exported)
+from ..onnx_models import MODELS_DIR, logit_offsets, model_paths, open_session  # noqa: F401 (MODELS_DIR: re-exported)
 from ..base import ProgressFn, Segmentation, labels_dtype, no_progress, require_finite
 from ..sparse.refine import largest_components
 from . import preprocess
@@ -28,8 +29,10 @@ class Cnn3dEngine:
             self.classes: tuple[str, ...] = tuple(self.card["classes"])
             self.grid = tuple(int(v) for v in self.card["grid"])
             self.largest_component = bool(self.card.get("largest_component", False))
+            n_network = len(self.card.get("network_classes", ())) or len(self.classes) + N_BACKGROUND - 1
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"Model card {card_path.name} is missing or malformed ({exc!r}).") from None
+        self.logit_offsets = logit_offsets(self.card, n_network, card_path.name)
         self._session = open_session(self.onnx_path, threads)
         self._input = self._session.get_inputs()[0].name
 
@@ -38,11 +41,6 @@ class Cnn3dEngine:
         require_finite(volume)
         hu, gmap = preprocess.to_grid(volume, self.grid)
         return preprocess.windows(hu)[None], gmap
-
-    def class_scores(self, volume: Volume) -> tuple[np.ndarray, preprocess.GridMap]:
-        """Network output (n_classes, *grid) on the fixed grid: air, body, then the card's organs."""
-        x, gmap = self.network_input(volume)
-        return self._session.run(None, {self._input: x})[0][0], gmap
 
     def segment(self, volume: Volume, *, progress: ProgressFn | None = None) -> Segmentation:
         progress = progress or no_progress
@@ -58,6 +56,8 @@ class Cnn3dEngine:
         progress("labels back to the scan's grid", 0.9)
         n_out = len(self.classes)
         dtype = labels_dtype(n_out)
+        if self.logit_offsets is not None:
+            scores += self.logit_offsets
         cls = scores.argmax(axis=0)
         labels = np.where(cls >= N_BACKGROUND, cls - (N_BACKGROUND - 1), 0).astype(dtype)
         if self.largest_component:
