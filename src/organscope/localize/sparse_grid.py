@@ -93,3 +93,19 @@ def locate(volume: Volume, *, engine=None, level_mm: float = 8.0, grow_steps: fl
         timings["total"] = time.perf_counter() - t0
         timings["points_classified"] = float(len(todo))
     return out
+
+
+class SparseGridLocalizer:
+    """`locate` with one sparse engine kept for every call (loaded on the first), for engines that localise
+    with it (slice2d, cascade); `hu` and `gmap` are accepted for the same signature as HeatmapLocalizer."""
+
+    def __init__(self, *, threads: int | None = None):
+        self.threads = threads
+        self._engine = None
+
+    def locate(self, volume: Volume, *, timings: dict | None = None, hu=None, gmap=None) -> dict[str, OrganLocation]:
+        if self._engine is None:
+            from ..engines.sparse import SparseEngine
+
+            self._engine = SparseEngine(threads=self.threads)
+        return locate(volume, engine=self._engine, timings=timings)

@@ -83,18 +83,16 @@ class CascadeEngine:
 
     def locate(self, volume: Volume, hu: np.ndarray, gmap: preprocess.GridMap, timings: dict | None = None):
         """Per organ OrganLocation from the card's localiser."""
-        if self.localizer == "heatmap":
-            if self._locator is None:
+        if self._locator is None:
+            if self.localizer == "heatmap":
                 from ...localize.heatmap import HeatmapLocalizer
 
                 self._locator = HeatmapLocalizer(self.card.get("heatmap_model"), threads=self.threads)
-            return self._locator.locate(volume, hu=hu, gmap=gmap, timings=timings)
-        from ...localize import sparse_grid
-        from ..sparse import SparseEngine
+            else:
+                from ...localize.sparse_grid import SparseGridLocalizer
 
-        if self._locator is None:
-            self._locator = SparseEngine(threads=self.threads)
-        return sparse_grid.locate(volume, engine=self._locator, timings=timings)
+                self._locator = SparseGridLocalizer(threads=self.threads)
+        return self._locator.locate(volume, hu=hu, gmap=gmap, timings=timings)
 
     def group_boxes(self, locations, gmap: preprocess.GridMap, organs) -> dict[str, tuple[list[str], np.ndarray, np.ndarray]]:
         """Per group with a wanted organ found: (its found organs, crop start, crop size) on the fixed grid."""

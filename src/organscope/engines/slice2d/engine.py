@@ -67,12 +67,11 @@ class Slice2dEngine:
         return select_organs(self.organ_cards, organs, self.name)
 
     def locate(self, volume: Volume):
-        from ...localize import sparse_grid
-        from ..sparse import SparseEngine
-
         if self._locator is None:
-            self._locator = SparseEngine(threads=self.threads)
-        return sparse_grid.locate(volume, engine=self._locator)
+            from ...localize.sparse_grid import SparseGridLocalizer
+
+            self._locator = SparseGridLocalizer(threads=self.threads)
+        return self._locator.locate(volume)
 
     def segment(self, volume: Volume, *, organs=None, progress: ProgressFn | None = None) -> Segmentation:
         progress = progress or no_progress
