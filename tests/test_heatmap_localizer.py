@@ -59,6 +59,15 @@ def test_trained_few_steps_localiser_runs_end_to_end(tmp_path, phantoms):
         if d["present"]:
             lo, hi = np.array(d["box_voxels"])
             assert (lo >= 0).all() and (hi < np.array(phantoms["LPS"].shape)).all() and (lo <= hi).all()
+    # half-extents from the card: a present organ's box is centroid +- that (in mm, clipped to the scan)
+    big = {"organs": ["brainstem", "mandible"], "grid": [16, 16, 16], "input_grid": [32, 32, 32], "tau": -1.0,
+           "box_half_extent_mm": {"brainstem": [5.0, 6.0, 7.0], "mandible": [1000.0, 1000.0, 1000.0]}}
+    path.with_suffix(".json").write_text(json.dumps(big))
+    vol = phantoms["RAS"]
+    loc = HeatmapLocalizer(path, threads=1).locate(vol)
+    lo, hi = np.array(loc["brainstem"].box_mm)
+    assert loc["brainstem"].present and np.all(hi - lo <= 2 * np.array([5.0, 6.0, 7.0]) + 2 * vol.spacing_mm)
+    np.testing.assert_array_equal(loc["mandible"].box_voxels, [[0, 0, 0], list(np.array(vol.shape) - 1)])
     # a run resumes from its checkpoint
     again = train(images, h, np.ones((3, 2), bool), [0, 1, 2], steps=5, crop=32, width=4, run_dir=tmp_path,
                   log=lambda s: None)

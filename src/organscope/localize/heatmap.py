@@ -1,7 +1,9 @@
 """The heat-map localiser (Navarro et al., unified 3D localisation + segmentation): a 3D network regresses one
 Gaussian heat-map per organ on a coarse grid; an organ's centroid is the mid-point of the region where its
 heat-map exceeds tau (0.1 in the paper; below it everywhere, the organ is absent); its box is the training
-set's mean organ extent around the centroid plus a margin.
+set's mean organ extent around the centroid plus a margin (the paper's), or, where the card has them, half-extents
+per organ and axis fitted on training cases with the trained network (`box_half_extent_mm`: they also cover its
+centroid errors; `training.train_heatmap.fit_box_half_extents`).
 
 The coarse grid (the heat-maps') is the cnn3d fixed grid halved: 64^3 over the scan's field of view (OpenKBP:
 7-10 mm in-plane, 4-6 mm between slices; the paper used 3 mm on whole-body scans, a grid of similar size). The
@@ -63,6 +65,8 @@ class HeatmapLocalizer:
             self.input_grid = tuple(int(v) for v in self.card.get("input_grid", self.grid))
             self.tau = float(self.card.get("tau", TAU))
             self.margin_mm = float(self.card.get("box_margin_mm", 10.0))
+            self.box_half_mm = {o: np.asarray(v, float).reshape(3)
+                                for o, v in self.card.get("box_half_extent_mm", {}).items()}
             self.source_grid = tuple(int(v) for v in self.card.get("source_grid", preprocess.GRID))
         except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"Model card {card_path.name} is missing or malformed ({exc!r}).") from None
@@ -98,8 +102,10 @@ class HeatmapLocalizer:
                 out[name] = OrganLocation(name, False, confidence=conf)
                 continue
             cen_canon = (cen + 0.5) * zoom - 0.5
-            extent = np.array(sizes.get(name, {}).get("extent_mm", [40.0, 40.0, 40.0]))
-            half = (extent / 2 + self.margin_mm) / canon_sp
+            half_mm = self.box_half_mm.get(name)
+            if half_mm is None:
+                half_mm = np.array(sizes.get(name, {}).get("extent_mm", [40.0, 40.0, 40.0])) / 2 + self.margin_mm
+            half = half_mm / canon_sp
             start = np.maximum(np.floor(cen_canon - half), 0).astype(int)
             stop = np.minimum(np.ceil(cen_canon + half) + 1, gmap.canonical_shape).astype(int)
             out[name] = location(name, start, stop, cen_canon, conf, canon_affine, gmap.ornt, volume.shape)
