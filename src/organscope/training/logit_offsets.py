@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 #: candidate offsets (added to an organ's logit; negative shrinks it)
-CANDIDATES = np.round(np.arange(-4.0, 3.01, 0.25), 2)
+CANDIDATES = np.round(np.arange(-4.0, 5.01, 0.25), 2)
 
 
 def fit_offsets(samples: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], n_special: int,
