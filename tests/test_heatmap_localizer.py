@@ -94,3 +94,26 @@ def test_untrained_heatmap_network_outputs_zero_on_the_halved_grid():
     with torch.no_grad():
         out = net(torch.rand(1, 2, 32, 32, 32))
     assert out.shape == (1, 3, 16, 16, 16) and float(out.abs().max()) == 0.0
+
+
+def test_cut_sample_targets_the_remaining_part_and_zero_for_an_organ_cut_away():
+    """Training on scans cut short: the cut is stretched back to the full grid (as the engines resample a short
+    scan), an organ's target peaks at the centroid of what is left of it, and is zero when it is cut away."""
+    pytest.importorskip("torch")
+    from organscope.training.train_heatmap import cut_sample
+
+    image = np.full((32, 32, 32), -1000, np.int16)
+    target = np.zeros((32, 32, 32), np.uint8)
+    target[10:14, 10:14, 2:6] = 2     # organ 0: slices 2..5, cut away below
+    target[16:20, 8:12, 12:28] = 3    # organ 1: slices 12..27, half of it kept
+    image[target > 0] = 40
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    img, heat = cut_sample(image, target, affine, start=20, slices=16, heat_shape=(16, 16, 16), n_organs=2)
+    assert img.shape == (32, 32, 32) and heat.shape == (2, 16, 16, 16)
+    assert heat[0].max() == 0.0
+    # organ 1's remaining part: slices 20..27 = cut slices 0..7 of 16, stretched 2x: fine 0..15, coarse 0..7
+    peak = np.unravel_index(np.argmax(heat[1]), heat[1].shape)
+    assert abs(peak[0] - 8.75) <= 1 and abs(peak[1] - 4.75) <= 1 and abs(peak[2] - 3.5) <= 1
+    assert heat[1].max() > 0.9
+    # the image is the cut stretched: organ 1's HU fill the first half of the slices
+    assert (img[17, 9, :14] > 0).all() and (img[17, 9, 21:] < -500).all()

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..datasets import Dataset
-from ..engines.cnn3d.preprocess import GRID as INPUT_GRID, windows
+from ..engines.cnn3d.preprocess import GRID as INPUT_GRID, resample, windows
 from ..geometry import canonical_transform, oriented_affine, scale_affine
 from ..localize.heatmap import GRID, SIGMA2_MM2, TAU, gaussian_heatmap
 from .cnn3d_data import N_SPECIAL
@@ -39,7 +39,8 @@ class HeatmapNet(Cnn3dNet):
 
 def heatmap_set(cache: Path, data_root: Path):
     """Per cached case: HU on the cnn3d grid (int16, as cached), (organs, *coarse grid) target heat-maps
-    (float16) and the (organs,) contoured mask."""
+    (float16), the (organs,) contoured mask, the cached class maps and the grid's affine (OpenKBP's scans are
+    their own 128^3 canonical grid)."""
     import nibabel as nib
 
     meta = json.loads((cache / "cases.json").read_text())
@@ -48,10 +49,11 @@ def heatmap_set(cache: Path, data_root: Path):
     contoured = np.load(cache / "contoured.npy")
     ds = Dataset(data_root)
     cases = {c.case_id: c for c in ds.cases}
-    hs = []
+    hs, affines = [], []
     for n, cid in enumerate(meta["cases"]):
         img = nib.load(str(cases[cid].image_path))
         canon_aff = oriented_affine(img.affine, canonical_transform(img.affine), img.shape)
+        affines.append(canon_aff)
         grid_aff = scale_affine(canon_aff, np.array(images.shape[1:]) / np.array(GRID))
         t = np.asarray(targets[n])
         heat = np.zeros((len(meta["organs"]),) + GRID, np.float16)
@@ -61,7 +63,26 @@ def heatmap_set(cache: Path, data_root: Path):
                 heat[o] = gaussian_heatmap(GRID, grid_aff, canon_aff[:3, :3] @ vox.mean(0) + canon_aff[:3, 3],
                                            SIGMA2_MM2)
         hs.append(heat)
-    return meta, np.ascontiguousarray(images), np.stack(hs), contoured
+    return meta, np.ascontiguousarray(images), np.stack(hs), contoured, targets, np.stack(affines)
+
+
+def cut_sample(image, target, affine, start: int, slices: int, heat_shape, n_organs: int):
+    """A scan cut to `slices` slices from `start` along axis 2 (superior-inferior on the canonical grid) and
+    resampled back to the full grid, as the engines resample a short scan: (HU, target heat-maps of the organs'
+    remaining parts; zeros for an organ cut away)."""
+    size = np.array(image.shape)
+    img = resample(np.asarray(image[:, :, start:start + slices]), tuple(int(v) for v in size))
+    tgt = np.asarray(target[:, :, start:start + slices])
+    shifted = np.array(affine, float) @ np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, start], [0, 0, 0, 1.0]])
+    fine = scale_affine(shifted, (1.0, 1.0, slices / size[2]))
+    coarse = scale_affine(fine, size / np.array(heat_shape))
+    heat = np.zeros((n_organs,) + tuple(heat_shape), np.float32)
+    for o in range(n_organs):
+        vox = np.argwhere(tgt == o + N_SPECIAL)
+        if len(vox):
+            heat[o] = gaussian_heatmap(tuple(heat_shape), coarse, shifted[:3, :3] @ vox.mean(0) + shifted[:3, 3],
+                                       SIGMA2_MM2)
+    return img, heat
 
 
 #: L2 weight of a voxel: 1 + fg_weight * target. With the paper's plain L2 (0) a first 1200-step run from scratch
@@ -80,12 +101,16 @@ def _freeze_batchnorm(net: torch.nn.Module) -> None:
 
 def train(images, heat, known, train_ids, *, steps: int, minutes: float = 1e9, crop: int = 96, width: int = 16,
           lr: float = 5e-4, seed: int = 0, fg_weight: float = FG_WEIGHT, init: Path | None = None,
-          run_dir: Path | None = None, log=print) -> HeatmapNet:
+          run_dir: Path | None = None, cut_prob: float = 0.0, targets=None, affines=None, min_slices: int = 40,
+          log=print) -> HeatmapNet:
     """images: (cases, D, H, W) HU on the input grid; heat: (cases, organs, D/2, H/2, W/2) targets. One random
     crop (crop^3 voxels of the input grid, at even offsets, so that the targets crop exactly) per step; the
     learning rate decays over whichever runs out first, steps or minutes. `init`: a cnn3d checkpoint of the
-    same width, every weight but the last layer's copied, batch-norm statistics kept. `run_dir`: resume from
-    and checkpoint to run_dir/last.pt every 100 steps."""
+    same width, every weight but the last layer's copied, batch-norm statistics kept (or a heat-map checkpoint:
+    every weight). `run_dir`: resume from and checkpoint to run_dir/last.pt every 100 steps. `cut_prob`: the
+    fraction of steps on a scan cut to `min_slices`..all slices (`cut_sample`; needs `targets` and `affines`):
+    a network trained on whole head-and-neck scans only put a 'mandible' at peak 0.63 in a scan cut 28 slices
+    below it, stretched to the grid."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     net = HeatmapNet(heat.shape[1], width=width)
@@ -120,11 +145,16 @@ def train(images, heat, known, train_ids, *, steps: int, minutes: float = 1e9, c
         if init is not None:
             _freeze_batchnorm(net)
         n = int(rng.choice(train_ids))
+        img, h_n = images[n], heat[n]
+        if cut_prob and rng.random() < cut_prob:
+            k = int(rng.integers(min(min_slices, size[2]), size[2] + 1))
+            img, h_n = cut_sample(images[n], targets[n], affines[n], int(rng.integers(0, size[2] - k + 1)), k,
+                                  heat.shape[2:], heat.shape[1])
         o = (rng.integers(0, (size - crop_v) // 2 + 1) * 2).astype(int)
         sl = tuple(slice(a, a + c) for a, c in zip(o, crop_v))
         sl2 = tuple(slice(a // 2, (a + c) // 2) for a, c in zip(o, crop_v))
-        xb = torch.from_numpy(windows(np.asarray(images[n][sl], np.float32))[None])
-        hb = torch.from_numpy(np.asarray(heat[n][(slice(None),) + sl2], np.float32)[None])
+        xb = torch.from_numpy(windows(np.asarray(img[sl], np.float32))[None])
+        hb = torch.from_numpy(np.asarray(h_n[(slice(None),) + sl2], np.float32)[None])
         mask = torch.from_numpy(np.asarray(known[n])).float()[None, :, None, None, None]
         w = mask * (1.0 + fg_weight * hb)
         loss = (((net(xb) - hb) ** 2) * w).sum() / (w.sum() + 1e-6)
@@ -207,7 +237,7 @@ def compare(data_root: Path, heat_model: Path | None, cases, sparse: bool = True
 
 
 def fit_box_half_extents(model: Path, data_root: Path, cases, voxel_quantile: float = 0.995,
-                         case_quantile: float = 0.9) -> dict[str, list[float]]:
+                         case_quantile: float = 0.95) -> dict[str, list[float]]:
     """Per organ and world axis, the box half-extent (mm) around the network's centroid that holds the organ:
     per case the `voxel_quantile` of its voxels' distance from the predicted centroid along the axis (so a box
     of that half-extent holds >= ~98.5 % of the organ), then the `case_quantile` over the cases. The paper's
@@ -231,6 +261,79 @@ def fit_box_half_extents(model: Path, data_root: Path, cases, voxel_quantile: fl
             for o, d in per_organ.items()}
 
 
+def _cut(vol, lab, keep_below_mm: float | None = None, keep_above_mm: float | None = None):
+    """The scan and labels with only the slices (along the axis closest to world z) whose centre lies below /
+    above a world z; None if nothing is left."""
+    from ..volume import Volume
+
+    k = int(np.argmax(np.abs(vol.affine[2, :3])))
+    idx = np.arange(vol.shape[k])
+    z = vol.affine[2, k] * idx + vol.affine[2, 3] + sum(vol.affine[2, a] * (vol.shape[a] - 1) / 2
+                                                        for a in range(3) if a != k)
+    keep = np.ones(len(idx), bool)
+    if keep_below_mm is not None:
+        keep &= z < keep_below_mm
+    if keep_above_mm is not None:
+        keep &= z > keep_above_mm
+    if keep.sum() < 16:
+        return None
+    lo, hi = int(idx[keep].min()), int(idx[keep].max()) + 1
+    sl = tuple(slice(lo, hi) if a == k else slice(None) for a in range(3))
+    shift = np.eye(4)
+    shift[k, 3] = lo
+    aff = vol.affine @ shift
+    return (Volume(np.ascontiguousarray(vol.array[sl]), aff), Volume(np.ascontiguousarray(lab.array[sl]), aff))
+
+
+def fit_presence_threshold(model: Path, data_root: Path, cases, candidates=np.round(np.arange(0.05, 0.61, 0.05), 2),
+                           margin: float = 0.1):
+    """The heat-map peak below which an organ is reported absent, from training scans: each scan whole (its
+    organs are present) and cut twice, keeping what lies 5 mm below the larynx and 5 mm above the mandible (the
+    organs wholly cut away are absent there). The threshold with the most right calls (present organs whose
+    peak clears it by `margin`, plus absent ones under it, as fractions) wins; ties go to the lower one. The
+    paper's tau = 0.1 let a scan cut below the larynx keep a 'mandible' at peak 0.14; without the margin the
+    fit chose 0.55, 0.02 under the lowest present peak of the training cases (0.57)."""
+    from ..localize.heatmap import HeatmapLocalizer
+
+    ds = Dataset(data_root)
+    hl = HeatmapLocalizer(model)
+    present, absent = [], []
+
+    def peaks(vol):
+        return dict(zip(hl.organs, hl.heatmaps(vol)[0].reshape(len(hl.organs), -1).max(1)))
+
+    for case in cases:
+        vol, lab = case.load_image(), case.load_labels()
+        p = peaks(vol)
+        zs = {}
+        for organ in case.organs:
+            m = lab.array == ds.label_map.ids[organ]
+            if m.any() and organ in p:
+                present.append(float(p[organ]))
+                zs[organ] = vol.voxel_to_world(np.argwhere(m))[:, 2]
+        cuts = []
+        if "larynx" in zs:
+            cuts.append(_cut(vol, lab, keep_below_mm=float(zs["larynx"].min()) - 5))
+        if "mandible" in zs:
+            cuts.append(_cut(vol, lab, keep_above_mm=float(zs["mandible"].max()) + 5))
+        for c in cuts:
+            if c is None:
+                continue
+            cv, cl = c
+            pc = peaks(cv)
+            for organ in zs:
+                if not (cl.array == ds.label_map.ids[organ]).any():
+                    absent.append(float(pc[organ]))
+    present_a, absent_a = np.array(present), np.array(absent)
+    right = [np.mean(present_a >= t + margin) + (np.mean(absent_a < t) if len(absent_a) else 0.0) for t in candidates]
+    tau = float(candidates[int(np.argmax(right))])
+    return tau, {"margin": margin, "present_peaks": len(present), "absent_peaks": len(absent),
+                 "present_kept": float(np.mean(present_a >= tau)),
+                 "absent_refused": float(np.mean(absent_a < tau)) if len(absent_a) else None,
+                 "present_peak_p1": float(np.quantile(present_a, 0.01)),
+                 "absent_peak_p99": float(np.quantile(absent_a, 0.99)) if len(absent_a) else None}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", type=Path, required=True)
@@ -243,16 +346,20 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--fg-weight", type=float, default=FG_WEIGHT)
     ap.add_argument("--init", type=Path, default=None, help="cnn3d checkpoint to start from (same --width)")
+    ap.add_argument("--cut-prob", type=float, default=0.5, help="fraction of steps on a scan cut short (cut_sample)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--box-quantile", type=float, default=0.95,
+                    help="box half-extents: this quantile over the training cases (fit_box_half_extents)")
     ap.add_argument("--quick", action="store_true", help="score every third validation case, heat-map only")
     ap.add_argument("--install", action="store_true")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    meta, images, heat, known = heatmap_set(a.cache, a.data)
+    meta, images, heat, known, targets, affines = heatmap_set(a.cache, a.data)
     train_ids = [n for n, s in enumerate(meta["splits"]) if s == "train"]
     a.out.mkdir(parents=True, exist_ok=True)
     net = train(images, heat, known, train_ids, steps=a.steps, minutes=a.minutes, crop=a.crop, width=a.width,
-                lr=a.lr, fg_weight=a.fg_weight, init=a.init, run_dir=a.out, log=lambda s: print(s, flush=True))
+                lr=a.lr, fg_weight=a.fg_weight, init=a.init, run_dir=a.out, cut_prob=a.cut_prob, targets=targets,
+                affines=affines, log=lambda s: print(s, flush=True))
     path = a.out / "heatmap_openkbp.onnx"
     err = export(net, path, images.shape[1:])
     card = {"name": "heatmap_openkbp", "engine": "locate", "organs": meta["organs"], "grid": list(GRID),
@@ -261,12 +368,17 @@ def main(argv=None):
             "training": {"data": "OpenKBP training split", "steps": net.steps_done, "crop": a.crop,
                          "width": a.width, "lr": a.lr, "batch": 1,
                          "loss": "L2, voxel weight 1 + fg_weight * target, uncontoured organs masked",
-                         "fg_weight": a.fg_weight, "init": str(a.init) if a.init else None}}
+                         "fg_weight": a.fg_weight, "cut_prob": a.cut_prob,
+                         "init": str(a.init) if a.init else None}}
     path.with_suffix(".json").write_text(json.dumps(card, indent=1))
     fit_cases = Dataset(a.data).split("train")[::5]
-    card["box_half_extent_mm"] = fit_box_half_extents(path, a.data, fit_cases)
+    card["tau"], card["tau_fit"] = fit_presence_threshold(path, a.data, fit_cases)
+    card["tau_fit"]["cases"] = f"every fifth training case ({len(fit_cases)}), whole and cut"
+    path.with_suffix(".json").write_text(json.dumps(card, indent=1))
+    print(f"presence threshold {card['tau']}: {card['tau_fit']}", flush=True)
+    card["box_half_extent_mm"] = fit_box_half_extents(path, a.data, fit_cases, case_quantile=a.box_quantile)
     card["box_fit"] = {"cases": f"every fifth training case ({len(fit_cases)})", "voxel_quantile": 0.995,
-                       "case_quantile": 0.9}
+                       "case_quantile": a.box_quantile}
     path.with_suffix(".json").write_text(json.dumps(card, indent=1))
     cases = Dataset(a.data).split("validation")
     if a.quick:
