@@ -181,6 +181,25 @@ def test_a_few_training_steps_then_export_matches_onnxruntime(tmp_path):
     assert state["step"] in (2, 3)
     err = export(net, tmp_path / "m.onnx")
     assert err < 2e-3
+    # a new run goes on from the shipped (folded) ONNX model: batch norms frozen, weights as exported at step 0
+    run2 = tmp_path / "run2"
+    with pytest.raises(ValueError, match="freeze_batchnorm"):
+        train(cache, run2, settings, PatchPlan(size=(16, 16, 16)), init=tmp_path / "m.onnx")
+    import shutil
+    shutil.rmtree(run2, ignore_errors=True)
+    frozen = Cnn3dSettings(steps=2, val_every=2, width=8, threads=1, freeze_batchnorm=True)
+    train(cache, run2, frozen, PatchPlan(size=(16, 16, 16)), init=tmp_path / "m.onnx")
+    first = torch.load(run2 / "last.pt", weights_only=False)["state"]["history"][0]
+    assert first["warm_start_from"].endswith("m.onnx") and first["onnx_parity"] < 1e-4
+    # the folded batch norms stayed shifts (statistics untouched by training), and a resume keeps them frozen
+    net2, meta2, _ = load_run(run2, "last.pt")
+    assert meta2["settings"]["freeze_batchnorm"]
+    shifts = [m for m in net2.modules() if isinstance(m, torch.nn.BatchNorm3d)]
+    assert all(float(m.running_mean.abs().max()) == 0 for m in shifts)
+    train(cache, run2, Cnn3dSettings(steps=3, val_every=2, width=8, threads=1), PatchPlan(size=(16, 16, 16)))
+    assert json.loads((run2 / "settings.json").read_text())["settings"]["freeze_batchnorm"]
+    net3, _, _ = load_run(run2, "last.pt")
+    assert all(float(m.running_mean.abs().max()) == 0 for m in net3.modules() if isinstance(m, torch.nn.BatchNorm3d))
 
 
 def test_partial_loss_still_pushes_an_organ_whose_probability_is_tiny():

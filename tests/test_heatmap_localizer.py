@@ -117,3 +117,55 @@ def test_cut_sample_targets_the_remaining_part_and_zero_for_an_organ_cut_away():
     assert heat[1].max() > 0.9
     # the image is the cut stretched: organ 1's HU fill the first half of the slices
     assert (img[17, 9, :14] > 0).all() and (img[17, 9, 21:] < -500).all()
+
+
+def test_organ_cut_removes_one_organ_wholly_and_keeps_enough_slices():
+    """Cuts that take an organ out of the field of view (a scan starting in the neck): every slice of the organ
+    is gone, the cut ends 1..max_gap slices from it, and at least min_slices remain; None when none fits."""
+    from organscope.training.train_heatmap import organ_cut
+
+    target = np.ones((8, 8, 100), np.uint8)
+    target[2:4, 2:4, 10:20] = 2    # organ 0 near the bottom: only the part above it can be kept
+    target[4:6, 4:6, 50:60] = 3    # organ 1 in the middle: either side
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(60):
+        start, n = organ_cut(target, np.array([True, True]), rng, min_slices=24, max_gap=6)
+        kept = target[:, :, start:start + n]
+        gone = [o for o in (2, 3) if not (kept == o).any()]
+        assert n >= 24 and len(gone) >= 1
+        seen.add((start == 0, tuple(gone)))
+        gaps = []
+        for o in gone:  # the organ chosen ends 1..6 slices from the cut (others beyond it go too)
+            ks = np.flatnonzero((target == o).any(axis=(0, 1)))
+            gaps.append(start - ks.max() - 1 if start > 0 else ks.min() - n)  # slices dropped between
+        assert any(1 <= g <= 6 for g in gaps), gaps
+    assert (False, (2,)) in seen and (True, (3,)) in seen and (False, (2, 3)) in seen
+    # an uncontoured organ is never the one cut away; a case with no organ that allows a cut gives None
+    assert organ_cut(target, np.array([False, False]), rng) is None
+    short = target[:, :, 5:30]
+    assert organ_cut(short, np.array([True, False]), rng, min_slices=24) is None
+
+
+def test_false_peaks_weigh_more_with_fp_weight():
+    """heatmap_loss: a false peak (prediction high, target 0) pulls harder with fp_weight, a missed peak as hard
+    as before relative to the rest, and an uncontoured organ not at all."""
+    torch = pytest.importorskip("torch")
+    from organscope.training.train_heatmap import heatmap_loss
+
+    target = torch.zeros(1, 2, 8, 8, 8)
+    target[0, 0, 2, 2, 2] = 1.0                     # organ 0's peak, which the prediction misses
+    pred = torch.zeros(1, 2, 8, 8, 8)
+    pred[0, 0, 6, 6, 6] = 0.8                       # ... and puts elsewhere
+    pred[0, 1, 4, 4, 4] = 0.9                       # organ 1: uncontoured, anything goes
+    mask = torch.tensor([1.0, 0.0])[None, :, None, None, None]
+
+    def grads(fp):
+        p = pred.clone().requires_grad_(True)
+        heatmap_loss(p, target, mask, fg_weight=20.0, fp_weight=fp).backward()
+        return p.grad[0]
+
+    g0, g1 = grads(0.0), grads(20.0)
+    ratio = lambda g: float(g[0, 6, 6, 6] / -g[0, 2, 2, 2])  # false peak's pull against the missed peak's
+    assert ratio(g1) > 10 * ratio(g0) > 0
+    assert float(g0[1].abs().max()) == 0 and float(g1[1].abs().max()) == 0

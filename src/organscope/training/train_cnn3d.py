@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from .cnn3d_data import N_SPECIAL, PatchPlan, PatchSampler, windows_torch
 from .cnn3d_net import Cnn3dNet
 from .loop import open_run, run_loop
+from .onnx_weights import freeze_batchnorm, load_onnx_weights
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,9 @@ class Cnn3dSettings:
     val_cases: int = 11  # every third validation case while training; the shipped model is scored on all 33
     seed: int = 0
     threads: int = 2
+    #: batch norms keep their loaded statistics (set for a start from a shipped ONNX model, whose batch norms
+    #: are folded into the convolutions: `onnx_weights`)
+    freeze_batchnorm: bool = False
 
 
 #: cross-entropy weight of organ voxels; 1 until step 11000 of the shipped run, 10 after it (see cnn3d_revive)
@@ -129,10 +133,17 @@ def train(cache: Path, run_dir: Path, settings: Cnn3dSettings, plan: PatchPlan =
     opt = torch.optim.Adam(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
 
     def warm_start(net) -> dict:
+        if init.suffix == ".onnx":  # a shipped model (its training checkpoint gone): batch norms folded
+            if not settings.freeze_batchnorm:
+                raise ValueError("A start from an ONNX model needs freeze_batchnorm (its batch norms are folded).")
+            return {"warm_start_from": str(init), "onnx_parity": load_onnx_weights(net, init)}
         ck = torch.load(init, weights_only=False)
         net.load_state_dict(ck["net"])
         return {"warm_start_from": str(init), "from_step": ck["state"]["step"], "from_history": ck["state"]["history"]}
 
+    earlier = run_dir / "settings.json"
+    if earlier.exists() and json.loads(earlier.read_text())["settings"].get("freeze_batchnorm"):
+        settings = replace(settings, freeze_batchnorm=True)  # a run started from ONNX weights stays frozen
     state = open_run(net, opt, run_dir, warm_start if init is not None else None)
     (run_dir / "settings.json").write_text(json.dumps({"settings": asdict(settings), "plan": asdict(plan),
                                                        "organs": meta["organs"]}, indent=1))
@@ -140,6 +151,8 @@ def train(cache: Path, run_dir: Path, settings: Cnn3dSettings, plan: PatchPlan =
     rng = np.random.default_rng(settings.seed + 1 + state["step"])
 
     def batch_loss() -> torch.Tensor:
+        if settings.freeze_batchnorm:
+            freeze_batchnorm(net)
         ids = rng.choice(train_ids, settings.batch_size, replace=False)
         x, y = sampler.sample(ids)
         return partial_loss(net(x), y, torch.from_numpy(contoured[ids]))
@@ -153,11 +166,18 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description="Train the cnn3d network (resumes from RUN/last.pt).")
     ap.add_argument("--cache", type=Path, required=True)
     ap.add_argument("--run", type=Path, required=True)
-    ap.add_argument("--init", type=Path, help="warm-start a new run from this checkpoint's weights")
+    ap.add_argument("--init", type=Path, help="warm-start a new run from this checkpoint's (.pt) or shipped "
+                    "model's (.onnx) weights")
     for f, v in asdict(Cnn3dSettings()).items():
-        ap.add_argument(f"--{f.replace('_', '-')}", type=type(v), default=v)
+        if isinstance(v, bool):
+            ap.add_argument(f"--{f.replace('_', '-')}", action="store_true", default=v)
+        else:
+            ap.add_argument(f"--{f.replace('_', '-')}", type=type(v), default=v)
     a = ap.parse_args(argv)
     s = Cnn3dSettings(**{f: getattr(a, f) for f in asdict(Cnn3dSettings())})
+    if a.init is not None and a.init.suffix == ".onnx" and not s.freeze_batchnorm:
+        s = replace(s, freeze_batchnorm=True)
+        print("starting from an ONNX model: batch norms frozen (--freeze-batchnorm)", flush=True)
     train(a.cache, a.run, s, init=a.init)
 
 

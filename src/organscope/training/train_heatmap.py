@@ -24,6 +24,7 @@ from ..geometry import canonical_transform, oriented_affine, scale_affine
 from ..localize.heatmap import GRID, SIGMA2_MM2, TAU, gaussian_heatmap
 from .cnn3d_data import N_SPECIAL
 from .cnn3d_net import Cnn3dNet
+from .onnx_weights import freeze_batchnorm, load_onnx_weights
 
 
 class HeatmapNet(Cnn3dNet):
@@ -85,6 +86,28 @@ def cut_sample(image, target, affine, start: int, slices: int, heat_shape, n_org
     return img, heat
 
 
+def organ_cut(target, known, rng, min_slices: int = 24, max_gap: int = 6):
+    """(start, slices) of a cut along axis 2 that removes one organ wholly: all slices from 1..max_gap past one
+    end of a random contoured organ onwards are dropped (or all before it), the rest kept if it is at least
+    `min_slices` long; None when no organ of the case allows one. Clinical scans often start or end inside the
+    neck, so the heat-map network must learn that an organ outside the field of view has no peak."""
+    t = np.asarray(target)
+    organs = [o for o in np.flatnonzero(known) if (t == o + N_SPECIAL).any()]
+    rng.shuffle(organs)
+    n = t.shape[2]
+    for o in organs:
+        ks = np.flatnonzero((t == o + N_SPECIAL).any(axis=(0, 1)))
+        gap = int(rng.integers(1, max_gap + 1))
+        sides = [("after", ks.max() + gap), ("before", ks.min() - gap)]
+        rng.shuffle(sides)
+        for side, k in sides:
+            if side == "after" and n - (k + 1) >= min_slices:
+                return int(k + 1), int(n - k - 1)
+            if side == "before" and k >= min_slices:
+                return 0, int(k)
+    return None
+
+
 #: L2 weight of a voxel: 1 + fg_weight * target. With the paper's plain L2 (0) a first 1200-step run from scratch
 #: learnt to output ~0 everywhere (an organ's Gaussian covers ~30 of the 262,144 coarse voxels, so zero is almost
 #: optimal). Weighting the voxels near a centroid makes missing a peak costly; too high a weight makes broad
@@ -92,25 +115,29 @@ def cut_sample(image, target, affine, start: int, slices: int, heat_shape, n_org
 FG_WEIGHT = 20.0
 
 
-def _freeze_batchnorm(net: torch.nn.Module) -> None:
-    """Keep the running statistics of a pretrained network (batches of one whole scan would replace them)."""
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm3d):
-            m.eval()
+def heatmap_loss(pred, target, mask, fg_weight: float = FG_WEIGHT, fp_weight: float = 0.0):
+    """Weighted L2 over (batch, organs, *grid); mask (batch, organs, 1, 1, 1): 0 for an uncontoured organ. A
+    voxel weighs 1 + fg_weight * target (a missed peak is costly) + fp_weight * prediction (a false peak is:
+    an organ cut away, or a look-alike elsewhere, which the target-only weight barely charges since its target
+    is 0 there); the weight itself is not differentiated."""
+    w = mask * (1.0 + fg_weight * target + fp_weight * pred.detach().clamp(0, 1))
+    return (((pred - target) ** 2) * w).sum() / (w.sum() + 1e-6)
 
 
 def train(images, heat, known, train_ids, *, steps: int, minutes: float = 1e9, crop: int = 96, width: int = 16,
           lr: float = 5e-4, seed: int = 0, fg_weight: float = FG_WEIGHT, init: Path | None = None,
           run_dir: Path | None = None, cut_prob: float = 0.0, targets=None, affines=None, min_slices: int = 40,
-          log=print) -> HeatmapNet:
+          organ_cut_share: float = 0.0, fp_weight: float = 0.0, log=print) -> HeatmapNet:
     """images: (cases, D, H, W) HU on the input grid; heat: (cases, organs, D/2, H/2, W/2) targets. One random
     crop (crop^3 voxels of the input grid, at even offsets, so that the targets crop exactly) per step; the
     learning rate decays over whichever runs out first, steps or minutes. `init`: a cnn3d checkpoint of the
-    same width, every weight but the last layer's copied, batch-norm statistics kept (or a heat-map checkpoint:
-    every weight). `run_dir`: resume from and checkpoint to run_dir/last.pt every 100 steps. `cut_prob`: the
+    same width, every weight but the last layer's copied, batch-norm statistics kept (or a heat-map checkpoint,
+    or a shipped heat-map ONNX model, `onnx_weights`: every weight). `run_dir`: resume from and checkpoint to run_dir/last.pt every 100 steps. `cut_prob`: the
     fraction of steps on a scan cut to `min_slices`..all slices (`cut_sample`; needs `targets` and `affines`):
     a network trained on whole head-and-neck scans only put a 'mandible' at peak 0.63 in a scan cut 28 slices
-    below it, stretched to the grid."""
+    below it, stretched to the grid; 800 steps of random cuts left it at 0.61, as few random windows cut an organ
+    away. `organ_cut_share`: the fraction of those cuts made to remove one organ wholly (`organ_cut`).
+    `fp_weight`: the weight of voxels by their predicted value (false peaks)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     net = HeatmapNet(heat.shape[1], width=width)
@@ -118,7 +145,9 @@ def train(images, heat, known, train_ids, *, steps: int, minutes: float = 1e9, c
     # first ~1500 steps (all a CPU run had) reaching the all-zero output, whose peaks are then noise
     torch.nn.init.zeros_(net.head[2].weight)
     torch.nn.init.zeros_(net.head[2].bias)
-    if init is not None:
+    if init is not None and Path(init).suffix == ".onnx":  # a shipped heat-map model: go on from it
+        log(f"weights from {init} (largest difference to its ONNX output {load_onnx_weights(net, Path(init)):.1e})")
+    elif init is not None:
         own = net.state_dict()
         src = torch.load(init, weights_only=False)["net"]
         own.update({k: v for k, v in src.items() if k in own and own[k].shape == v.shape})
@@ -143,21 +172,22 @@ def train(images, heat, known, train_ids, *, steps: int, minutes: float = 1e9, c
             g["lr"] = lr * (1 - min(done, 0.999)) ** 0.9
         net.train()
         if init is not None:
-            _freeze_batchnorm(net)
+            freeze_batchnorm(net)  # a pretrained network's statistics (batches of one scan would replace them)
         n = int(rng.choice(train_ids))
         img, h_n = images[n], heat[n]
         if cut_prob and rng.random() < cut_prob:
-            k = int(rng.integers(min(min_slices, size[2]), size[2] + 1))
-            img, h_n = cut_sample(images[n], targets[n], affines[n], int(rng.integers(0, size[2] - k + 1)), k,
-                                  heat.shape[2:], heat.shape[1])
+            window = organ_cut(targets[n], known[n], rng) if rng.random() < organ_cut_share else None
+            if window is None:
+                k = int(rng.integers(min(min_slices, size[2]), size[2] + 1))
+                window = (int(rng.integers(0, size[2] - k + 1)), k)
+            img, h_n = cut_sample(images[n], targets[n], affines[n], *window, heat.shape[2:], heat.shape[1])
         o = (rng.integers(0, (size - crop_v) // 2 + 1) * 2).astype(int)
         sl = tuple(slice(a, a + c) for a, c in zip(o, crop_v))
         sl2 = tuple(slice(a // 2, (a + c) // 2) for a, c in zip(o, crop_v))
         xb = torch.from_numpy(windows(np.asarray(img[sl], np.float32))[None])
         hb = torch.from_numpy(np.asarray(h_n[(slice(None),) + sl2], np.float32)[None])
         mask = torch.from_numpy(np.asarray(known[n])).float()[None, :, None, None, None]
-        w = mask * (1.0 + fg_weight * hb)
-        loss = (((net(xb) - hb) ** 2) * w).sum() / (w.sum() + 1e-6)
+        loss = heatmap_loss(net(xb), hb, mask, fg_weight, fp_weight)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -345,8 +375,12 @@ def main(argv=None):
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--fg-weight", type=float, default=FG_WEIGHT)
-    ap.add_argument("--init", type=Path, default=None, help="cnn3d checkpoint to start from (same --width)")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="cnn3d or heat-map checkpoint (.pt), or a shipped heat-map model (.onnx), to start from")
     ap.add_argument("--cut-prob", type=float, default=0.5, help="fraction of steps on a scan cut short (cut_sample)")
+    ap.add_argument("--organ-cut-share", type=float, default=0.5,
+                    help="fraction of the cuts made to remove one organ wholly (organ_cut)")
+    ap.add_argument("--fp-weight", type=float, default=FG_WEIGHT, help="L2 weight of voxels by predicted value")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--box-quantile", type=float, default=0.95,
                     help="box half-extents: this quantile over the training cases (fit_box_half_extents)")
@@ -359,7 +393,8 @@ def main(argv=None):
     a.out.mkdir(parents=True, exist_ok=True)
     net = train(images, heat, known, train_ids, steps=a.steps, minutes=a.minutes, crop=a.crop, width=a.width,
                 lr=a.lr, fg_weight=a.fg_weight, init=a.init, run_dir=a.out, cut_prob=a.cut_prob, targets=targets,
-                affines=affines, log=lambda s: print(s, flush=True))
+                affines=affines, organ_cut_share=a.organ_cut_share, fp_weight=a.fp_weight,
+                log=lambda s: print(s, flush=True))
     path = a.out / "heatmap_openkbp.onnx"
     err = export(net, path, images.shape[1:])
     card = {"name": "heatmap_openkbp", "engine": "locate", "organs": meta["organs"], "grid": list(GRID),
@@ -367,9 +402,13 @@ def main(argv=None):
             "sigma2_mm2": SIGMA2_MM2, "tau": TAU, "box_margin_mm": 10.0, "onnx_parity_max_abs_diff": err,
             "training": {"data": "OpenKBP training split", "steps": net.steps_done, "crop": a.crop,
                          "width": a.width, "lr": a.lr, "batch": 1,
-                         "loss": "L2, voxel weight 1 + fg_weight * target, uncontoured organs masked",
-                         "fg_weight": a.fg_weight, "cut_prob": a.cut_prob,
+                         "loss": "L2, voxel weight 1 + fg_weight * target + fp_weight * prediction (not "
+                                 "differentiated), uncontoured organs masked",
+                         "fg_weight": a.fg_weight, "fp_weight": a.fp_weight, "cut_prob": a.cut_prob,
+                         "organ_cut_share": a.organ_cut_share,
                          "init": str(a.init) if a.init else None}}
+    if a.init is not None and a.init.suffix == ".onnx" and a.init.with_suffix(".json").exists():
+        card["training"]["init_training"] = json.loads(a.init.with_suffix(".json").read_text()).get("training")
     path.with_suffix(".json").write_text(json.dumps(card, indent=1))
     fit_cases = Dataset(a.data).split("train")[::5]
     card["tau"], card["tau_fit"] = fit_presence_threshold(path, a.data, fit_cases)
