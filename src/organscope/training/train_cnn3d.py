@@ -159,6 +159,7 @@ def train(cache: Path, run_dir: Path, settings: Cnn3dSettings, plan: PatchPlan =
 
     return run_loop(net, opt, state, run_dir, steps=settings.steps, seconds=settings.hours * 3600, lr=settings.lr,
                     val_every=settings.val_every, batch_loss=batch_loss, names=meta["organs"],
+                    validate_first=init is not None,  # a warm start's own weights are a candidate for best.pt
                     validate=lambda: validate(net, images, targets, contoured, val_ids))
 
 
