@@ -61,19 +61,24 @@ def export(net: Cnn3dNet, out_path: Path, *, atol: float = 1e-2) -> float:
 
 
 def validate(onnx_path: Path, card: dict, data_root: Path, cases, work: Path, offsets=None,
-             variants=(False, True)) -> dict:
+             variants=(False, True), threads: int | None = None, without_offsets: bool = True) -> dict:
     """Segment every case with the engine (with and without the largest-component step, and with and without
-    the logit offsets when given) and score each. Writes the card beside the model (the engine reads it)."""
+    the logit offsets when given; only with them if not `without_offsets`) and score each. Writes the card
+    beside the model (the engine reads it)."""
     from ..engines.cnn3d import Cnn3dEngine
 
+    choices = [None] if offsets is None else [[float(v) for v in offsets]]
+    if offsets is not None and without_offsets:
+        choices.insert(0, None)
     results = {}
-    for off in ([None] if offsets is None else [None, [float(v) for v in offsets]]):
+    for off in choices:
         for lcc in variants:
             c = dict(card, largest_component=lcc, logit_offsets=off)
             card_path = onnx_path.with_suffix(".json")
             card_path.write_text(json.dumps(c, indent=1))
             key = f"lcc={int(lcc)} offsets={int(off is not None)}"
-            r = score_engine(Cnn3dEngine(onnx_path), cases, data_root, work / key.replace(" ", "_"), quiet=True)
+            r = score_engine(Cnn3dEngine(onnx_path, threads=threads), cases, data_root, work / key.replace(" ", "_"),
+                             quiet=True)
             results[key] = {"largest_component": lcc, "logit_offsets": off, "mean": r["mean"],
                             "per_organ": r["per_organ"], "seconds_per_scan_median": r["median_seconds"]["total"]}
             print(f"{key}: mean Dice {r['mean']['dice']:.4f}", flush=True)
@@ -85,7 +90,6 @@ def finalize(run_dir: Path, data_root: Path, out_dir: Path, name: str = "cnn3d_o
     """`cache`: the training cache (`cnn3d_data.build_cache`), for fitting the logit offsets on every sixth
     training case; without it none are fitted."""
     net, run, state = load_run(run_dir, checkpoint)
-    ds = Dataset(data_root)
     organs = run["organs"]
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / f"{name}.onnx"
@@ -108,18 +112,25 @@ def finalize(run_dir: Path, data_root: Path, out_dir: Path, name: str = "cnn3d_o
                      "steps": state["step"], "minutes": round(state["elapsed_s"] / 60, 1),
                      "history": state["history"]},
     }
+    return validate_and_write_card(onnx_path, card, data_root, cache=cache, install=install)
+
+
+def validate_and_write_card(onnx_path: Path, card: dict, data_root: Path, *, cache: Path | None = None,
+                            install: bool = False, threads: int = 2) -> dict:
+    """Fit the logit offsets (with a cache), validate every variant with the engine, keep the best, write the
+    card beside the model and, with `install`, copy both into the package."""
     offsets = None
     if cache is not None:
-        samples = cached_samples(onnx_path, cache)
+        samples = cached_samples(onnx_path, cache, threads=threads)
         offsets = fit_offsets(samples, N_SPECIAL)
         card["logit_offsets_fit"] = {"cases": f"every sixth training case ({len(samples)})",
                                      "method": "one organ at a time, Dice on the network grid, two passes",
                                      "candidates": [float(CANDIDATES[0]), float(CANDIDATES[-1]), 0.25]}
         del samples
-    val_cases = ds.split("validation")
+    val_cases = Dataset(data_root).split("validation")
     t = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        results = validate(onnx_path, card, data_root, val_cases, Path(tmp), offsets)
+        results = validate(onnx_path, card, data_root, val_cases, Path(tmp), offsets, threads=threads)
     best = max(results.values(), key=lambda r: r["mean"]["dice"])
     card["largest_component"] = best["largest_component"]
     card["logit_offsets"] = best["logit_offsets"]
@@ -163,16 +174,30 @@ def _finished(run_dir: Path) -> bool:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Export, validate and write the card of a cnn3d training run.")
-    ap.add_argument("--run", type=Path, required=True)
+    ap = argparse.ArgumentParser(description="Export, validate and write the card of a cnn3d training run, or "
+                                             "refit the logit offsets and validation of an exported model.")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", type=Path, help="training run folder (settings.json, best.pt)")
+    src.add_argument("--model", type=Path, help="an exported model with its card (.json beside it), e.g. the "
+                                                "shipped one: copied to --out, offsets refitted, validated")
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--out", type=Path, default=Path("work/cnn3d/export"))
     ap.add_argument("--name", default="cnn3d_openkbp")
     ap.add_argument("--checkpoint", default="best.pt")
     ap.add_argument("--cache", type=Path, help="training cache: fit per-class logit offsets on its training cases")
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--install", action="store_true")
     a = ap.parse_args(argv)
-    finalize(a.run, a.data, a.out, a.name, checkpoint=a.checkpoint, install=a.install, cache=a.cache)
+    if a.run is not None:
+        finalize(a.run, a.data, a.out, a.name, checkpoint=a.checkpoint, install=a.install, cache=a.cache)
+        return
+    a.out.mkdir(parents=True, exist_ok=True)
+    onnx_path = a.out / f"{a.name}.onnx"
+    if a.model.resolve() != onnx_path.resolve():
+        shutil.copy2(a.model, onnx_path)
+    card = json.loads(a.model.with_suffix(".json").read_text())
+    card.pop("logit_offsets", None)  # validated afresh with and without them
+    validate_and_write_card(onnx_path, card, a.data, cache=a.cache, install=a.install, threads=a.threads)
 
 
 if __name__ == "__main__":

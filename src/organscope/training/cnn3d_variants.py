@@ -101,8 +101,8 @@ def main(argv=None):
     for name, path in variants.items():
         secs = network_seconds(path, x)
         with tempfile.TemporaryDirectory() as tmp:
-            res = validate(path, dict(card, largest_component=card.get("largest_component", False)), a.data,
-                           val_cases, Path(tmp), variants=(card.get("largest_component", False),))
+            res = validate(path, card, a.data, val_cases, Path(tmp), offsets=card.get("logit_offsets"),
+                           variants=(card.get("largest_component", False),), without_offsets=False)
         r = next(iter(res.values()))
         results[name] = {"network_seconds_128": round(secs, 3), "mean_dice": round(r["mean"]["dice"], 4),
                          "size_mb": round(path.stat().st_size / 1e6, 2),
