@@ -46,6 +46,18 @@ def test_resample_keeps_constants_and_averages_when_shrinking(rng):
     assert preprocess.resample(noise, (32, 8, 8)).std() < 0.6 * noise.std()
 
 
+def test_resample_gives_the_same_result_whatever_the_memory_order(rng):
+    # NIfTI scans arrive Fortran-ordered (memory-mapped as stored); flipped views have negative strides
+    vol = rng.integers(-1000, 2000, (37, 23, 51)).astype(np.int16)
+    ref = preprocess.resample(np.ascontiguousarray(vol), (16, 9, 20))
+    views = [np.asfortranarray(vol), vol.transpose(2, 0, 1).copy().transpose(1, 2, 0),
+             vol[::-1].copy()[::-1], np.asfortranarray(vol[:, ::-1])[:, ::-1]]
+    for v in views:
+        out = preprocess.resample(v, (16, 9, 20))
+        assert out.shape == (16, 9, 20) and out.dtype == np.float32 and out.flags.c_contiguous
+        np.testing.assert_array_equal(out, ref)
+
+
 def test_windows_match_their_definition():
     hu = np.array([-1000, -160, 40, 240, 1300, 3000], np.float32).reshape(1, 1, 6)
     w = preprocess.windows(hu)

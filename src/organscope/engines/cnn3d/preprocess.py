@@ -110,7 +110,15 @@ _KERNELS = (_resample_axis0, _resample_axis1, _resample_axis2)
 
 def resample(array: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     """Anti-aliased linear resampling of a 3D array to `shape`, same field of view (voxel edges aligned).
-    Reads the input in place, whatever its integer or float dtype and strides; returns float32."""
+    Reads the input in place, whatever its integer or float dtype and strides; returns float32.
+
+    The kernels run along the last axis innermost, so the input is first viewed with its axes in memory order
+    (no copy): a NIfTI scan is Fortran-ordered (memory-mapped as stored), and reading it with the last axis
+    innermost jumped a whole slice per voxel (4 s instead of 0.15 s for 512x512x300 -> 128^3 on 2 cores)."""
+    perm = np.argsort([-abs(s) for s in array.strides], kind="stable")
+    if array.ndim == 3 and tuple(perm) != (0, 1, 2):
+        small = resample(array.transpose(perm), tuple(int(shape[p]) for p in perm))
+        return np.ascontiguousarray(small.transpose(np.argsort(perm)))
     out = array
     # the axis that shrinks most goes first, so later passes touch fewer voxels
     order = np.argsort([n_out / n_in for n_in, n_out in zip(array.shape, shape)], kind="stable")
