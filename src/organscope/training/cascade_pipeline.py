@@ -6,6 +6,7 @@ each crop with its left-right mirror; the best setting goes in the card.
 
     python -m organscope.training.cascade_pipeline --runs work/cascade/run1_{group} --data ../shared/data/openkbp \
         --out work/cascade/export --cache work/cnn3d/cache [--install]
+    python -m organscope.training.cascade_pipeline --model src/organscope/models/cascade_openkbp.json ...  # refit
 """
 from __future__ import annotations
 
@@ -46,11 +47,9 @@ def finalize(runs: dict[str, Path], data_root: Path, out_dir: Path, name: str = 
              install: bool = False, cache: Path | None = None) -> dict:
     """`cache`: the training cache, for fitting each group's logit offsets on training crops (every sixth
     case); without it none are fitted."""
-    from ..engines.cascade import CascadeEngine
-
     ds = Dataset(data_root)
     out_dir.mkdir(parents=True, exist_ok=True)
-    groups, offsets = {}, {}
+    groups = {}
     for gname in GROUPS:
         net, run, state = load_group(runs[gname])
         onnx_path = out_dir / f"{name}_{gname}.onnx"
@@ -67,10 +66,6 @@ def finalize(runs: dict[str, Path], data_root: Path, out_dir: Path, name: str = 
         }
         print(f"{gname}: exported {onnx_path.name} ({onnx_path.stat().st_size / 1e6:.2f} MB), "
               f"crop {crop}, max |torch - ORT| = {err:.1e}", flush=True)
-        if cache is not None:
-            offsets[gname] = [float(v) for v in fit_offsets(
-                cached_samples(onnx_path, cache, group_organs=run["organs"], crop=crop), N_SPECIAL,
-                log=lambda m, g=gname: print(f"{g}: {m}", flush=True))]
     card = {
         "name": name, "engine": "cascade", "format": "onnx",
         # label values as the other engines give them: the dataset's organ order
@@ -85,8 +80,26 @@ def finalize(runs: dict[str, Path], data_root: Path, out_dir: Path, name: str = 
         "training_data": "OpenKBP (Babier et al. 2021), training split (170 cases); crops around the true group "
                          "boxes, centre jittered by up to 4 voxels, rotated up to 10 degrees, scaled 0.9-1.1",
     }
-    card_path = out_dir / f"{name}.json"
-    cases = ds.split("validation")
+    return choose_settings_and_write_card(card, out_dir, data_root, cache=cache, install=install)
+
+
+def choose_settings_and_write_card(card: dict, out_dir: Path, data_root: Path, *, cache: Path | None = None,
+                                   install: bool = False) -> dict:
+    """Fit each group's logit offsets on training crops (with a cache), score the engine on the validation cases
+    with each localiser x largest component x offsets (and mirror averaging on the best of those), keep the
+    best in the card (out_dir/<name>.json, the group networks beside it) and, with `install`, copy all into the
+    package."""
+    from ..engines.cascade import CascadeEngine
+
+    groups = card["groups"]
+    offsets = {}
+    if cache is not None:
+        for gname, spec in groups.items():
+            samples = cached_samples(out_dir / spec["file"], cache, group_organs=spec["organs"], crop=spec["crop"])
+            offsets[gname] = [float(v) for v in fit_offsets(samples, N_SPECIAL,
+                                                             log=lambda m, g=gname: print(f"{g}: {m}", flush=True))]
+    card_path = out_dir / f"{card['name']}.json"
+    cases = Dataset(data_root).split("validation")
     localizers = ["sparse_grid"] + (["heatmap"] if heatmap_available() else [])
     results = {}
 
@@ -156,15 +169,28 @@ def run_pipeline(args) -> int:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", required=True, help="run folder pattern with {group}, e.g. work/cascade/run1_{group}")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--runs", help="run folder pattern with {group}, e.g. work/cascade/run1_{group}")
+    src.add_argument("--model", type=Path, help="an exported cascade's card (its group networks beside it), e.g. "
+                                                "the shipped one: copied to --out, settings chosen afresh")
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--out", type=Path, default=Path("work/cascade/export"))
     ap.add_argument("--name", default="cascade_openkbp")
     ap.add_argument("--cache", type=Path, help="training cache: fit each group's logit offsets on its crops")
     ap.add_argument("--install", action="store_true")
     a = ap.parse_args(argv)
-    finalize({g: Path(a.runs.format(group=g)) for g in GROUPS}, a.data, a.out, a.name, install=a.install,
-             cache=a.cache)
+    if a.runs is not None:
+        finalize({g: Path(a.runs.format(group=g)) for g in GROUPS}, a.data, a.out, a.name, install=a.install,
+                 cache=a.cache)
+        return
+    card = json.loads(a.model.read_text())
+    a.out.mkdir(parents=True, exist_ok=True)
+    for spec in card["groups"].values():
+        shutil.copy2(a.model.parent / spec["file"], a.out / spec["file"])
+        spec.pop("logit_offsets", None)
+    for key in ("localizer", "largest_component", "mirror_tta", "validation", "logit_offsets_fit"):
+        card.pop(key, None)
+    choose_settings_and_write_card(card, a.out, a.data, cache=a.cache, install=a.install)
 
 
 if __name__ == "__main__":
