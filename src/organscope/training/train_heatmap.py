@@ -10,6 +10,7 @@ inside its box), presence errors and seconds per scan.
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import json
 import time
 from pathlib import Path
@@ -400,6 +401,9 @@ def main(argv=None):
     card = {"name": "heatmap_openkbp", "engine": "locate", "organs": meta["organs"], "grid": list(GRID),
             "input_grid": list(images.shape[1:]), "source_grid": list(images.shape[1:]),
             "sigma2_mm2": SIGMA2_MM2, "tau": TAU, "box_margin_mm": 10.0, "onnx_parity_max_abs_diff": err,
+            "date": _dt.date.today().isoformat(),
+            "network": "cnn3d network (factorised residual 3D U-Net, width 16) with one output per organ, averaged "
+                       "2x2x2 down to the 64^3 coarse grid; reads the scan on the cnn3d 128^3 grid (two CT windows)",
             "training": {"data": "OpenKBP training split", "steps": net.steps_done, "crop": a.crop,
                          "width": a.width, "lr": a.lr, "batch": 1,
                          "loss": "L2, voxel weight 1 + fg_weight * target + fp_weight * prediction (not "
