@@ -29,7 +29,7 @@ def small_set(tmp_path_factory):
     return data, root / "cache", [c["case"] for c in meta["cases"][1:]]
 
 
-def _unchanged(paths):
+def _contents(paths):
     return {p: p.read_bytes() for p in paths}
 
 
@@ -40,9 +40,9 @@ def test_cnn3d_refit_fits_offsets_and_keeps_the_best_variant(small_set, tmp_path
     if not model.exists():
         pytest.skip("no shipped cnn3d model")
     data, cache, val_cases = small_set
-    before = _unchanged([model, model.with_suffix(".json")])
+    before = _contents([model, model.with_suffix(".json")])
     main(["--model", str(model), "--data", str(data), "--cache", str(cache), "--out", str(tmp_path), "--threads", "2"])
-    assert _unchanged(before) == before
+    assert _contents(before) == before
     card = json.loads((tmp_path / "cnn3d_openkbp.json").read_text())
     assert (tmp_path / "cnn3d_openkbp.onnx").read_bytes() == before[model]
     v = card["validation"]
@@ -63,9 +63,9 @@ def test_cascade_refit_searches_localisers_offsets_and_mirroring(small_set, tmp_
     data, cache, val_cases = small_set
     shipped = json.loads(card_path.read_text())
     files = [card_path] + [MODELS_DIR / g["file"] for g in shipped["groups"].values()]
-    before = _unchanged(files)
+    before = _contents(files)
     main(["--model", str(card_path), "--data", str(data), "--cache", str(cache), "--out", str(tmp_path)])
-    assert _unchanged(files) == before
+    assert _contents(files) == before
     card = json.loads((tmp_path / "cascade_openkbp.json").read_text())
     search = card["validation"]["settings_search"]
     n_localizers = 2 if heatmap_available() else 1

@@ -114,7 +114,7 @@ def resample(array: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
 
     The kernels run along the last axis innermost, so the input is first viewed with its axes in memory order
     (no copy): a NIfTI scan is Fortran-ordered (memory-mapped as stored), and reading it with the last axis
-    innermost jumped a whole slice per voxel (4 s instead of 0.15 s for 512x512x300 -> 128^3 on 2 cores)."""
+    innermost jumped a whole slice per voxel (512x512x300 -> 128^3: 1.39 s, now 0.09 s; bench_cnn3d, 2 cores)."""
     perm = np.argsort([-abs(s) for s in array.strides], kind="stable")
     if array.ndim == 3 and tuple(perm) != (0, 1, 2):
         small = resample(array.transpose(perm), tuple(int(shape[p]) for p in perm))
