@@ -270,7 +270,7 @@ def print_ratios(ours: dict, peers: dict, quick: bool, peers_asked: bool, cnn3d_
         note = " on these figures, which do not count for the aim:" + note
     c = ok_ours.get("cnn3d")
     if c is None:
-        from organscope.engines.base import ENGINES
+        from organscope.engines.registry import ENGINES
 
         why = ("not registered in ENGINES yet" if "cnn3d" not in ENGINES else "not in --engines" if "cnn3d" not in ours else
                ours["cnn3d"].get("unavailable") or ours["cnn3d"].get("error", ""))
@@ -324,7 +324,7 @@ def main(argv=None) -> int:
         print(json.dumps(rec))
         return 0
 
-    from organscope.engines.base import ENGINES
+    from organscope.engines.registry import ENGINES
 
     sizes = dict(QUICK if args.quick else FULL)
     if args.repeats:

@@ -44,7 +44,8 @@ AIM_CLICK_US, AIM_BATCH_US, AIM_SEG_S, AIM_SEG_MIB = 150.0, 30.0, 3.0, 1536.0
 # ----------------------------------------------------------------------------------------------------------
 def resolve_model(arg: str | None) -> Path:
     """The .onnx path to use; exits with a clear message when the (shipped) model is missing."""
-    from organscope.engines.sparse.model import DEFAULT_MODEL, MODELS_DIR, model_paths
+    from organscope.engines.sparse.model import DEFAULT_MODEL, model_paths
+    from organscope.modelcard import MODELS_DIR
     from organscope.errors import ModelError
 
     try:
@@ -253,6 +254,7 @@ def child_segment(nii: Path, model: Path, threads: int) -> dict:
     import organscope as osc
     import organscope.api as api
     import organscope.engines.sparse.engine as eng_mod
+    from organscope import components
     from organscope.engines.sparse import refine
 
     rec: dict = {"rss_start_mib": C.current_rss_mib()}
@@ -286,10 +288,11 @@ def child_segment(nii: Path, model: Path, threads: int) -> dict:
     eng_mod.body_mask = timer.wrap("body_mask", saved["body_mask"], lambda *a, **k: "prepare")
     # disagreement filters: the first sweep's candidates, the re-checks around changed points, the full filter
     # inside majority smoothing (timed as 'majority', exclusive)
-    saved_refine = {n: getattr(refine, n) for n in ("first_candidates", "edges_near", "disagreement",
-                                                     "majority_smooth", "largest_components", "expand_into")}
-    for n, f in saved_refine.items():
-        setattr(refine, n, timer.wrap(n, f))
+    saved_refine = {(refine, n): getattr(refine, n) for n in ("first_candidates", "edges_near", "disagreement",
+                                                              "majority_smooth", "expand_into")}
+    saved_refine[(components, "largest_components")] = components.largest_components
+    for (mod, n), f in saved_refine.items():
+        setattr(mod, n, timer.wrap(n, f))
 
     def progress(msg: str, frac: float):
         timer.phase = f"level_{msg.split()[1].split('/')[0]}" if msg.startswith("level") else "finish"
@@ -301,8 +304,8 @@ def child_segment(nii: Path, model: Path, threads: int) -> dict:
         rec["segment_s"] = time.perf_counter() - t
     finally:
         eng_mod.Sampler.__call__, eng_mod.body_mask = saved["gather"], saved["body_mask"]
-        for n, f in saved_refine.items():
-            setattr(refine, n, f)
+        for (mod, n), f in saved_refine.items():
+            setattr(mod, n, f)
     rec["peak_rss_mib"] = C.peak_rss_mib()
     rec["peak_minus_loaded_mib"] = rec["peak_rss_mib"] - rec["rss_after_load_mib"]
     rec["timings_s"] = {k: float(v) for k, v in seg.timings_s.items()}
@@ -419,7 +422,8 @@ def print_header(info: dict, args, model: Path, scan_src: Path, sizes: dict, thr
           f"env: {info['env'] or 'none of ' + ', '.join(C.ENV_SHOWN)}")
     print(f"versions: python {info['python']}, numpy {info['numpy']}, numba {info['numba']}, "
           f"onnxruntime {info['onnxruntime']}, scipy {info['scipy']}")
-    from organscope.engines.sparse.model import DEFAULT_MODEL, MODELS_DIR
+    from organscope.engines.sparse.model import DEFAULT_MODEL
+    from organscope.modelcard import MODELS_DIR
 
     is_shipped = model.resolve() == (MODELS_DIR / f"{DEFAULT_MODEL}.onnx").resolve()
     shipped = "the shipped model" if is_shipped else "NOT the shipped model"

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from organscope.engines.sparse.model import DEFAULT_MODEL, MODELS_DIR
+from organscope.engines.sparse.model import DEFAULT_MODEL
+from organscope.modelcard import MODELS_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks" / "bench_sparse.py"
@@ -78,7 +79,7 @@ def test_bench_cnn3d_quick(tmp_path, synthetic_model_path):
     synthetic test model, named in the output) and the peers whose packages are installed (CI installs
     .[dev,train] only, so there the peers are skipped and the script must say which extra to install)."""
     pytest.importorskip("onnx")
-    from organscope.engines.base import ENGINES
+    from organscope.engines.registry import ENGINES
 
     args = [sys.executable, str(BENCH_CNN3D), "--quick", "--repeats", "1", "--cache", str(tmp_path / "cache"),
             "--json", str(tmp_path / "figures.json")]
@@ -88,7 +89,7 @@ def test_bench_cnn3d_quick(tmp_path, synthetic_model_path):
         args += ["--sparse-model", str(synthetic_model_path)]
     if "cnn3d" in engines:
         from organscope.engines.cnn3d.engine import DEFAULT_MODEL as CNN3D_MODEL
-        from organscope.engines.cnn3d.engine import MODELS_DIR as CNN3D_DIR
+        from organscope.modelcard import MODELS_DIR as CNN3D_DIR
 
         if not (CNN3D_DIR / f"{CNN3D_MODEL}.onnx").exists():
             from helpers import synthetic_cnn3d as syn3

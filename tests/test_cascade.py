@@ -12,16 +12,22 @@ import numpy as np
 import pytest
 
 from helpers import synthetic_cascade
-from organscope.engines.cascade.engine import N_BACKGROUND, CascadeEngine, merge_crop, mirror_permutation
+from organscope.engines.cascade.engine import N_BACKGROUND, merge_crop, mirror_permutation
 from organscope.engines.cascade.groups import crop_window, extract, overlap
-from organscope.engines.cnn3d import preprocess
-from organscope.engines.sparse.model import MODELS_DIR
+from organscope import grid as gridmod
+from organscope.engines.registry import get_engine
+from organscope.modelcard import MODELS_DIR
 from organscope.errors import InputError, ModelError
 from organscope.io import load_volume
 from organscope.volume import Volume
 
 SCAN = Path(__file__).resolve().parents[1] / "src" / "organscope" / "data" / "okbp_validation_222.nii.gz"
 needs_sparse = pytest.mark.skipif(not (MODELS_DIR / "sparse_openkbp.onnx").exists(), reason="no shipped sparse model")
+
+
+def cascade(model, **kw):
+    """The cascade engine as users get it: from the registry, which hands it its organ localisers."""
+    return get_engine("cascade", model=model, **kw)
 
 
 def test_crop_window_is_centred_rounded_to_16_and_at_least_the_training_crop():
@@ -81,14 +87,14 @@ def scan():
 
 @pytest.fixture(scope="module")
 def result(synthetic, scan):
-    eng = CascadeEngine(synthetic, threads=1)
+    eng = cascade(synthetic, threads=1)
     return eng, eng.segment(scan)
 
 
 @needs_sparse
 def test_labels_are_bone_inside_the_located_group_crops_only(result, scan):
     eng, seg = result
-    hu, gmap = preprocess.to_grid(scan, eng.grid)
+    hu, gmap = gridmod.to_grid(scan, eng.grid)
     crops = eng.group_boxes(eng.locate(scan, hu, gmap), gmap, eng.classes[1:])
     assert set(crops) == {"midline", "face", "neck"}
     inside = np.zeros(eng.grid, bool)
@@ -96,7 +102,7 @@ def test_labels_are_bone_inside_the_located_group_crops_only(result, scan):
         src, _ = overlap(eng.grid, start, size)
         inside[src] = True
     # what the engine should give on the grid: group first organs where bone, inside their crops
-    lab_grid = preprocess.to_grid(seg.labels, eng.grid)[0]
+    lab_grid = gridmod.to_grid(seg.labels, eng.grid)[0]
     assert set(np.unique(seg.labels.array)) <= {0, eng.class_id["brainstem"], eng.class_id["parotid_right"],
                                                eng.class_id["larynx"]}
     assert (seg.labels.array > 0).sum() > 100
@@ -108,12 +114,12 @@ def test_labels_are_bone_inside_the_located_group_crops_only(result, scan):
 @needs_sparse
 def test_an_organ_cut_out_of_the_scan_stays_absent(synthetic, scan, result):
     eng, _ = result
-    hu, gmap = preprocess.to_grid(scan, eng.grid)
+    hu, gmap = gridmod.to_grid(scan, eng.grid)
     larynx = eng.locate(scan, hu, gmap)["larynx"]
     low = larynx.box_voxels[1][2] + 5  # OpenKBP axis 2 runs superior -> inferior: keep what lies below the larynx
     cut = Volume(np.ascontiguousarray(scan.array[:, :, low:]),
                  scan.affine @ np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, low], [0, 0, 0, 1.0]]))
-    seg = CascadeEngine(synthetic, threads=1).segment(cut)
+    seg = cascade(synthetic, threads=1).segment(cut)
     for organ in ("brainstem", "parotid_right"):
         assert not (seg.labels.array == eng.class_id[organ]).any(), organ
 
@@ -124,15 +130,15 @@ def test_a_flipped_copy_gives_the_same_world_map(synthetic, scan, result):
     flip = np.diag([-1.0, 1, 1, 1])
     flip[0, 3] = scan.shape[0] - 1
     flipped = Volume(np.ascontiguousarray(scan.array[::-1]), scan.affine @ flip)
-    seg2 = CascadeEngine(synthetic, threads=1).segment(flipped)
+    seg2 = cascade(synthetic, threads=1).segment(flipped)
     np.testing.assert_array_equal(seg2.labels.array[::-1], seg.labels.array)
 
 
 def test_mirror_tta_averages_with_the_mirrored_run_and_swaps_left_and_right(tmp_path, synthetic, rng):
     """The synthetic networks are pointwise: mirroring the crop changes nothing for the midline group, and in the
     face group it moves parotid_right's probability (the bone rule) onto parotid_left, so the two get its mean."""
-    plain = CascadeEngine(synthetic, threads=1)
-    mirrored = CascadeEngine(synthetic_cascade.write_model(tmp_path, mirror_tta=True), threads=1)
+    plain = cascade(synthetic, threads=1)
+    mirrored = cascade(synthetic_cascade.write_model(tmp_path, mirror_tta=True), threads=1)
     x = rng.random((2, 16, 16, 32), dtype=np.float32)
     np.testing.assert_allclose(mirrored.group_probabilities("midline", x), plain.group_probabilities("midline", x),
                                atol=1e-6)
@@ -144,35 +150,35 @@ def test_mirror_tta_averages_with_the_mirrored_run_and_swaps_left_and_right(tmp_
 
 @needs_sparse
 def test_an_organ_subset_runs_only_its_groups(synthetic, scan):
-    seg = CascadeEngine(synthetic, threads=1).segment(scan, organs=["brainstem"])
+    seg = cascade(synthetic, threads=1).segment(scan, organs=["brainstem"])
     assert set(seg.names.values()) == {"brainstem"}
     assert set(np.unique(seg.labels.array)) == {0, 1}
     assert set(seg.timings_s) >= {"group_midline"} and "group_face" not in seg.timings_s
 
 
 def test_bad_input_and_bad_cards_are_clear_errors(synthetic, tmp_path, scan):
-    eng = CascadeEngine(synthetic, threads=1)
+    eng = cascade(synthetic, threads=1)
     bad = Volume(np.full((20, 20, 20), np.nan, np.float32), np.eye(4))
     with pytest.raises(InputError, match="NaN"):
         eng.segment(bad)
     with pytest.raises(InputError, match="no organ"):
         eng.segment(scan, organs=["liver"])
     with pytest.raises(ModelError, match="not found"):
-        CascadeEngine(tmp_path / "nothing.json")
+        cascade(tmp_path / "nothing.json")
     card = json.loads(synthetic.read_text())
     (tmp_path / "broken.json").write_text(json.dumps({k: v for k, v in card.items() if k != "groups"}))
     with pytest.raises(ModelError, match="malformed"):
-        CascadeEngine(tmp_path / "broken.json")
+        cascade(tmp_path / "broken.json")
     with pytest.raises(ModelError, match="localiser"):
-        CascadeEngine(synthetic, localizer="guess")
+        cascade(synthetic, localizer="guess")
     (tmp_path / "classes.json").write_text(json.dumps(dict(card, classes=["background", "brainstem", "liver"])))
     with pytest.raises(ModelError, match="classes"):
-        CascadeEngine(tmp_path / "classes.json")
+        cascade(tmp_path / "classes.json")
 
 
 def test_shipped_model_labels_organs_like_the_other_engines():
     from organscope.engines.cnn3d.engine import DEFAULT_MODEL as CNN3D_MODEL
-    from organscope.engines.onnx_models import MODELS_DIR as DIR
+    from organscope.modelcard import MODELS_DIR as DIR
 
     if not (DIR / "cascade_openkbp.json").exists() or not (DIR / f"{CNN3D_MODEL}.json").exists():
         pytest.skip("no shipped cascade or cnn3d model")

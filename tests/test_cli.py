@@ -128,7 +128,7 @@ def test_models_lists_shipped_cards(capsys):
     assert rc == 0 and err == ""
     import json
 
-    from organscope.engines.onnx_models import MODELS_DIR
+    from organscope.modelcard import MODELS_DIR
 
     lines = out.splitlines()
     assert len(lines) == len(list(MODELS_DIR.glob("*.json")))

@@ -15,7 +15,7 @@ import pytest
 import organscope
 from organscope import api
 from organscope.cli import main
-from organscope.engines.base import Segmentation
+from organscope.segmentation import Segmentation
 from organscope.errors import InputError
 from organscope.io import load_labels, load_volume
 from organscope.outputs import read_dicom_seg, write_dicom_seg

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from helpers.golden import DATA, engine_dice
-from organscope.engines.base import ENGINES
+from organscope.engines.registry import ENGINES
 
 TOLERANCE = 0.02
 MODELS = {"cnn3d": "cnn3d_openkbp.onnx", "slice2d": "slice2d_openkbp.json", "cascade": "cascade_openkbp.json"}
@@ -14,7 +14,7 @@ MODELS = {"cnn3d": "cnn3d_openkbp.onnx", "slice2d": "slice2d_openkbp.json", "cas
 
 @pytest.mark.parametrize("engine", sorted(MODELS))
 def test_shipped_model_reaches_recorded_accuracy(engine):
-    from organscope.engines.sparse.model import MODELS_DIR
+    from organscope.modelcard import MODELS_DIR
 
     golden_path = DATA / f"golden_{engine}.json"
     if engine not in ENGINES or not (MODELS_DIR / MODELS[engine]).exists() or not golden_path.exists():

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from organscope.datasets import Dataset
-from organscope.engines.sparse.model import MODELS_DIR
+from organscope.modelcard import MODELS_DIR
 
 DATA = Path(__file__).parent / "data" / "openkbp"
 GOLDEN = DATA / "golden_sparse.json"

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from organscope.engines.sparse.model import MODELS_DIR
+from organscope.modelcard import MODELS_DIR
 from organscope.io import load_labels, load_volume
 from organscope.volume import Volume
 
@@ -28,15 +28,15 @@ def scan():
 @pytest.fixture(scope="module", params=["sparse_grid", "heatmap"])
 def locate_fn(request):
     """Each localiser as a function volume -> {organ: OrganLocation}; the heat-map one when its model ships."""
+    from organscope.engines.registry import get_localizer
+
     if request.param == "heatmap":
-        from organscope.localize.heatmap import DEFAULT_MODEL, MODELS_DIR as HEATMAP_DIR, HeatmapLocalizer
+        from organscope.localize.heatmap import DEFAULT_MODEL
+        from organscope.modelcard import MODELS_DIR
 
-        if not (HEATMAP_DIR / f"{DEFAULT_MODEL}.onnx").exists():
+        if not (MODELS_DIR / f"{DEFAULT_MODEL}.onnx").exists():
             pytest.skip("no shipped heat-map model")
-        return HeatmapLocalizer(threads=2).locate
-    from organscope.localize.sparse_grid import locate
-
-    return locate
+    return get_localizer(request.param, threads=2).locate
 
 
 @pytest.fixture(scope="module")

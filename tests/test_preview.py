@@ -10,7 +10,7 @@ from PIL import Image
 
 import organscope
 from organscope.cli import main
-from organscope.engines.base import Segmentation
+from organscope.segmentation import Segmentation
 from organscope.io import load_labels, load_volume
 from organscope.organs import OPENKBP, get_organ
 from organscope.outputs import render_preview

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from helpers import synthetic as syn
-from organscope.engines.base import Segmentation
+from organscope.segmentation import Segmentation
 from organscope.errors import InputError, ModelError
 from organscope.organs import OPENKBP
 from organscope.postprocess import Rule, RuleSet, apply_priors, apply_priors_array, evaluate_rules, load_rules

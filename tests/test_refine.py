@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from organscope.components import largest_components
 from organscope.engines.sparse import refine
 
 
@@ -116,7 +117,7 @@ def test_largest_components_keeps_biggest_blob_per_label():
     g[14, 14, 14] = 3           # two touching diagonally (26-connected) -> one component, kept
     g[15, 15, 15] = 3
     g[18, 18, 1] = 3            # smaller component of label 3 -> removed
-    out = refine.largest_components(g, 4)
+    out = largest_components(g, 4)
     assert (out == 1).sum() == 125 and out[10, 10, 10] == 0
     assert (out == 2).sum() == 8
     assert (out == 3).sum() == 2 and out[18, 18, 1] == 0
@@ -208,6 +209,6 @@ def test_level_steps_drop_a_level_that_saves_too_little():
 def test_largest_components_on_the_grid_equals_on_voxels():
     shape, step = (30, 24, 18), (3, 2, 2)
     grid = _blobs(refine.grid_shape(shape, step), seed=7)
-    on_grid = refine.expand(refine.largest_components(grid, 4), step, shape)
-    on_voxels = refine.largest_components(refine.expand(grid, step, shape), 4)
+    on_grid = refine.expand(largest_components(grid, 4), step, shape)
+    on_voxels = largest_components(refine.expand(grid, step, shape), 4)
     np.testing.assert_array_equal(on_grid, on_voxels)

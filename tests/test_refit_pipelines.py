@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from helpers.golden import DATA
-from organscope.engines.onnx_models import MODELS_DIR
+from organscope.modelcard import MODELS_DIR
 
 pytest.importorskip("torch")  # the pipelines live in the training extra
 

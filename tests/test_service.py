@@ -21,7 +21,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 import organscope as osc  # noqa: E402
 from organscope import api  # noqa: E402
-from organscope.engines.sparse.model import DEFAULT_MODEL, MODELS_DIR  # noqa: E402
+from organscope.engines.sparse.model import DEFAULT_MODEL  # noqa: E402
+from organscope.modelcard import MODELS_DIR  # noqa: E402
 from organscope.service.app import create_app  # noqa: E402
 
 DATA = Path(osc.__file__).resolve().parent / "data"

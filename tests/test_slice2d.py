@@ -14,9 +14,9 @@ from organscope.volume import Volume
 @pytest.fixture(scope="module")
 def slice2d_synthetic(tmp_path_factory):
     pytest.importorskip("onnx")
-    from organscope.engines.slice2d import Slice2dEngine
+    from organscope.engines.registry import get_engine
 
-    return Slice2dEngine(syn2.write_models(tmp_path_factory.mktemp("slice2d")), threads=1)
+    return get_engine("slice2d", model=syn2.write_models(tmp_path_factory.mktemp("slice2d")), threads=1)
 
 
 def test_body_crop_holds_the_body_and_round_trips(phantoms):
@@ -86,14 +86,14 @@ def test_missing_card_is_a_clear_error(tmp_path):
 
 
 def test_keep_organs_after_a_whole_map_engine(phantoms):
-    from organscope.engines.base import Segmentation, keep_organs
+    from organscope.segmentation import Segmentation
 
     vol = phantoms["RAS"]
     arr = np.zeros(vol.shape, np.uint8)
     arr[:10], arr[10:20] = 1, 2
     seg = Segmentation(vol.with_array(arr), {1: "brainstem", 2: "mandible"}, {})
-    kept = keep_organs(seg, ["Mandible"])
+    kept = seg.keep(["Mandible"])
     assert kept.names == {2: "mandible"}
     assert set(np.unique(kept.labels.array)) == {0, 2}
     with pytest.raises(ModelError, match="liver"):
-        keep_organs(seg, ["liver"])
+        seg.keep(["liver"])

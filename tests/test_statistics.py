@@ -10,7 +10,7 @@ import pytest
 
 from helpers import synthetic as syn
 from organscope.cli import main
-from organscope.engines.base import Segmentation
+from organscope.segmentation import Segmentation
 from organscope.errors import InputError
 from organscope.io import load_labels, load_volume
 from organscope.outputs import organ_statistics, write_statistics

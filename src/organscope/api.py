@@ -14,8 +14,11 @@ from functools import lru_cache
 
 import numpy as np
 
-from .engines.base import ProgressFn, Segmentation, get_engine, keep_organs
+from .engines.base import ProgressFn, supports_query
+from .engines.registry import DEFAULT_ENGINE, get_engine, query_engines
+from .errors import ModelError
 from .io import load_volume, save_labels
+from .segmentation import Segmentation
 from .volume import Volume
 
 
@@ -28,7 +31,7 @@ def _engine(name: str, model, threads: int | None):
     return _load_engine(name, None if model is None else str(model), threads)  # paths cache by their text
 
 
-def engine(name: str = "sparse", *, model: str | None = None, threads: int | None = None):
+def engine(name: str = DEFAULT_ENGINE, *, model: str | None = None, threads: int | None = None):
     """A loaded engine (cached per name/model/threads), for repeated calls on many scans or points."""
     return _engine(name, model, threads)
 
@@ -37,7 +40,7 @@ def _volume(scan) -> Volume:
     return scan if isinstance(scan, Volume) else load_volume(scan)
 
 
-def segment(scan, *, engine: str = "sparse", model: str | None = None, threads: int | None = None,
+def segment(scan, *, engine: str = DEFAULT_ENGINE, model: str | None = None, threads: int | None = None,
             organs=None, priors: bool = False, progress: ProgressFn | None = None) -> Segmentation:
     """Multi-organ label map of `scan` (path or Volume) on the scan's own grid and orientation.
     `organs` (names) restricts the result to those organs: engines with one model per organ (slice2d) run
@@ -45,24 +48,25 @@ def segment(scan, *, engine: str = "sparse", model: str | None = None, threads: 
     anatomical-prior rules measured to raise this engine's validation Dice (postprocess.priors)."""
     vol = _volume(scan)
     eng = _engine(engine, model, threads)
-    if organs is not None and getattr(eng, "supports_organ_subset", False):
-        seg = eng.segment(vol, organs=organs, progress=progress)
-    else:
-        seg = eng.segment(vol, progress=progress)
-    if priors:  # before the subset: anchors may be organs the user did not ask for
-        from .postprocess.priors import apply_priors
+    if not priors:
+        return eng.segment(vol, organs=organs, progress=progress)
+    from .postprocess.priors import apply_priors
 
-        seg = apply_priors(seg, engine=eng.name)
-    return seg if organs is None or getattr(eng, "supports_organ_subset", False) else keep_organs(seg, organs)
+    # the priors' anchors may be organs the user did not ask for: segment everything, then keep the subset
+    seg = apply_priors(eng.segment(vol, progress=progress), engine=eng.name)
+    return seg if organs is None else seg.keep(organs)
 
 
-def query(scan, points, *, voxel: bool = False, model: str | None = None, threads: int | None = None):
+def query(scan, points, *, voxel: bool = False, engine: str = DEFAULT_ENGINE, model: str | None = None,
+          threads: int | None = None):
     """Organ, probability and top-3 at each point: world mm (RAS) by default, voxel indices if voxel=True.
-    `scan` may be a path, a Volume, or a PreparedScan from `engine().prepare(volume)` (fastest for many calls)."""
-    eng = _engine("sparse", model, threads)
-    from .engines.sparse import PreparedScan
-
-    if not isinstance(scan, PreparedScan):
+    `scan` may be a path, a Volume, or a prepared scan from `engine().prepare(volume)` (fastest for many calls).
+    `engine` is any engine with the point-query capability (engines.base.PointQueryEngine)."""
+    eng = _engine(engine, model, threads)
+    if not supports_query(eng):
+        raise ModelError(f"The {engine} engine does not answer point queries; use one of "
+                         f"{', '.join(query_engines())}.")
+    if isinstance(scan, (Volume, str, os.PathLike)):
         scan = _volume(scan)
     return eng.query(scan, np.asarray(points, dtype=float), voxel=voxel)
 

@@ -132,16 +132,12 @@ def cmd_locate(args) -> int:
     from .io._common import atomic_paths
     from .localize import locations_to_json
 
+    from .engines.registry import get_localizer
+
     vol = load_volume(args.scan)
     timings: dict = {}
-    if args.localizer == "heatmap":
-        from .localize.heatmap import HeatmapLocalizer
-
-        locs = HeatmapLocalizer(threads=args.threads).locate(vol, timings=timings)
-    else:  # sparse_grid (argparse allows only the two)
-        from .localize.sparse_grid import locate
-
-        locs = locate(vol, timings=timings, level_mm=args.level_mm)
+    options = {"level_mm": args.level_mm} if args.localizer == "sparse_grid" else {}
+    locs = get_localizer(args.localizer, threads=args.threads, **options).locate(vol, timings=timings)
     doc = locations_to_json(locs)
     text = json.dumps(doc)
     if args.output:
@@ -163,7 +159,7 @@ def cmd_locate(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .engines.sparse.model import MODELS_DIR
+    from .modelcard import MODELS_DIR
 
     for card_path in sorted(MODELS_DIR.glob("*.json")):
         card = json.loads(card_path.read_text())

@@ -97,3 +97,52 @@ def scale_affine(affine: np.ndarray, zoom) -> np.ndarray:
     out[:3, :3] = affine[:3, :3] * zoom
     out[:3, 3] = voxel_to_world(affine, (zoom - 1) / 2.0)[0]
     return out
+
+
+class Canonical:
+    """The closest RAS+ grid of an input grid (its axes permuted and flipped, never resampled), and the exact
+    way there and back: the one canonical round trip of every engine, localiser and output.
+
+        can = Canonical(volume.affine, volume.shape)
+        hu = can.view(volume.array)          # zero-copy view on the canonical axes (can.shape, can.affine)
+        out = can.to_input(labels_canon)     # zero-copy view on the input's axes
+        lo, hi = can.box_to_input(start, stop)
+    """
+
+    __slots__ = ("ornt", "input_shape", "input_affine", "shape", "affine")
+
+    def __init__(self, affine: np.ndarray, shape):
+        self.input_affine = np.asarray(affine, dtype=float)
+        self.input_shape = tuple(int(s) for s in shape[:3])
+        self.ornt = canonical_transform(self.input_affine)
+        self.shape: tuple[int, int, int] = tuple(int(self.input_shape[int(a)]) for a in np.argsort(self.ornt[:, 0]))
+        self.affine: np.ndarray = oriented_affine(self.input_affine, self.ornt, self.input_shape)
+
+    @property
+    def identity(self) -> bool:
+        """True when the input grid already is its canonical grid."""
+        return bool(np.array_equal(self.ornt, [[0, 1], [1, 1], [2, 1]]))
+
+    def view(self, array: np.ndarray) -> np.ndarray:
+        """An array on the input's axes (first three; the input grid itself, or any grid over its field of view)
+        seen on the canonical axes (a view, no copy)."""
+        return nio.apply_orientation(array, self.ornt)
+
+    def to_input(self, array: np.ndarray) -> np.ndarray:
+        """An array on the canonical axes (first three; the canonical grid, or any grid over the same field of
+        view) seen on the input's axes (a view, no copy)."""
+        return nio.apply_orientation(array, invert_orientation(self.ornt))
+
+    def to_input_order(self, canonical_values) -> tuple:
+        """Per-axis values given on the canonical axes (e.g. a grid shape), in the input's axis order."""
+        return tuple(canonical_values[int(self.ornt[a, 0])] for a in range(3))
+
+    def box_to_input(self, start, stop) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Inclusive voxel box [lo, hi] on the input grid of a canonical box [start, stop) (exact)."""
+        lo, hi = [0, 0, 0], [0, 0, 0]
+        for a, (c, flip) in enumerate(self.ornt):
+            c = int(c)
+            s, e = int(start[c]), int(stop[c]) - 1
+            n = self.input_shape[a]
+            lo[a], hi[a] = (n - 1 - e, n - 1 - s) if flip < 0 else (s, e)
+        return tuple(lo), tuple(hi)

@@ -60,18 +60,20 @@ class Volume:
             raise InputError(f"Array shape {array.shape} does not match the grid {self.shape}.")
         return Volume(array, self.affine, dict(self.meta))
 
-    def to_canonical(self) -> tuple["Volume", np.ndarray]:
-        """Closest RAS+ version of this volume (axis permutations and flips only, no resampling)
-        and the ornt needed by `from_canonical` to map results back."""
-        ornt = geometry.canonical_transform(self.affine)
-        arr, aff = geometry.apply_orientation(self.array, self.affine, ornt)
-        return Volume(arr, aff, dict(self.meta)), ornt
+    def canonical(self) -> geometry.Canonical:
+        """The map between this grid and its closest RAS+ grid (axis permutations and flips only)."""
+        return geometry.Canonical(self.affine, self.shape)
 
-    def from_canonical(self, canonical_array: np.ndarray, ornt: np.ndarray) -> "Volume":
+    def to_canonical(self) -> tuple["Volume", np.ndarray]:
+        """Closest RAS+ version of this volume (axis permutations and flips only, no resampling, a contiguous copy)
+        and the ornt needed by `from_canonical` to map results back."""
+        can = self.canonical()
+        return Volume(np.ascontiguousarray(can.view(self.array)), can.affine, dict(self.meta)), can.ornt
+
+    def from_canonical(self, canonical_array: np.ndarray, ornt: np.ndarray | None = None) -> "Volume":
         """Map an array computed on the canonical grid of this volume back onto this volume's grid."""
-        inv = geometry.invert_orientation(ornt)
-        canon_shape = geometry.apply_orientation(np.empty(self.shape, dtype=np.uint8), self.affine, ornt)[0].shape
-        if canonical_array.shape[:3] != canon_shape:
-            raise InputError(f"Canonical array shape {canonical_array.shape} does not match {canon_shape}.")
-        arr, _ = geometry.apply_orientation(canonical_array, np.eye(4), inv)
-        return Volume(arr, self.affine, dict(self.meta))
+        can = self.canonical()
+        if tuple(canonical_array.shape[:3]) != can.shape:
+            raise InputError(f"Canonical array shape {canonical_array.shape} does not match {can.shape}.")
+        arr = can.to_input(canonical_array)
+        return Volume(np.ascontiguousarray(arr), self.affine, dict(self.meta))

@@ -1,4 +1,2 @@
-"""Segmentation engines behind one interface (see base.py)."""
-from .base import ENGINES, get_engine
-
-__all__ = ["ENGINES", "get_engine"]
+"""Segmentation engines behind one interface (`base.Engine`), built by name in `registry` (get_engine).
+Each engine is a leaf over the shared core (volume, grid, components, model cards, organs): none imports another."""

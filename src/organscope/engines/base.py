@@ -1,79 +1,45 @@
-"""The engine interface and the registry of engines by name."""
+"""The engine interface: what every engine offers (segment), what some offer too (point queries), and the small
+checks every engine shares. The registry of engines by name is `engines.registry`."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..errors import InputError, ModelError
+from ..errors import InputError
+from ..segmentation import Segmentation
 from ..volume import Volume
 
 ProgressFn = Callable[[str, float], None]  # (stage, fraction done 0..1)
 
 
-@dataclass(frozen=True)
-class Segmentation:
-    """A label map on the input's grid (Volume of uint8) and the organ name of each label value."""
-
-    labels: Volume
-    names: dict[int, str]
-    timings_s: dict[str, float]
-
-
 class Engine(Protocol):
+    """A segmentation engine. `classes[0]` is background; label value i of a Segmentation is `classes[i]`.
+
+    segment(volume, organs=None, progress=None): the label map on the input's grid; `organs` restricts it to those
+    organs (an engine with one model per organ runs only theirs; the others keep only their labels)."""
+
     name: str
     classes: tuple[str, ...]
 
-    def segment(self, volume: Volume, *, progress: ProgressFn | None = None) -> Segmentation: ...
+    def segment(self, volume: Volume, *, organs=None, progress: ProgressFn | None = None) -> Segmentation: ...
 
 
-def _sparse(**kw):
-    from .sparse import SparseEngine
-    return SparseEngine(**kw)
+@runtime_checkable
+class PointQueryEngine(Protocol):
+    """An engine that answers "which organ is at this point" without segmenting the scan first: prepare a scan
+    once, then query many points (world mm, or voxel indices of the input grid with voxel=True)."""
+
+    name: str
+    classes: tuple[str, ...]
+
+    def prepare(self, volume: Volume): ...
+
+    def query(self, scan, points, *, voxel: bool = False): ...
 
 
-def _cnn3d(**kw):
-    from .cnn3d import Cnn3dEngine
-    return Cnn3dEngine(**kw)
-
-
-def _slice2d(**kw):
-    from .slice2d import Slice2dEngine
-    return Slice2dEngine(**kw)
-
-
-def _cascade(**kw):
-    from .cascade import CascadeEngine
-    return CascadeEngine(**kw)
-
-
-ENGINES: dict[str, Callable[..., Engine]] = {"sparse": _sparse, "cnn3d": _cnn3d, "slice2d": _slice2d,
-                                             "cascade": _cascade}
-
-
-def keep_organs(seg: Segmentation, organs) -> Segmentation:
-    """The segmentation with only the requested organs (canonical names or aliases) kept; the other labels
-    become background. Raises ModelError naming what the engine can segment if an organ is unknown."""
-    from ..organs import normalize_name
-
-    wanted = {normalize_name(o) for o in organs}
-    unknown = sorted(wanted - set(seg.names.values()))
-    if unknown:
-        raise ModelError(f"This engine does not segment {', '.join(unknown)}; "
-                         f"it segments {', '.join(seg.names.values())}.")
-    keep = [i for i, n in seg.names.items() if n in wanted]
-    arr = seg.labels.array
-    out = np.where(np.isin(arr, keep), arr, 0).astype(arr.dtype)
-    return Segmentation(seg.labels.with_array(out), {i: seg.names[i] for i in keep}, seg.timings_s)
-
-
-def get_engine(name: str, **kwargs) -> Engine:
-    try:
-        factory = ENGINES[name]
-    except KeyError:
-        raise ModelError(f"Unknown engine {name!r}; available engines: {', '.join(sorted(ENGINES))}.") from None
-    return factory(**kwargs)
+def supports_query(engine) -> bool:
+    return isinstance(engine, PointQueryEngine)
 
 
 def require_finite(volume: Volume) -> None:
@@ -100,7 +66,3 @@ def select_organs(known, organs, engine: str) -> list[str]:
 
 def no_progress(stage: str, fraction: float) -> None:
     return None
-
-
-def labels_dtype(n_classes: int):
-    return np.uint8 if n_classes <= 256 else np.uint16

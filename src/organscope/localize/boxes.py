@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..geometry import voxel_to_world
+from ..geometry import Canonical, voxel_to_world
 
 
 @dataclass(frozen=True)
@@ -32,26 +32,14 @@ class OrganLocation:
         }
 
 
-def canonical_box_to_input(start, stop, ornt: np.ndarray, input_shape) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Inclusive voxel box [lo, hi] on the input grid of a canonical box [start, stop) (exact: axes permute/flip)."""
-    lo, hi = [0, 0, 0], [0, 0, 0]
-    for a, (c, flip) in enumerate(ornt):
-        c = int(c)
-        s, e = int(start[c]), int(stop[c]) - 1
-        n = int(input_shape[a])
-        lo[a], hi[a] = (n - 1 - e, n - 1 - s) if flip < 0 else (s, e)
-    return tuple(lo), tuple(hi)
-
-
-def location(name: str, start, stop, centroid_vox, confidence: float, canon_affine: np.ndarray, ornt: np.ndarray,
-             input_shape) -> OrganLocation:
-    """An OrganLocation from a box [start, stop) and centroid found on the canonical grid."""
+def location(name: str, start, stop, centroid_vox, confidence: float, canonical: Canonical) -> OrganLocation:
+    """An OrganLocation from a box [start, stop) and centroid found on the canonical grid of `canonical`."""
     start, stop = np.asarray(start, int), np.asarray(stop, int)
     ends = np.stack([start, stop - 1])  # inclusive
     corners = np.array([[ends[(m >> a) & 1, a] for a in range(3)] for m in range(8)], dtype=float)
-    world = voxel_to_world(canon_affine, corners)
-    centroid = voxel_to_world(canon_affine, np.asarray(centroid_vox, float)[None])[0]
-    lo, hi = canonical_box_to_input(start, stop, ornt, input_shape)
+    world = voxel_to_world(canonical.affine, corners)
+    centroid = voxel_to_world(canonical.affine, np.asarray(centroid_vox, float)[None])[0]
+    lo, hi = canonical.box_to_input(start, stop)
     return OrganLocation(name, True, tuple(float(v) for v in centroid),
                          (tuple(float(v) for v in world.min(0)), tuple(float(v) for v in world.max(0))),
                          (lo, hi), float(confidence))

@@ -18,15 +18,18 @@ import time
 import numpy as np
 from scipy import ndimage
 
+from .. import grid as gridmod
 from ..engines.base import require_finite
-from ..engines.cnn3d import preprocess
-from ..engines.onnx_models import MODELS_DIR, model_paths, open_session  # noqa: F401 (MODELS_DIR: re-exported)
 from ..errors import ModelError
+from ..intensity import DEFAULT_WINDOWS_HU, windows
+from ..modelcard import model_paths, open_session, windows_hu
 from ..volume import Volume
 from .boxes import OrganLocation, location
 from .organ_sizes import organ_sizes
 
 DEFAULT_MODEL = "heatmap_openkbp"
+#: the grid the shipped heat-map network reads the scan from (the cnn3d grid); a card names its own (`source_grid`)
+SOURCE_GRID = (128, 128, 128)
 GRID = (64, 64, 64)
 SIGMA2_MM2 = 150.0   # the paper's isotropic variance of the target Gaussians
 TAU = 0.1            # the paper's threshold
@@ -67,27 +70,28 @@ class HeatmapLocalizer:
             self.margin_mm = float(self.card.get("box_margin_mm", 10.0))
             self.box_half_mm = {o: np.asarray(v, float).reshape(3)
                                 for o, v in self.card.get("box_half_extent_mm", {}).items()}
-            self.source_grid = tuple(int(v) for v in self.card.get("source_grid", preprocess.GRID))
+            self.source_grid = tuple(int(v) for v in self.card.get("source_grid", SOURCE_GRID))
+            self.windows_hu = windows_hu(self.card.get("windows_hu", DEFAULT_WINDOWS_HU))
         except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"Model card {card_path.name} is missing or malformed ({exc!r}).") from None
         self._session = open_session(onnx_path, threads)
 
     def heatmaps(self, volume: Volume, hu: np.ndarray | None = None,
-                 gmap: preprocess.GridMap | None = None) -> tuple[np.ndarray, preprocess.GridMap]:
+                 gmap: gridmod.GridMap | None = None) -> tuple[np.ndarray, gridmod.GridMap]:
         """(organs, *coarse grid) heat-maps and the map of the fine grid they came from. The scan goes to the
         cnn3d 128^3 grid first (or `hu`/`gmap` from a caller that has it) and from there to the network's input
         grid, as in training; a caller that already resampled the scan pays nothing more when the two agree."""
         if hu is None or gmap is None:
             require_finite(volume)
-            hu, gmap = preprocess.to_grid(volume, self.source_grid)
-        x = hu if tuple(hu.shape) == self.input_grid else preprocess.resample(hu, self.input_grid)
-        heat = self._session.run(None, {"windows": preprocess.windows(x)[None]})[0][0]
+            hu, gmap = gridmod.to_grid(volume, self.source_grid)
+        x = hu if tuple(hu.shape) == self.input_grid else gridmod.resample(hu, self.input_grid)
+        heat = self._session.run(None, {"windows": windows(x, self.windows_hu)[None]})[0][0]
         if tuple(heat.shape[1:]) != self.grid:
             raise ModelError(f"The heat-map model outputs a {heat.shape[1:]} grid, its card says {self.grid}.")
         return heat, gmap
 
     def locate(self, volume: Volume, *, timings: dict | None = None, hu: np.ndarray | None = None,
-               gmap: preprocess.GridMap | None = None) -> dict[str, OrganLocation]:
+               gmap: gridmod.GridMap | None = None) -> dict[str, OrganLocation]:
         t0 = time.perf_counter()
         heat, gmap = self.heatmaps(volume, hu, gmap)
         sizes = organ_sizes()
@@ -108,7 +112,7 @@ class HeatmapLocalizer:
             half = half_mm / canon_sp
             start = np.maximum(np.floor(cen_canon - half), 0).astype(int)
             stop = np.minimum(np.ceil(cen_canon + half) + 1, gmap.canonical_shape).astype(int)
-            out[name] = location(name, start, stop, cen_canon, conf, canon_affine, gmap.ornt, volume.shape)
+            out[name] = location(name, start, stop, cen_canon, conf, gmap.canonical)
         if timings is not None:
             timings["total"] = time.perf_counter() - t0
         return out

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from ..engines.base import Segmentation
+from ..segmentation import Segmentation
 from ..volume import Volume
 
 __all__ = ["OutputPaths", "write_outputs", "write_dicom_seg", "read_dicom_seg", "organ_statistics",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engines.base import Segmentation
+from ..segmentation import Segmentation
 from ..errors import GeometryError, InputError
 from ..volume import Volume
 from ._common import check_same_grid, organ_display

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engines.base import Segmentation
+from ..segmentation import Segmentation
 from ..errors import InputError
 
 

@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from ..engines.base import Segmentation
+from ..segmentation import Segmentation
 from ..volume import Volume
 from ._common import check_same_grid, organ_display
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..engines.base import Segmentation
+from ..segmentation import Segmentation
 from ..errors import InputError
 from ..volume import Volume
 from ._common import check_same_grid

@@ -44,7 +44,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-from ..engines.base import Segmentation
+from ..segmentation import Segmentation
 from ..errors import InputError, ModelError
 from ..organs import normalize_name
 from ..volume import Volume

@@ -23,7 +23,7 @@ import torch
 from ..datasets import Dataset
 from ..engines.cascade.groups import GROUPS, MARGIN_VOX
 from ..engines.cnn3d.preprocess import GRID, WINDOWS_HU
-from ..engines.onnx_models import MODELS_DIR
+from ..modelcard import MODELS_DIR
 from .cnn3d_data import N_SPECIAL
 from .cnn3d_net import Cnn3dNet, count_gflops, count_parameters
 from .cnn3d_pipeline import export
@@ -89,7 +89,7 @@ def choose_settings_and_write_card(card: dict, out_dir: Path, data_root: Path, *
     with each localiser x largest component x offsets (and mirror averaging on the best of those), keep the
     best in the card (out_dir/<name>.json, the group networks beside it) and, with `install`, copy all into the
     package."""
-    from ..engines.cascade import CascadeEngine
+    from ..engines.registry import get_engine
 
     groups = card["groups"]
     offsets = {}
@@ -107,7 +107,7 @@ def choose_settings_and_write_card(card: dict, out_dir: Path, data_root: Path, *
         c = dict(card, localizer=loc, largest_component=lcc, mirror_tta=mirror,
                  groups={g: dict(spec, logit_offsets=offsets[g] if off else None) for g, spec in groups.items()})
         card_path.write_text(json.dumps(c))
-        r = score_engine(CascadeEngine(card_path), cases, data_root, Path(tmp) / f"{loc}_{lcc}_{mirror}_{off}",
+        r = score_engine(get_engine("cascade", model=card_path), cases, data_root, Path(tmp) / f"{loc}_{lcc}_{mirror}_{off}",
                          quiet=True)
         results[(loc, lcc, mirror, off)] = r
         print(f"localizer={loc} largest_component={lcc} mirror_tta={mirror} logit_offsets={off}: mean Dice "

@@ -25,7 +25,8 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from ..datasets import Dataset
-from ..engines.cnn3d.preprocess import BODY_THRESHOLD_HU, GRID, WINDOWS_HU, to_grid
+from ..engines.cnn3d.preprocess import BODY_THRESHOLD_HU, GRID, WINDOWS_HU
+from ..grid import to_grid
 from ..sampling.points import body_mask
 
 N_SPECIAL = 2  # air, body
@@ -46,7 +47,7 @@ def build_cache(data_root: Path, out_dir: Path, splits=("train", "validation")) 
     targets = np.lib.format.open_memmap(out_dir / "targets.npy", "w+", np.uint8, (len(cases),) + GRID)
     contoured = np.zeros((len(cases), len(names)), dtype=bool)
     for n, case in enumerate(tqdm(cases, desc="cnn3d cache")):
-        hu, gmap = to_grid(case.load_image())
+        hu, gmap = to_grid(case.load_image(), GRID)
         if not gmap.identity:
             raise ValueError(f"{case.case_id}: training expects scans already on the {GRID} grid.")
         lab = case.load_labels().to_canonical()[0].array

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..datasets import Dataset
-from ..engines.cnn3d.engine import MODELS_DIR
+from ..modelcard import MODELS_DIR
 from ..engines.cnn3d.preprocess import GRID, WINDOWS_HU
 from .cnn3d_net import Cnn3dNet, count_gflops, count_parameters
 from .cnn3d_data import N_SPECIAL

@@ -22,12 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engines.cnn3d.preprocess import windows
+from ..engines.cnn3d.preprocess import WINDOWS_HU
+from ..intensity import windows
 
 
 class _Calibration:
     def __init__(self, images, ids):
-        self.items = iter([{"windows": windows(np.asarray(images[n], dtype=np.float32))[None]} for n in ids])
+        self.items = iter([{"windows": windows(np.asarray(images[n], dtype=np.float32), WINDOWS_HU)[None]} for n in ids])
 
     def get_next(self):
         return next(self.items, None)
@@ -95,7 +96,7 @@ def main(argv=None):
     shutil.copy2(a.model, variants["float32"])
     make_int8(a.model, variants["int8"], images, calib)
     make_fp16(a.model, variants["fp16"])
-    x = windows(np.asarray(images[train_ids[0]], dtype=np.float32))[None]
+    x = windows(np.asarray(images[train_ids[0]], dtype=np.float32), WINDOWS_HU)[None]
     val_cases = Dataset(a.data).split("validation")
     results = {}
     for name, path in variants.items():

@@ -59,7 +59,8 @@ def cached_samples(onnx_path: Path, cache: Path, every: int = 6, threads: int = 
     import onnxruntime as ort
 
     from ..engines.cascade.groups import MARGIN_VOX, crop_window, extract
-    from ..engines.cnn3d.preprocess import windows
+    from ..engines.cnn3d.preprocess import WINDOWS_HU
+    from ..intensity import windows
     from .cascade_data import group_boxes, member_indices, target_lut
 
     meta = json.loads((cache / "cases.json").read_text())
@@ -85,6 +86,6 @@ def cached_samples(onnx_path: Path, cache: Path, every: int = 6, threads: int = 
             img = extract(img, start, size)
             tgt = lut[np.clip(extract(tgt, start, size), 0, None).astype(np.int64)]
             known = known[members]
-        x = windows(np.asarray(img, np.float32))[None]
+        x = windows(np.asarray(img, np.float32), WINDOWS_HU)[None]
         out.append((sess.run(None, {name: x})[0][0].astype(np.float16), tgt, known))
     return out

@@ -231,7 +231,7 @@ _ENGINE = {}
 def _engine(args):
     key = (args.engine, args.model, args.threads)
     if key not in _ENGINE:
-        from ..engines.base import get_engine
+        from ..engines.registry import get_engine
 
         _ENGINE[key] = get_engine(args.engine, model=args.model, threads=args.threads)
     return _ENGINE[key]

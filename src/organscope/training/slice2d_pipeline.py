@@ -15,9 +15,9 @@ from .engine_validation import score_engine
 
 
 def validate(card_path: Path, data_root: Path, cases, work: Path) -> dict:
-    from ..engines.slice2d import Slice2dEngine
+    from ..engines.registry import get_engine
 
-    return score_engine(Slice2dEngine(card_path), cases, data_root, work)
+    return score_engine(get_engine("slice2d", model=card_path), cases, data_root, work)
 
 
 def finalize(models_dir: Path, data_root: Path, *, install: bool = False) -> dict:
@@ -37,7 +37,7 @@ def finalize(models_dir: Path, data_root: Path, *, install: bool = False) -> dic
     card_path.write_text(json.dumps(card, indent=1))
     print(f"mean Dice {res['mean']['dice']:.4f}, Jaccard {res['mean']['jaccard']:.4f}")
     if install:
-        from ..engines.slice2d.engine import MODELS_DIR
+        from ..modelcard import MODELS_DIR
 
         for organ, oc in card["organs"].items():
             shutil.copy2(models_dir / oc["file"], MODELS_DIR / oc["file"])

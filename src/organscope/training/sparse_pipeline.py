@@ -20,7 +20,8 @@ import numpy as np
 
 from ..datasets import Dataset
 from ..engines.sparse.engine import SegmentSettings, SparseEngine
-from ..engines.sparse.model import MODELS_DIR, SparseModel
+from ..engines.sparse.model import SparseModel
+from ..modelcard import MODELS_DIR
 from ..sampling.pattern import PAPER_GRID_STEPS_MM, PAPER_PLANE_STEP_MM, paper_pattern
 from ..sampling.points import body_mask
 from .sparse_validation import validate

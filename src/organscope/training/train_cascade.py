@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from ..engines.cascade.groups import GROUPS, MARGIN_VOX, crop_window, extract
-from ..engines.cnn3d.preprocess import windows
+from ..engines.cnn3d.preprocess import WINDOWS_HU
+from ..intensity import windows
 from .cascade_data import GroupPlan, GroupSampler, crop_shape, group_boxes, member_indices, target_lut
 from .cnn3d_data import N_SPECIAL
 from .cnn3d_net import Cnn3dNet
@@ -66,7 +67,7 @@ def validate(net, images, targets, contoured, boxes, ids, lut, members, crop) ->
         if boxes[n] is None:
             continue
         start, size = crop_window(*boxes[n], crop, MARGIN_VOX, limit=images.shape[1:])
-        x = torch.from_numpy(windows(extract(np.asarray(images[n]), start, size))[None])
+        x = torch.from_numpy(windows(extract(np.asarray(images[n]), start, size), WINDOWS_HU)[None])
         pred = net(x).argmax(1)[0].numpy()
         tgt = lut[np.clip(extract(np.asarray(targets[n]), start, size), 0, None).astype(np.int64)]
         scores.append(dice_scores(pred, tgt, contoured[n][members]))

@@ -20,7 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from ..datasets import Dataset
-from ..engines.cnn3d.preprocess import GRID as INPUT_GRID, resample, windows
+from ..engines.cnn3d.preprocess import GRID as INPUT_GRID, WINDOWS_HU
+from ..grid import resample
+from ..intensity import windows
 from ..geometry import canonical_transform, oriented_affine, scale_affine
 from ..localize.heatmap import GRID, SIGMA2_MM2, TAU, gaussian_heatmap
 from .cnn3d_data import N_SPECIAL
@@ -185,7 +187,7 @@ def train(images, heat, known, train_ids, *, steps: int, minutes: float = 1e9, c
         o = (rng.integers(0, (size - crop_v) // 2 + 1) * 2).astype(int)
         sl = tuple(slice(a, a + c) for a, c in zip(o, crop_v))
         sl2 = tuple(slice(a // 2, (a + c) // 2) for a, c in zip(o, crop_v))
-        xb = torch.from_numpy(windows(np.asarray(img[sl], np.float32))[None])
+        xb = torch.from_numpy(windows(np.asarray(img[sl], np.float32), WINDOWS_HU)[None])
         hb = torch.from_numpy(np.asarray(h_n[(slice(None),) + sl2], np.float32)[None])
         mask = torch.from_numpy(np.asarray(known[n])).float()[None, :, None, None, None]
         loss = heatmap_loss(net(xb), hb, mask, fg_weight, fp_weight)
@@ -220,11 +222,11 @@ def export(net, path: Path, input_grid=INPUT_GRID) -> float:
 
 def compare(data_root: Path, heat_model: Path | None, cases, sparse: bool = True) -> dict:
     """Centroid error, box recall, presence errors and time of both localisers on labelled cases."""
-    from ..localize import sparse_grid
+    from ..engines.sparse.locate import locate as sparse_grid_locate
     from ..localize.heatmap import HeatmapLocalizer
 
     ds = Dataset(data_root)
-    locators = {"sparse_grid": lambda v, t: sparse_grid.locate(v, timings=t)} if sparse else {}
+    locators = {"sparse_grid": lambda v, t: sparse_grid_locate(v, timings=t)} if sparse else {}
     if heat_model is not None:
         hl = HeatmapLocalizer(heat_model)
         locators["heatmap"] = lambda v, t: hl.locate(v, timings=t)
@@ -400,6 +402,7 @@ def main(argv=None):
     err = export(net, path, images.shape[1:])
     card = {"name": "heatmap_openkbp", "engine": "locate", "organs": meta["organs"], "grid": list(GRID),
             "input_grid": list(images.shape[1:]), "source_grid": list(images.shape[1:]),
+            "windows_hu": [list(w) for w in WINDOWS_HU],
             "sigma2_mm2": SIGMA2_MM2, "tau": TAU, "box_margin_mm": 10.0, "onnx_parity_max_abs_diff": err,
             "date": _dt.date.today().isoformat(),
             "network": "cnn3d network (factorised residual 3D U-Net, width 16) with one output per organ, averaged "
@@ -433,7 +436,7 @@ def main(argv=None):
     if a.install:
         import shutil
 
-        from ..localize.heatmap import MODELS_DIR
+        from ..modelcard import MODELS_DIR
         shutil.copy2(path, MODELS_DIR / path.name)
         shutil.copy2(path.with_suffix(".json"), MODELS_DIR / path.with_suffix(".json").name)
 

@@ -1,7 +1,7 @@
 """The cascade engine (Navarro et al.'s localise-then-segment, Zhang et al.'s coarse-to-fine cascade):
 
 1. the scan on the cnn3d fixed grid (128^3 on the canonical RAS+ axes over its field of view);
-2. organ boxes from a localiser: the sparse classifier's 8 mm grid (`localize.sparse_grid`) or the heat-map
+2. organ boxes from a localiser: the sparse classifier's 8 mm grid (`engines.sparse.locate`, handed over by the registry) or the heat-map
    network (`localize.heatmap`), whichever the model card names (the one that measured better);
 3. per group of neighbouring organs (`groups.GROUPS`) with at least one organ found: a crop around the union of
    the group's boxes through the group's compact residual 3D U-Net (ONNX), the card's logit offsets (fitted
@@ -18,13 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ... import grid as gridmod
+from ...components import largest_components
 from ...errors import ModelError
 from ...geometry import world_to_voxel
+from ...intensity import DEFAULT_WINDOWS_HU, windows
+from ...modelcard import card_path, logit_offsets, open_session, windows_hu
+from ...segmentation import Segmentation, labels_dtype
 from ...volume import Volume
-from ..base import ProgressFn, Segmentation, labels_dtype, no_progress, require_finite, select_organs
-from ..cnn3d import preprocess
-from ..onnx_models import card_path, logit_offsets, open_session
-from ..sparse.refine import largest_components
+from ..base import ProgressFn, no_progress, require_finite, select_organs
 from .groups import MARGIN_VOX, crop_window, extract, overlap
 
 DEFAULT_MODEL = "cascade_openkbp"
@@ -40,12 +42,15 @@ class CascadeEngine:
     name = "cascade"
     supports_organ_subset = True
 
-    def __init__(self, model=None, *, threads: int | None = None, localizer: str | None = None):
+    def __init__(self, model=None, *, threads: int | None = None, localizer: str | None = None, localizers=None):
+        """localizers(name, model=...) -> an organ localiser (the engine registry passes its get_localizer; the
+        cascade never builds one itself, since the sparse-grid localiser is another engine's)."""
         self.card_path = card_path_for(model)
         try:
             self.card = json.loads(self.card_path.read_text())
             self.groups: dict[str, dict] = self.card["groups"]
             self.grid = tuple(int(v) for v in self.card["grid"])
+            self.windows_hu = windows_hu(self.card.get("windows_hu", DEFAULT_WINDOWS_HU))
             organs = [o for g in self.groups.values() for o in g["organs"]]
             for g in self.groups.values():
                 g["crop"] = [int(v) for v in g["crop"]]
@@ -69,6 +74,7 @@ class CascadeEngine:
         if self.localizer not in LOCALIZERS:
             raise ModelError(f"The cascade localiser must be one of {', '.join(LOCALIZERS)}, not {self.localizer!r}.")
         self.threads = threads
+        self._localizers = localizers
         self._sessions: dict[str, object] = {}
         self._locator = None
 
@@ -81,20 +87,17 @@ class CascadeEngine:
         """Canonical names of the requested organs in the card's order (all when `organs` is None)."""
         return select_organs(self.classes[1:], organs, self.name)
 
-    def locate(self, volume: Volume, hu: np.ndarray, gmap: preprocess.GridMap, timings: dict | None = None):
+    def locate(self, volume: Volume, hu: np.ndarray, gmap: gridmod.GridMap, timings: dict | None = None):
         """Per organ OrganLocation from the card's localiser."""
         if self._locator is None:
-            if self.localizer == "heatmap":
-                from ...localize.heatmap import HeatmapLocalizer
-
-                self._locator = HeatmapLocalizer(self.card.get("heatmap_model"), threads=self.threads)
-            else:
-                from ...localize.sparse_grid import SparseGridLocalizer
-
-                self._locator = SparseGridLocalizer(threads=self.threads)
+            if self._localizers is None:
+                raise ModelError("The cascade engine needs an organ localiser: build it with "
+                                 "organscope.engines.registry.get_engine('cascade').")
+            model = self.card.get("heatmap_model") if self.localizer == "heatmap" else None
+            self._locator = self._localizers(self.localizer, model=model)
         return self._locator.locate(volume, hu=hu, gmap=gmap, timings=timings)
 
-    def group_boxes(self, locations, gmap: preprocess.GridMap, organs) -> dict[str, tuple[list[str], np.ndarray, np.ndarray]]:
+    def group_boxes(self, locations, gmap: gridmod.GridMap, organs) -> dict[str, tuple[list[str], np.ndarray, np.ndarray]]:
         """Per group with a wanted organ found: (its found organs, crop start, crop size) on the fixed grid."""
         out = {}
         for gname, g in self.groups.items():
@@ -134,7 +137,7 @@ class CascadeEngine:
         require_finite(volume)
         t0 = time.perf_counter()
         progress("resample to the grid", 0.0)
-        hu, gmap = preprocess.to_grid(volume, self.grid)
+        hu, gmap = gridmod.to_grid(volume, self.grid)
         timings = {"prepare": time.perf_counter() - t0}
         t = time.perf_counter()
         progress(f"locate organs ({self.localizer})", 0.2)
@@ -146,7 +149,7 @@ class CascadeEngine:
         for n, (gname, (found, start, size)) in enumerate(crops.items()):
             t = time.perf_counter()
             progress(f"segment {gname}", 0.4 + 0.5 * n / max(1, len(crops)))
-            prob = self.group_probabilities(gname, preprocess.windows(extract(hu, start, size)))
+            prob = self.group_probabilities(gname, windows(extract(hu, start, size), self.windows_hu))
             members = [self.class_id[o] if o in found else 0 for o in self.groups[gname]["organs"]]
             merge_crop(best, labels, prob, start, members)
             timings[f"group_{gname}"] = time.perf_counter() - t
@@ -154,7 +157,7 @@ class CascadeEngine:
         progress("labels back to the scan's grid", 0.9)
         if self.largest_component:
             labels = largest_components(labels, len(self.classes))
-        out = preprocess.from_grid(labels, gmap, volume)
+        out = gridmod.from_grid(labels, gmap, volume)
         timings["postprocess"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
         progress("done", 1.0)

@@ -1,22 +1,58 @@
-"""The cnn3d engine (COBRA, Henderson et al.): the whole scan on a fixed 128^3 grid through a tiny factorised
-3D U-Net in ONNX Runtime, per-class logit offsets from the card (fitted on training cases: they undo the
-loss's over-segmentation), argmax, nearest upsampling back to the input's grid."""
+"""The cnn3d engine (COBRA, Henderson et al.): the whole scan on the card's fixed grid (128^3) through a tiny
+factorised 3D U-Net in ONNX Runtime, per-class logit offsets from the card (fitted on training cases: they undo
+the loss's over-segmentation), argmax, nearest upsampling back to the input's grid."""
 from __future__ import annotations
 
-import json
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
+from ... import grid as gridmod
+from ...components import largest_components
 from ...errors import ModelError
+from ...intensity import windows
+from ...modelcard import (ModelCard, boolean, card_field, finite_floats, model_paths, names, open_session,
+                          positive_ints, windows_hu)
+from ...segmentation import Segmentation, labels_dtype
 from ...volume import Volume
-from ..onnx_models import MODELS_DIR, logit_offsets, model_paths, open_session  # noqa: F401 (MODELS_DIR: re-exported)
-from ..base import ProgressFn, Segmentation, labels_dtype, no_progress, require_finite
-from ..sparse.refine import largest_components
-from . import preprocess
+from ..base import ProgressFn, no_progress, require_finite, select_organs
+from ...intensity import DEFAULT_WINDOWS_HU
+from .preprocess import GRID
 
 DEFAULT_MODEL = "cnn3d_openkbp"
 N_BACKGROUND = 2  # the network's classes 0 (air) and 1 (body) are both background in the output
+
+
+@dataclass(frozen=True)
+class Cnn3dCard(ModelCard):
+    """classes: background + organs (label values); network_classes: air, body + organs (the network's outputs);
+    grid: the fixed canonical grid the scan is resampled to; windows_hu: the input channels; logit_offsets: one
+    per network class, added before the argmax; largest_component: keep each organ's largest component."""
+
+    classes: tuple[str, ...] = card_field(parse=names)
+    network_classes: tuple[str, ...] | None = card_field(parse=names, default=None)
+    grid: tuple[int, int, int] = card_field(parse=positive_ints(3), default=GRID)
+    windows_hu: tuple[tuple[float, float], ...] = card_field(parse=windows_hu, default=DEFAULT_WINDOWS_HU)
+    logit_offsets: tuple[float, ...] | None = card_field(parse=finite_floats, default=None)
+    largest_component: bool = card_field(parse=boolean, default=False)
+
+    @property
+    def n_network(self) -> int:
+        return len(self.network_classes) if self.network_classes else len(self.classes) + N_BACKGROUND - 1
+
+    def check(self) -> None:
+        if self.classes[0] != "background":
+            raise ModelError(f"Model card {self.path.name}: field 'classes' must start with 'background'.")
+        if self.logit_offsets is not None and len(self.logit_offsets) != self.n_network:
+            raise ModelError(f"Model card {self.path.name}: field 'logit_offsets' must hold {self.n_network} numbers, "
+                             "one per network class.")
+
+    def offsets_array(self) -> np.ndarray | None:
+        """The logit offsets as a (n_network, 1, 1, 1) float32 array to add to the network's scores."""
+        if self.logit_offsets is None:
+            return None
+        return np.asarray(self.logit_offsets, np.float32).reshape(-1, 1, 1, 1)
 
 
 class Cnn3dEngine:
@@ -24,26 +60,23 @@ class Cnn3dEngine:
 
     def __init__(self, model=None, *, threads: int | None = None):
         self.onnx_path, card_path = model_paths(model, DEFAULT_MODEL, "cnn3d")
-        try:
-            self.card = json.loads(card_path.read_text())
-            self.classes: tuple[str, ...] = tuple(self.card["classes"])
-            self.grid = tuple(int(v) for v in self.card["grid"])
-            self.largest_component = bool(self.card.get("largest_component", False))
-            n_network = len(self.card.get("network_classes", ())) or len(self.classes) + N_BACKGROUND - 1
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise ModelError(f"Model card {card_path.name} is missing or malformed ({exc!r}).") from None
-        self.logit_offsets = logit_offsets(self.card, n_network, card_path.name)
+        self.card = Cnn3dCard.load(card_path)
+        self.classes: tuple[str, ...] = self.card.classes
+        self.grid = self.card.grid
+        self.largest_component = self.card.largest_component
+        self.logit_offsets = self.card.offsets_array()
         self._session = open_session(self.onnx_path, threads)
         self._input = self._session.get_inputs()[0].name
 
-    def network_input(self, volume: Volume) -> tuple[np.ndarray, preprocess.GridMap]:
-        """(1, 2, *grid) float32 windows of the scan on the fixed grid, and the map back to its grid."""
+    def network_input(self, volume: Volume) -> tuple[np.ndarray, gridmod.GridMap]:
+        """(1, channels, *grid) float32 windows of the scan on the fixed grid, and the map back to its grid."""
         require_finite(volume)
-        hu, gmap = preprocess.to_grid(volume, self.grid)
-        return preprocess.windows(hu)[None], gmap
+        hu, gmap = gridmod.to_grid(volume, self.grid)
+        return windows(hu, self.card.windows_hu)[None], gmap
 
-    def segment(self, volume: Volume, *, progress: ProgressFn | None = None) -> Segmentation:
+    def segment(self, volume: Volume, *, organs=None, progress: ProgressFn | None = None) -> Segmentation:
         progress = progress or no_progress
+        wanted = select_organs(self.classes[1:], organs, self.name)
         t0 = time.perf_counter()
         progress("resample to the network grid", 0.0)
         x, gmap = self.network_input(volume)
@@ -62,8 +95,9 @@ class Cnn3dEngine:
         labels = np.where(cls >= N_BACKGROUND, cls - (N_BACKGROUND - 1), 0).astype(dtype)
         if self.largest_component:
             labels = largest_components(labels, n_out)
-        out = preprocess.from_grid(labels, gmap, volume)
+        out = gridmod.from_grid(labels, gmap, volume)
         timings["postprocess"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
         progress("done", 1.0)
-        return Segmentation(out, {i: n for i, n in enumerate(self.classes) if i > 0}, timings)
+        seg = Segmentation(out, {i: n for i, n in enumerate(self.classes) if i > 0}, timings)
+        return seg if organs is None else seg.keep(wanted)

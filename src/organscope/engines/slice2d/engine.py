@@ -1,7 +1,7 @@
 """The slice2d engine (Salimi et al.): one small 2D Res-UNet per organ on axial slices of the body box, within
 the organ's slice range; a user may ask for a subset of organs and only those models run.
 
-The slice range comes from the sparse classifier's coarse grid (`localize.sparse_grid`), grown by a margin:
+The slice range comes from the sparse classifier's coarse grid (`engines.sparse.locate`, handed over by the registry), grown by a margin:
 the paper crops training slices to the organ's range plus 30 slices, and at inference needs the range too.
 Where two organs claim a voxel, the higher probability wins; each organ keeps its largest 3D component."""
 from __future__ import annotations
@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 
 from ...body import body_crop
+from ...components import largest_components
 from ...errors import ModelError
 from ...geometry import world_to_voxel
+from ...modelcard import card_path, open_session
+from ...segmentation import Segmentation, labels_dtype
 from ...volume import Volume
-from ..onnx_models import MODELS_DIR, card_path, open_session  # noqa: F401 (MODELS_DIR: re-exported)
-from ..base import ProgressFn, Segmentation, labels_dtype, no_progress, require_finite, select_organs
-from ..sparse.refine import largest_components
+from ..base import ProgressFn, no_progress, require_finite, select_organs
 from . import preprocess
 
 DEFAULT_MODEL = "slice2d_openkbp"
@@ -33,9 +34,11 @@ class Slice2dEngine:
     name = "slice2d"
     supports_organ_subset = True
 
-    def __init__(self, model=None, *, threads: int | None = None, slice_range: str | None = None):
+    def __init__(self, model=None, *, threads: int | None = None, slice_range: str | None = None,
+                 localizers=None):
         """slice_range: "sparse" (each organ's slices from the sparse classifier's coarse grid, the default) or
-        "body" (every slice of the body box: no localiser, slower on long scans)."""
+        "body" (every slice of the body box: no localiser, slower on long scans). localizers(name) -> an organ
+        localiser (the engine registry passes its get_localizer: the sparse-grid localiser is another engine's)."""
         self.card_path = card_path_for(model)
         try:
             self.card = json.loads(self.card_path.read_text())
@@ -48,6 +51,7 @@ class Slice2dEngine:
                              f"this organscope makes {preprocess.INPUT_SIZE}.")
         self.classes: tuple[str, ...] = ("background", *self.organ_cards)
         self.threads = threads
+        self._localizers = localizers
         self._sessions: dict[str, object] = {}
         self._locator = None
         self.range_margin_mm = float(self.card.get("range_margin_mm", RANGE_MARGIN_MM))
@@ -68,9 +72,10 @@ class Slice2dEngine:
 
     def locate(self, volume: Volume):
         if self._locator is None:
-            from ...localize.sparse_grid import SparseGridLocalizer
-
-            self._locator = SparseGridLocalizer(threads=self.threads)
+            if self._localizers is None:
+                raise ModelError("The slice2d engine needs an organ localiser for slice_range 'sparse': build it "
+                                 "with organscope.engines.registry.get_engine('slice2d').")
+            self._locator = self._localizers("sparse_grid")
         return self._locator.locate(volume)
 
     def segment(self, volume: Volume, *, organs=None, progress: ProgressFn | None = None) -> Segmentation:

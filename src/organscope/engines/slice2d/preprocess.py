@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..cnn3d.preprocess import resample
+from ...grid import resample
 
 INPUT_SIZE = (128, 96)
 # (low, high) HU per organ; the paper clips every organ to [-70, 170]. Bone and air organs get wider windows.

@@ -8,15 +8,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, fields
 
-import nibabel.orientations as nio
 import numpy as np
 
-from ... import geometry
+from ... import components, geometry
 from ...errors import InputError, ModelError
 from ...sampling.gather import KIND_F32, KIND_U8, Sampler, contiguous_int16, hu_int16
 from ...sampling.points import body_mask, body_steps, superior_axis
 from ...volume import Volume
-from ..base import ProgressFn, Segmentation, labels_dtype, no_progress, require_finite
+from ...segmentation import Segmentation, labels_dtype
+from ..base import ProgressFn, no_progress, require_finite, select_organs
 from . import refine
 from .model import SparseModel
 
@@ -62,12 +62,16 @@ class PreparedScan:
 
     volume: Volume            # as given (for mapping results back)
     canonical: Volume         # int16 HU, closest RAS+, C-contiguous
-    ornt: np.ndarray
+    canon: geometry.Canonical  # the map between the two grids
     offsets_vox: np.ndarray
     sampler: Sampler | None = field(default=None, repr=False)
     world_to_canonical: np.ndarray | None = field(default=None, repr=False)  # inverse of canonical.affine
     _body: np.ndarray | None = field(default=None, repr=False)
     _body_coarse: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def ornt(self) -> np.ndarray:
+        return self.canon.ornt
 
     @property
     def body_step(self) -> tuple[int, int, int]:
@@ -132,14 +136,12 @@ class SparseEngine:
         """Canonical (RAS+) int16 copy of the scan, made by a tiled copy from the closest-RAS+ view of its memory
         (axis permutations and flips only), plus what every query needs precomputed."""
         require_finite(volume)
-        arr = volume.array
-        ornt = geometry.canonical_transform(volume.affine)
-        view = nio.apply_orientation(hu_int16(arr), ornt)  # zero-copy view; the copy below is the tiled one
-        canon = Volume(contiguous_int16(view), geometry.oriented_affine(volume.affine, ornt, volume.shape),
-                       dict(volume.meta))
+        can = volume.canonical()
+        view = can.view(hu_int16(volume.array))  # zero-copy view; the copy below is the tiled one
+        canon = Volume(contiguous_int16(view), can.affine, dict(volume.meta))
         offsets = self.model.pattern.offsets_vox(canon.affine)
         kind = KIND_U8 if self.model.input_kind == "codes" else KIND_F32
-        return PreparedScan(volume, canon, ornt, offsets, Sampler(canon.array, offsets, kind),
+        return PreparedScan(volume, canon, can, offsets, Sampler(canon.array, offsets, kind),
                             np.linalg.inv(canon.affine))
 
     def _as_prepared(self, scan) -> PreparedScan:
@@ -193,12 +195,13 @@ class SparseEngine:
                            tuple(tuple(classes[i] for i in row) for row in order.tolist()), top3, vox, probs)
 
     # ---- segmentation ------------------------------------------------------------------------
-    def segment(self, volume, *, progress: ProgressFn | None = None) -> Segmentation:
+    def segment(self, volume, *, organs=None, progress: ProgressFn | None = None) -> Segmentation:
         """Coarse-to-fine label map. Everything before the last step works on the levels' grids (never the
         full voxel grid): a level starts from the previous one by cell lookup, classifies where neighbours
         disagree, then re-checks only around points whose label changed; the finest grid is cleaned (largest
         components) and expanded to voxels once, at the end."""
         progress = progress or no_progress
+        wanted = select_organs(self.classes[1:], organs, self.name)
         t0 = time.perf_counter()
         scan = self._as_prepared(volume)
         shape = scan.canonical.shape
@@ -225,23 +228,24 @@ class SparseEngine:
             if st.majority:
                 grid = refine.majority_smooth(grid, st.majority, n_classes)
             if level == 0 and st.largest_component and st.components_before_refinement:
-                grid = refine.largest_components(grid, n_classes)
+                grid = components.largest_components(grid, n_classes)
             prev_step = step
             timings[f"level_{level + 1}"] = time.perf_counter() - t
         t = time.perf_counter()
         progress("clean-up", 1.0 - 0.5 / len(steps))
         if st.largest_component:
-            grid = refine.largest_components(grid, n_classes)  # on the finest grid: same result as on voxels
+            grid = components.largest_components(grid, n_classes)  # on the finest grid: same result as on voxels
         timings["components"] = time.perf_counter() - t
         t = time.perf_counter()
         out = np.empty(scan.volume.shape, dtype=dtype)  # on the input's grid, in its orientation
-        refine.expand_into(grid, prev_step, nio.apply_orientation(out, scan.ornt))
+        refine.expand_into(grid, prev_step, scan.canon.view(out))
         timings["expand"] = time.perf_counter() - t
         progress("done", 1.0)
         out = scan.volume.with_array(out)
         timings["total"] = time.perf_counter() - t0
         timings["points_classified"] = float(queried)
-        return Segmentation(out, {i: n for i, n in enumerate(self.classes) if i > 0}, timings)
+        seg = Segmentation(out, {i: n for i, n in enumerate(self.classes) if i > 0}, timings)
+        return seg if organs is None else seg.keep(wanted)
 
     def _sweeps(self, scan: PreparedScan, grid: np.ndarray, step, body: np.ndarray, todo: np.ndarray,
                 seen: np.ndarray) -> int:

@@ -10,8 +10,8 @@ import numpy as np
 
 from ...errors import ModelError
 from ...sampling.pattern import Pattern, paper_pattern
-from ..onnx_models import MODELS_DIR, open_session  # noqa: F401 (MODELS_DIR: re-exported)
-from ..onnx_models import model_paths as _model_paths
+from ...modelcard import open_session
+from ...modelcard import model_paths as _model_paths
 
 DEFAULT_MODEL = "sparse_openkbp"
 

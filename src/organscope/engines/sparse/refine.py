@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numba as nb
 import numpy as np
-from scipy import ndimage
 
 MIN_LEVEL_RATIO = 4  # a refinement level must have at least this many times fewer grid points than the next
 
@@ -207,22 +206,3 @@ def majority_smooth(grid: np.ndarray, threshold: int, n_classes: int | None = No
         return grid
     n = int(n_classes or (int(grid.max()) + 1))
     return _majority(np.ascontiguousarray(grid), idx, threshold, n)
-
-
-def largest_components(labels: np.ndarray, n_classes: int) -> np.ndarray:
-    """Keep the largest 26-connected component of every organ label; the rest becomes background.
-    On a level's grid this equals running it on the expanded voxel map (cells tile space, and two cells touch,
-    even at a corner, exactly when they are 26-neighbours), at a fraction of the cost."""
-    out = labels.copy()
-    boxes = ndimage.find_objects(labels, max_label=n_classes - 1)
-    struct = np.ones((3, 3, 3), dtype=bool)
-    for c, box in enumerate(boxes, start=1):
-        if box is None:
-            continue
-        sub = out[box]
-        comp, n = ndimage.label(sub == c, structure=struct)
-        if n > 1:
-            sizes = np.bincount(comp.ravel())
-            sizes[0] = 0
-            sub[(comp != np.argmax(sizes)) & (comp > 0)] = 0
-    return out

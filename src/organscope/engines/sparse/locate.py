@@ -7,11 +7,12 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from scipy import ndimage
 
-from ..engines.sparse import refine
-from ..volume import Volume
-from .boxes import OrganLocation, location
+from ...components import BRIDGE_STEPS, bridged_largest_components
+from ...localize.boxes import OrganLocation, location
+from ...localize.organ_sizes import organ_sizes
+from ...volume import Volume
+from . import refine
 
 
 #: an organ whose grid points have a mean probability below this is reported absent (on the 33 OpenKBP validation
@@ -22,37 +23,12 @@ MIN_CONFIDENCE = 0.65
 MIN_VOLUME_FRACTION = 0.5
 
 
-#: grid points of an organ at most 2 * BRIDGE_STEPS steps apart count as one group: a thin organ (the spinal cord,
-#: ~10 mm across) falls between 8 mm grid points here and there, and its largest strictly connected piece alone
-#: gave boxes holding 26 % and 66 % of the cord on two validation cases (with 2: 76 % and 100 %; 1 gave 36 %, 100 %)
-BRIDGE_STEPS = 2
-
-
-def bridged_largest_components(grid: np.ndarray, n_classes: int, bridge: int = BRIDGE_STEPS) -> np.ndarray:
-    """Per organ label, keep the group of grid points with the most points, where points closer than 2 * bridge
-    + 1 steps (26-connectivity after dilating by `bridge`) belong to one group; the rest becomes background."""
-    out = grid.copy()
-    struct = np.ones((3, 3, 3), bool)
-    for c in range(1, n_classes):
-        m = grid == c
-        if not m.any():
-            continue
-        joined = ndimage.binary_dilation(m, struct, iterations=bridge) if bridge > 0 else m
-        lab, n = ndimage.label(joined, struct)
-        if n > 1:
-            counts = np.bincount(lab[m], minlength=n + 1)
-            out[m & (lab != np.argmax(counts))] = 0
-    return out
-
-
 def locate(volume: Volume, *, engine=None, level_mm: float = 8.0, grow_steps: float = 1.0,
            min_confidence: float = MIN_CONFIDENCE, min_volume_fraction: float = MIN_VOLUME_FRACTION,
            timings: dict | None = None) -> dict[str, OrganLocation]:
     """Per organ of the sparse model: present (mean probability >= min_confidence and at least
     min_volume_fraction of the training set's 5th-percentile volume), centroid, box and confidence."""
-    from .organ_sizes import organ_sizes
-
-    from ..engines.sparse import SparseEngine
+    from .engine import SparseEngine
 
     t0 = time.perf_counter()
     eng = engine or SparseEngine()
@@ -88,7 +64,7 @@ def locate(volume: Volume, *, engine=None, level_mm: float = 8.0, grow_steps: fl
         grow = np.ceil(grow_steps * step_a).astype(int)
         start = np.maximum(pts.min(0) * step_a - grow, 0)
         stop = np.minimum((pts.max(0) + 1) * step_a + grow, shape)
-        out[name] = location(name, start, stop, vox.mean(0), conf, scan.canonical.affine, scan.ornt, volume.shape)
+        out[name] = location(name, start, stop, vox.mean(0), conf, scan.canon)
     if timings is not None:
         timings["total"] = time.perf_counter() - t0
         timings["points_classified"] = float(len(todo))
@@ -97,15 +73,19 @@ def locate(volume: Volume, *, engine=None, level_mm: float = 8.0, grow_steps: fl
 
 class SparseGridLocalizer:
     """`locate` with one sparse engine kept for every call (loaded on the first), for engines that localise
-    with it (slice2d, cascade); `hu` and `gmap` are accepted for the same signature as HeatmapLocalizer."""
+    with it (slice2d, cascade: the engine registry hands it to them); `hu` and `gmap` are accepted for the same
+    signature as localize.heatmap.HeatmapLocalizer."""
 
-    def __init__(self, *, threads: int | None = None):
+    name = "sparse_grid"
+
+    def __init__(self, *, threads: int | None = None, level_mm: float = 8.0):
         self.threads = threads
+        self.level_mm = level_mm
         self._engine = None
 
     def locate(self, volume: Volume, *, timings: dict | None = None, hu=None, gmap=None) -> dict[str, OrganLocation]:
         if self._engine is None:
-            from ..engines.sparse import SparseEngine
+            from .engine import SparseEngine
 
             self._engine = SparseEngine(threads=self.threads)
-        return locate(volume, engine=self._engine, timings=timings)
+        return locate(volume, engine=self._engine, timings=timings, level_mm=self.level_mm)

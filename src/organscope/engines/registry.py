@@ -1,0 +1,94 @@
+"""The engines by name: the one place that knows every engine. It builds them (importing each only when asked
+for) and hands the composite engines their organ localisers, so no engine imports another.
+
+    get_engine("cnn3d", threads=2)        an engine
+    get_localizer("heatmap")              an organ localiser (locate(volume) -> {organ: OrganLocation})
+    ENGINE_INFO                           name -> one line for people (no import: the CLI's help uses it)
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import TYPE_CHECKING, Callable
+
+from ..errors import ModelError
+
+if TYPE_CHECKING:  # the registry itself stays light: the CLI reads ENGINE_INFO for its help
+    from .base import Engine
+
+#: name -> what it is, for `--engine` help and error messages
+ENGINE_INFO: dict[str, str] = {
+    "sparse": "sparse point classifier, coarse-to-fine (default; also answers point queries)",
+    "cnn3d": "tiny factorised 3D CNN on the whole scan",
+    "cascade": "organ boxes from a localiser, then one 3D CNN per organ group in its crop",
+    "slice2d": "one 2D network per organ on axial slices of the body",
+}
+DEFAULT_ENGINE = "sparse"
+
+#: name -> what it is, for `--localizer` help
+LOCALIZER_INFO: dict[str, str] = {
+    "sparse_grid": "the sparse classifier on one coarse grid (default)",
+    "heatmap": "a 3D network regressing one heat-map per organ",
+}
+
+
+def get_localizer(name: str = "sparse_grid", *, model=None, threads: int | None = None, **options):
+    """An organ localiser by name; `model` names the heat-map model (sparse_grid uses the sparse engine's)."""
+    if name == "sparse_grid":
+        from .sparse.locate import SparseGridLocalizer
+
+        return SparseGridLocalizer(threads=threads, **options)
+    if name == "heatmap":
+        from ..localize.heatmap import HeatmapLocalizer
+
+        return HeatmapLocalizer(model, threads=threads, **options)
+    raise ModelError(f"Unknown localiser {name!r}; available: {', '.join(LOCALIZER_INFO)}.")
+
+
+def engine_class(name: str) -> type:
+    """The class of an engine (its module imported, no model loaded)."""
+    if name == "sparse":
+        from .sparse import SparseEngine
+        return SparseEngine
+    if name == "cnn3d":
+        from .cnn3d import Cnn3dEngine
+        return Cnn3dEngine
+    if name == "slice2d":
+        from .slice2d import Slice2dEngine
+        return Slice2dEngine
+    if name == "cascade":
+        from .cascade import CascadeEngine
+        return CascadeEngine
+    raise ModelError(f"Unknown engine {name!r}; available engines: {', '.join(ENGINE_INFO)}.")
+
+
+def _plain(name: str) -> Callable[..., "Engine"]:
+    return lambda **kw: engine_class(name)(**kw)
+
+
+def _with_localizers(name: str) -> Callable[..., "Engine"]:
+    """Composite engines get their organ localisers from here: the sparse-grid one is another engine's."""
+    return lambda **kw: engine_class(name)(localizers=partial(get_localizer, threads=kw.get("threads")), **kw)
+
+
+ENGINES: dict[str, Callable[..., "Engine"]] = {"sparse": _plain("sparse"), "cnn3d": _plain("cnn3d"),
+                                             "slice2d": _with_localizers("slice2d"),
+                                             "cascade": _with_localizers("cascade")}
+
+
+def engine_names() -> list[str]:
+    return list(ENGINE_INFO)
+
+
+def query_engines() -> list[str]:
+    """Names of the engines that answer point queries (base.PointQueryEngine: prepare + query)."""
+    return [n for n in ENGINE_INFO if callable(getattr(engine_class(n), "query", None))
+            and callable(getattr(engine_class(n), "prepare", None))]
+
+
+def get_engine(name: str, **kwargs) -> "Engine":
+    """A loaded engine: name is one of ENGINE_INFO; kwargs (model, threads, ...) go to its constructor."""
+    try:
+        factory = ENGINES[name]
+    except KeyError:
+        raise ModelError(f"Unknown engine {name!r}; available engines: {', '.join(ENGINE_INFO)}.") from None
+    return factory(**kwargs)
