@@ -10,25 +10,19 @@
 from __future__ import annotations
 
 import os
-from functools import lru_cache
-
 import numpy as np
 
 from .engines.base import ProgressFn, supports_query
-from .engines.registry import DEFAULT_ENGINE, get_engine, query_engines
+from .engines.registry import DEFAULT_ENGINE, query_engines
 from .errors import ModelError
 from .io import load_volume, save_labels
+from .pipeline import SegmentOptions, cached_engine, segment_volume
 from .segmentation import Segmentation
 from .volume import Volume
 
 
-@lru_cache(maxsize=8)
-def _load_engine(name: str, model: str | None, threads: int | None):
-    return get_engine(name, model=model, threads=threads)
-
-
 def _engine(name: str, model, threads: int | None):
-    return _load_engine(name, None if model is None else str(model), threads)  # paths cache by their text
+    return cached_engine(name, None if model is None else str(model), threads)  # paths cache by their text
 
 
 def engine(name: str = DEFAULT_ENGINE, *, model: str | None = None, threads: int | None = None):
@@ -46,15 +40,8 @@ def segment(scan, *, engine: str = DEFAULT_ENGINE, model: str | None = None, thr
     `organs` (names) restricts the result to those organs: engines with one model per organ (slice2d) run
     only those models; the others segment everything and keep only the chosen labels. `priors` applies the
     anatomical-prior rules measured to raise this engine's validation Dice (postprocess.priors)."""
-    vol = _volume(scan)
-    eng = _engine(engine, model, threads)
-    if not priors:
-        return eng.segment(vol, organs=organs, progress=progress)
-    from .postprocess.priors import apply_priors
-
-    # the priors' anchors may be organs the user did not ask for: segment everything, then keep the subset
-    seg = apply_priors(eng.segment(vol, progress=progress), engine=eng.name)
-    return seg if organs is None else seg.keep(organs)
+    options = SegmentOptions(engine, model, threads, None if organs is None else tuple(organs), priors)
+    return segment_volume(_volume(scan), options, progress=progress)
 
 
 def query(scan, points, *, voxel: bool = False, engine: str = DEFAULT_ENGINE, model: str | None = None,
