@@ -98,3 +98,13 @@ def probabilities_to_input(probs: np.ndarray, grid_affine: np.ndarray, canonical
     arr = np.moveaxis(canonical.to_input(np.moveaxis(probs, 0, -1)), -1, 0)
     affine = oriented_affine(np.asarray(grid_affine, float), inv, probs.shape[1:])
     return ClassProbabilities(np.ascontiguousarray(arr, dtype=np.float32), affine, tuple(classes))
+
+
+def present_on_output(confidence: dict[str, float], out: Volume, grid_shape, names: dict[int, str]) -> dict[str, float]:
+    """`confidence` without the organs that vanished on the way from a working grid to a scan with fewer voxels
+    along some axis (nearest neighbour skips grid voxels there); checked only then, when the output is small."""
+    if all(n >= g for n, g in zip(out.shape, grid_shape)):
+        return confidence
+    present = np.flatnonzero(np.bincount(out.array.ravel(order="K"), minlength=max(names, default=0) + 1))
+    found = {names[int(v)] for v in present if int(v) in names}
+    return {n: c for n, c in confidence.items() if n in found}

@@ -16,8 +16,8 @@ from ...modelcard import (ModelCard, boolean, card_field, finite_floats, model_p
                           positive_ints, windows_hu)
 from ...segmentation import ClassProbabilities, Segmentation, labels_dtype
 from ...volume import Volume
-from ..base import (ProgressFn, no_progress, organ_confidence, probabilities_to_input, require_finite,
-                    select_organs)
+from ..base import (ProgressFn, no_progress, organ_confidence, present_on_output, probabilities_to_input,
+                    require_finite, select_organs)
 from ...intensity import DEFAULT_WINDOWS_HU
 from .preprocess import GRID
 
@@ -115,12 +115,7 @@ class Cnn3dEngine:
         idx = np.flatnonzero(labels)
         flat = scores.reshape(len(scores), -1)[:, idx]
         picked = 1.0 / np.exp(flat - flat.max(axis=0)).sum(axis=0)  # the winner's softmax probability
-        conf = organ_confidence(labels.ravel()[idx], picked, names)
-        if any(n < g for n, g in zip(out.shape, labels.shape)):  # the output is smaller than the grid: cheap
-            present = np.flatnonzero(np.bincount(out.array.ravel(order="K"), minlength=len(names) + 1))
-            found = {names[int(v)] for v in present if int(v) in names}
-            conf = {n: c for n, c in conf.items() if n in found}
-        return conf
+        return present_on_output(organ_confidence(labels.ravel()[idx], picked, names), out, labels.shape, names)
 
     def _probabilities(self, scores: np.ndarray, gmap: gridmod.GridMap) -> ClassProbabilities:
         """Softmax of the (offset) network scores on the fixed grid, air and body summed into background, in
