@@ -294,3 +294,77 @@ def test_serve_command_defaults():
     assert args.host == "127.0.0.1" and args.port == 8000 and args.allow_dir is None and args.scan == [str(SCAN)]
     assert args.func.__name__ == "cmd_serve"
 
+
+
+# ---- choosing the engine ------------------------------------------------------------------------------------------
+def wait_done(c, job: dict, seconds: float = 120) -> dict:
+    deadline = time.monotonic() + seconds
+    while job["state"] in ("queued", "running"):
+        assert time.monotonic() < deadline, f"segmentation did not finish: {job}"
+        time.sleep(0.05)
+        job = c.get(f"/api/jobs/{job['id']}").json()
+    return job
+
+
+def test_engines_endpoint_lists_every_engine(client):
+    from organscope.engines.registry import ENGINE_INFO, query_engines
+
+    engines = client.get("/api/engines").json()
+    assert [e["name"] for e in engines] == list(ENGINE_INFO)
+    assert all(e["description"] == ENGINE_INFO[e["name"]] for e in engines)
+    assert {e["name"] for e in engines if e["point_queries"]} == set(query_engines()) >= {"sparse"}
+    assert [e["name"] for e in engines if e["default"]] == ["sparse"]
+    assert "/api/engines" in client.get("/openapi.json").json()["paths"]
+
+
+@pytest.mark.skipif(not (MODELS_DIR / "cnn3d_openkbp.onnx").exists(), reason="no shipped cnn3d model")
+def test_segment_with_the_engine_a_request_names(client, scan_id, volume):
+    job = client.post(f"/api/scans/{scan_id}/segment", json={"engine": "cnn3d"})
+    assert job.status_code == 202 and job.json()["engine"] == "cnn3d"
+    job = wait_done(client, job.json())
+    assert job["state"] == "done" and job["engine"] == "cnn3d", job
+    labels = np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(
+        client.get(f"/api/jobs/{job['id']}/labels.nii.gz").content)).dataobj)
+    reference = api.segment(volume, engine="cnn3d")
+    np.testing.assert_array_equal(labels, reference.labels.array)
+    found = job["organs_found"]
+    assert [o["name"] for o in found] == reference.present()
+    for o in found:
+        assert 0 < o["confidence"] <= 1
+        assert o["confidence"] == pytest.approx(reference.confidence[o["name"]], abs=1e-4)
+    # an organ subset, and the default engine's job reports its confidence too
+    sub = wait_done(client, client.post(f"/api/scans/{scan_id}/segment",
+                                        json={"engine": "cnn3d", "organs": ["mandible"]}).json())
+    assert [o["name"] for o in sub["organs_found"]] == ["mandible"]
+    plain = wait_done(client, client.post(f"/api/scans/{scan_id}/segment").json())
+    assert plain["engine"] == "sparse" and all(0 < o["confidence"] <= 1 for o in plain["organs_found"])
+
+
+def test_unknown_engine_or_organ_is_refused_with_one_sentence(client, scan_id):
+    from organscope.engines.registry import ENGINE_INFO
+
+    r = client.post(f"/api/scans/{scan_id}/segment", json={"engine": "magic"})
+    assert r.status_code == 400
+    text = detail(r)
+    assert "magic" in text and all(name in text for name in ENGINE_INFO) and text.count(". ") == 0
+    r = client.post(f"/api/scans/{scan_id}/segment", json={"engine": "sparse", "organs": ["liver"]})
+    assert r.status_code == 400 and "liver" in detail(r)
+    r = client.post(f"/api/scans/{scan_id}/segment", json={"engine": 3})
+    assert r.status_code == 422 and detail(r)
+    with pytest.raises(Exception, match="Unknown engine 'magic'"):
+        create_app(engine="magic")
+
+
+@pytest.mark.skipif(not (MODELS_DIR / "cnn3d_openkbp.onnx").exists(), reason="no shipped cnn3d model")
+def test_a_server_segmenting_with_cnn3d_queries_with_the_default_query_engine(allowed, volume):
+    with TestClient(create_app(allowed_dir=allowed, engine="cnn3d")) as c:
+        health = c.get("/api/health").json()
+        assert health["engine"] == "cnn3d" and health["query_engine"] == "sparse"
+        sid = c.post("/api/scans/open", json={"path": "scan.nii.gz"}).json()["id"]
+        centre = volume.voxel_to_world(np.array([[64.0, 64.0, 64.0]]))[0].tolist()
+        r = c.post(f"/api/scans/{sid}/query", json={"points": [centre]})
+        assert r.status_code == 200
+        assert r.json()["results"][0]["organ"] == api.query(volume, [centre]).names[0]
+        job = wait_done(c, c.post(f"/api/scans/{sid}/segment").json())
+        assert job["state"] == "done" and job["engine"] == "cnn3d"
+        assert [e["name"] for e in c.get("/api/engines").json() if e["default"]] == ["cnn3d"]

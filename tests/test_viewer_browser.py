@@ -127,6 +127,9 @@ def test_click_shows_organ_and_segment_overlays(server, tmp_path):
             page.wait_for_timeout(500)  # let NiiVue draw the overlay
             job_id = page.evaluate("document.body.dataset.segmented")
             legend = page.eval_on_selector_all("#legend li", "els => els.map(e => e.dataset.organ)")
+            confidences = page.eval_on_selector_all("#legend li", "els => els.map(e => e.dataset.confidence)")
+            engine_options = page.eval_on_selector_all("#engine-select option", "els => els.map(e => e.value)")
+            chosen_engine = page.eval_on_selector("#engine-select", "e => e.value")
             status = page.text_content("#status")
             final = tmp_path / "viewer_segmented.png"
             page.screenshot(path=str(final))
@@ -164,6 +167,10 @@ def test_click_shows_organ_and_segment_overlays(server, tmp_path):
     job = httpx.get(f"{server}/api/jobs/{job_id}").json()
     assert job["state"] == "done"
     assert legend == [o["name"] for o in job["organs_found"]] and "brainstem" in legend
+    # the engine control lists the service's engines, its default chosen; the legend shows each confidence
+    assert engine_options == [e["name"] for e in httpx.get(f"{server}/api/engines").json()]
+    assert chosen_engine == job["engine"] == "sparse"
+    assert [float(c) for c in confidences] == pytest.approx([o["confidence"] for o in job["organs_found"]])
     assert "organ(s)" in status
     box = tuple(int(v) for v in pos["canvas"])
     coloured = {name: _coloured_pixels(png, box) for name, png in

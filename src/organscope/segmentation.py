@@ -32,21 +32,62 @@ class ClassProbabilities:
                              "classes.")
 
     def on_grid(self, volume: Volume) -> np.ndarray:
-        """(C, *volume.shape) float32 probabilities on the scan's own grid by linear interpolation (voxel edges of
-        the two grids aligned over the field of view). Memory: C x the scan's voxels x 4 bytes."""
-        from .grid import resample
-
-        if tuple(self.array.shape[1:]) == volume.shape:
+        """(C, *volume.shape) float32 probabilities on the scan's own grid, by linear interpolation along each
+        axis at the scan's voxel centres as this grid's `affine` places them (a grid that covers the field of
+        view with its voxel edges aligned, such as a network grid, gives the same as resampling it; a refinement
+        level's grid, whose points sit at g*step + step//2, lands where its points are). Scan voxels more than
+        half a grid voxel outside this grid (e.g. outside the body box of slice2d) are background. Both grids
+        must share their axes (this grid is in the scan's axis order; scaled and shifted only). Memory: C x the
+        scan's voxels x 4 bytes."""
+        shape = tuple(volume.shape)
+        if tuple(self.array.shape[1:]) == shape and np.allclose(self.affine, volume.affine, atol=1e-4):
             return self.array
-        return np.stack([resample(p, volume.shape) for p in self.array])
+        m = np.linalg.inv(self.affine) @ np.asarray(volume.affine, float)  # scan voxel -> this grid's voxel
+        lin = m[:3, :3]
+        if not np.allclose(lin - np.diag(np.diag(lin)), 0.0, atol=1e-4 * max(1.0, float(np.abs(lin).max()))):
+            raise ModelError("These class probabilities are on a grid whose axes are not the scan's; they cannot "
+                             "be interpolated onto it.")
+        out = self.array
+        outside = np.zeros(shape, dtype=bool)
+        for a in range(3):
+            n_grid = out.shape[1 + a]
+            u = m[a, a] * np.arange(shape[a]) + m[a, 3]
+            off = (u < -0.5 - 1e-3) | (u > n_grid - 0.5 + 1e-3)
+            if off.any():
+                sl = [None, None, None]
+                sl[a] = slice(None)
+                outside |= off[tuple(sl)]
+            u = np.clip(u, 0.0, n_grid - 1)
+            i0 = np.floor(u).astype(np.int64)
+            i1 = np.minimum(i0 + 1, n_grid - 1)
+            w = (u - i0).astype(np.float32).reshape([1] + [-1 if b == a else 1 for b in range(3)])
+            out = np.take(out, i0, axis=1 + a) * (1.0 - w) + np.take(out, i1, axis=1 + a) * w
+        out = np.ascontiguousarray(out, dtype=np.float32)
+        if outside.any():
+            out[:, outside] = 0.0
+            out[0, outside] = 1.0
+        return out
+
+    def keep(self, names) -> "ClassProbabilities":
+        """Background and the organs `names` only (in this order of classes); the other organs' probability
+        goes to background, so every voxel still sums to 1."""
+        keep = [c for c, n in enumerate(self.classes) if c > 0 and n in set(names)]
+        if len(keep) == len(self.classes) - 1:
+            return self
+        organs = self.array[keep]
+        background = np.clip(1.0 - organs.sum(axis=0), 0.0, 1.0)[None]
+        return ClassProbabilities(np.ascontiguousarray(np.concatenate([background, organs]), dtype=np.float32),
+                                  self.affine, ("background", *(self.classes[c] for c in keep)))
 
 
 @dataclass(frozen=True)
 class Segmentation:
     """A label map on the input's grid (Volume of unsigned ints) and the organ name of each label value.
 
-    confidence: per organ found, the mean probability of its voxels (0..1), where the engine gives one.
-    probabilities: the class probabilities behind the labels, when the engine was asked for them.
+    confidence: per organ present, the mean over its voxels (on the engine's working grid) of the probability of
+        the class the engine picked there, in (0, 1]; organs not present have none.
+    probabilities: the class probabilities behind the labels on the engine's working grid, when the engine was
+        asked for them (segment(..., probabilities=True)); with an organ subset, background + those organs.
     timings_s: seconds per stage (and counters such as points_classified)."""
 
     labels: Volume
@@ -73,5 +114,6 @@ class Segmentation:
         keep = [i for i, n in self.names.items() if n in wanted]
         arr = self.labels.array
         out = np.where(np.isin(arr, keep), arr, 0).astype(arr.dtype)
+        probs = None if self.probabilities is None else self.probabilities.keep(wanted)
         return replace(self, labels=self.labels.with_array(out), names={i: self.names[i] for i in keep},
-                       confidence={n: c for n, c in self.confidence.items() if n in wanted})
+                       confidence={n: c for n, c in self.confidence.items() if n in wanted}, probabilities=probs)

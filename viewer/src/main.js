@@ -1,5 +1,6 @@
 // organscope viewer: NiiVue in three planes; a click asks the service which organ is at the crosshair,
-// a button segments the scan and overlays the label map with a legend.
+// a button segments the scan with the engine chosen beside it and overlays the label map with a legend that
+// shows each organ's confidence (its mean probability).
 // NiiVue's crosshair position `mm` is world RAS millimetres from the image's own affine (the same space as
 // organscope's world coordinates), so it is sent to the query API as is (space "world").
 import { Niivue, NVImage, SHOW_RENDER, MULTIPLANAR_TYPE } from '@niivue/niivue'
@@ -132,9 +133,11 @@ function clearLegend () {
   $('overlay-row').hidden = true
 }
 
-function labelColormap () {
+// the colours of the job's own label values (engines may number organs differently), background transparent
+function labelColormap (job) {
   const cm = { R: [], G: [], B: [], A: [], I: [], labels: [] }
-  for (const o of state.organs) {
+  const background = { label: 0, rgb: [0, 0, 0], display_name: 'Background' }
+  for (const o of [background, ...job.organs_found]) {
     cm.R.push(o.rgb[0]); cm.G.push(o.rgb[1]); cm.B.push(o.rgb[2])
     cm.A.push(o.label === 0 ? 0 : 255)
     cm.I.push(o.label)
@@ -153,10 +156,11 @@ async function segment () {
   bar.hidden = false
   bar.value = 0
   try {
-    let job = await api(`scans/${scanId}/segment`, { method: 'POST' })
+    const engine = $('engine-select').value
+    let job = await postJson(`scans/${scanId}/segment`, engine ? { engine } : {})
     while (job.state === 'queued' || job.state === 'running') {
       bar.value = job.fraction
-      status(`Segmenting: ${job.stage} (${Math.round(100 * job.fraction)} %)`)
+      status(`Segmenting (${job.engine}): ${job.stage} (${Math.round(100 * job.fraction)} %)`)
       await sleep(250)
       job = await api(`jobs/${job.id}`)
     }
@@ -165,7 +169,7 @@ async function segment () {
     bar.value = 1
     status('Loading the label map…')
     const overlay = await NVImage.loadFromUrl({ url: `api/jobs/${job.id}/labels.nii.gz`, name: 'labels.nii.gz', opacity: OVERLAY_OPACITY })
-    overlay.setColormapLabel(labelColormap())
+    overlay.setColormapLabel(labelColormap(job))
     if (state.overlay) nv.removeVolume(state.overlay)
     nv.addVolume(overlay)
     state.overlay = overlay
@@ -173,7 +177,7 @@ async function segment () {
     $('overlay-toggle').checked = true
     showLegend(job)
     document.body.dataset.segmented = job.id
-    status(`Segmented in ${job.seconds.toFixed(1)} s: ${job.organs_found.length} organ(s).`)
+    status(`Segmented with ${job.engine} in ${job.seconds.toFixed(1)} s: ${job.organs_found.length} organ(s).`)
   } catch (err) {
     status(err.message, true)
   } finally {
@@ -193,9 +197,31 @@ function showLegend (job) {
     sw.className = 'swatch'
     sw.style.background = rgbCss(o.rgb)
     li.append(sw, o.display_name)
+    if (typeof o.confidence === 'number') {
+      const conf = document.createElement('span')
+      conf.className = 'confidence'
+      conf.title = 'confidence: the mean probability over the organ\'s voxels'
+      conf.textContent = `${Math.round(100 * o.confidence)} %`
+      li.dataset.confidence = String(o.confidence)
+      li.appendChild(conf)
+    }
     ul.appendChild(li)
   }
   $('overlay-row').hidden = false
+}
+
+// the engines the service offers, its default selected
+function fillEngines (engines) {
+  const sel = $('engine-select')
+  sel.replaceChildren()
+  for (const e of engines) {
+    const opt = document.createElement('option')
+    opt.value = e.name
+    opt.textContent = e.name
+    opt.title = e.description + (e.point_queries ? ' (answers point queries)' : '')
+    if (e.default) opt.selected = true
+    sel.appendChild(opt)
+  }
 }
 
 // ---- start ------------------------------------------------------------------------------------------------------
@@ -237,6 +263,7 @@ async function main () {
   await nv.attachToCanvas($('gl'))
   state.organs = await api('organs')
   state.byName = new Map(state.organs.map((o) => [o.name, o]))
+  fillEngines(await api('engines'))
   const scans = await api('scans')
   scans.forEach((s) => addScanOption(s, false))
   const wanted = new URLSearchParams(window.location.search).get('scan')

@@ -264,8 +264,15 @@ def apply_priors(labels: Segmentation | Volume, names: Mapping[int, str] | None 
             raise InputError("apply_priors got a Segmentation and different names; leave names out.")
         t0 = time.perf_counter()
         arr = apply_priors_array(labels.labels.array, labels.labels.affine, labels.names, ruleset)
+        confidence = labels.confidence
+        if arr is not labels.labels.array and confidence:  # an organ whose every voxel broke a rule is gone
+            counts = np.bincount(arr.ravel(order="K"), minlength=max(labels.names, default=0) + 1)
+            confidence = {n: c for n, c in confidence.items()
+                          if any(counts[v] for v, name in labels.names.items() if name == n)}
         timings = {**labels.timings_s, "priors": time.perf_counter() - t0}
-        return Segmentation(labels.labels.with_array(arr), dict(labels.names), timings)
+        # confidence and class probabilities are the engine's; they stay (the latter are not re-masked)
+        return replace(labels, labels=labels.labels.with_array(arr), names=dict(labels.names), timings_s=timings,
+                       confidence=confidence)
     if isinstance(labels, Volume):
         if names is None:
             raise InputError("apply_priors needs the organ names ({label: organ}) of a labels Volume.")

@@ -10,10 +10,11 @@ Endpoints (all JSON under /api; the OpenAPI description is at /openapi.json, bro
     GET    /api/scans                      open scans;  GET/DELETE /api/scans/{id}
     GET    /api/scans/{id}/volume.nii.gz   the scan itself (for the viewer)
     POST   /api/scans/{id}/query           {"points": [[x, y, z], ...], "space": "world"|"voxel"}
-    POST   /api/scans/{id}/segment         start a segmentation job -> JobInfo (202)
-    GET    /api/jobs/{job}                 state, stage, fraction (and organs found when done)
+    POST   /api/scans/{id}/segment         optional {"engine": ..., "organs": [...]}: start a segmentation job -> JobInfo (202)
+    GET    /api/jobs/{job}                 engine, state, stage, fraction (and organs found with confidence when done)
     GET    /api/jobs/{job}/labels.nii.gz   the label map (uint8 NIfTI on the scan's grid, names in its header)
-    GET    /api/organs                     every class of the model: label, name, display name, colour
+    GET    /api/organs                     every class of the query model: label, name, display name, colour
+    GET    /api/engines                    the engines: name, description, point queries, default
 
 Errors: one sentence in {"detail": ...}, with 400 (unusable input), 403 (path not allowed), 404 (unknown id),
 409 (result not ready), 413 (upload too large) or 422 (malformed request).
@@ -44,31 +45,46 @@ class UploadTooLarge(OrganscopeError):
     pass
 
 
-def organ_table(classes) -> list[dict]:
-    """label, name, display name and viewer colour of each class (0 = background)."""
+def organ_entry(label: int, name: str) -> dict:
+    """label, name, display name and viewer colour of one class (0 = background)."""
     from ..organs import ORGANS
 
-    out = []
-    for label, name in enumerate(classes):
-        organ = ORGANS.get(name)
-        if label == 0:
-            display, rgb = "Background", (0, 0, 0)
-        elif organ is not None:
-            display, rgb = organ.display_name, tuple(int(c) for c in organ.rgb)
-        else:
-            display, rgb = name.replace("_", " ").capitalize(), (200, 200, 200)
-        out.append({"label": label, "name": name, "display_name": display, "rgb": list(rgb)})
-    return out
+    organ = ORGANS.get(name)
+    if label == 0:
+        display, rgb = "Background", (0, 0, 0)
+    elif organ is not None:
+        display, rgb = organ.display_name, tuple(int(c) for c in organ.rgb)
+    else:
+        display, rgb = name.replace("_", " ").capitalize(), (200, 200, 200)
+    return {"label": label, "name": name, "display_name": display, "rgb": list(rgb)}
+
+
+def organ_table(classes) -> list[dict]:
+    """label, name, display name and viewer colour of each class (0 = background)."""
+    return [organ_entry(label, name) for label, name in enumerate(classes)]
+
+
+def engine_table(default: str) -> list[dict]:
+    """Every engine of the registry: name, description, whether it answers point queries, whether it is the
+    default (no model is loaded to say so)."""
+    from ..engines.registry import ENGINE_INFO, query_engines
+
+    able = set(query_engines())
+    return [{"name": n, "description": d, "point_queries": n in able, "default": n == default}
+            for n, d in ENGINE_INFO.items()]
 
 
 def create_app(*, allowed_dir: str | os.PathLike | None = None, max_upload_mb: float = 512,
-               engine: str = "sparse", max_scans: int = 4, preload=(), viewer: bool = True) -> FastAPI:
+               engine: str | None = None, max_scans: int = 4, preload=(), viewer: bool = True) -> FastAPI:
     """The service app. `allowed_dir`: where scans may be opened by path (None: path opening is off);
-    `max_upload_mb`: upload size cap; `max_scans`: open scans kept in memory (least recently used out);
-    `preload`: scan paths opened at start (trusted: the operator's own, not checked against allowed_dir)."""
+    `max_upload_mb`: upload size cap; `engine`: the segmentation engine when a request names none (the
+    registry's default if None; point queries use it if it answers them, else the default query engine);
+    `max_scans`: open scans kept in memory (least recently used out); `preload`: scan paths opened at start
+    (trusted: the operator's own, not checked against allowed_dir)."""
     store = ScanStore(engine=engine, max_scans=max_scans, allowed_dir=allowed_dir)
     cap_bytes = int(max_upload_mb * 1024 * 1024)
     organs = organ_table(store.classes)
+    engines = engine_table(store.engine_name)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -110,14 +126,20 @@ def create_app(*, allowed_dir: str | os.PathLike | None = None, max_upload_mb: f
     # ---- scans -------------------------------------------------------------------------------------------
     @app.get("/api/health")
     def health() -> dict:
+        model = getattr(getattr(store.query_engine, "model", None), "onnx_path", None)
         return {"status": "ok", "version": __version__, "engine": store.engine_name,
-                "model": store.query_engine.model.onnx_path.stem, "open_scans": len(store.list()),
+                "query_engine": store.query_engine_name, "model": Path(model).stem if model else None,
+                "open_scans": len(store.list()),
                 "max_scans": store.max_scans, "path_opening": store.allowed_dir is not None,
                 "max_upload_mb": cap_bytes / (1024 * 1024)}
 
     @app.get("/api/organs", response_model=list[S.OrganInfo])
     def list_organs():
         return organs
+
+    @app.get("/api/engines", response_model=list[S.EngineInfo])
+    def list_engines():
+        return engines
 
     @app.post("/api/scans/open", response_model=S.ScanInfo, responses=err, status_code=201)
     def open_scan(body: S.OpenPath):
@@ -177,17 +199,22 @@ def create_app(*, allowed_dir: str | os.PathLike | None = None, max_upload_mb: f
 
     # ---- segmentation jobs ------------------------------------------------------------------------------
     def job_info(job) -> dict:
-        out = {"id": job.id, "scan_id": job.scan_id, "state": job.state, "stage": job.stage,
+        out = {"id": job.id, "scan_id": job.scan_id, "engine": job.engine, "state": job.state, "stage": job.stage,
                "fraction": round(job.fraction, 4), "error": job.error, "seconds": None, "organs_found": None}
         if job.finished is not None:
             out["seconds"] = round(job.finished - job.created, 3)
-        if job.state == "done":
-            out["organs_found"] = [o for o in organs if o["label"] in job.present and o["label"] > 0]
+        if job.state == "done":  # label values and names of the engine that ran (engines may differ)
+            seg = job.segmentation
+            out["organs_found"] = [
+                {**organ_entry(v, seg.names[v]), "confidence": _rounded(seg.confidence.get(seg.names[v]))}
+                for v in job.present if v > 0 and v in seg.names]
         return out
 
     @app.post("/api/scans/{scan_id}/segment", response_model=S.JobInfo, responses=err, status_code=202)
-    def start_segmentation(scan_id: str):
-        return JSONResponse(job_info(store.start_segmentation(scan_id)), status_code=202)
+    def start_segmentation(scan_id: str, body: S.SegmentRequest | None = None):
+        body = body or S.SegmentRequest()
+        job = store.start_segmentation(scan_id, engine=body.engine, organs=body.organs)
+        return JSONResponse(job_info(job), status_code=202)
 
     @app.get("/api/jobs/{job_id}", response_model=S.JobInfo, responses=err)
     def job_status(job_id: str):
@@ -255,6 +282,10 @@ async def _receive_upload(request: Request, cap_bytes: int) -> tuple[str, Path, 
     finally:
         await upload.close()
     return tmpdir, data_path, filename
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 4)
 
 
 def _remove_tree(path: str) -> None:

@@ -59,15 +59,33 @@ class QueryResponse(BaseModel):
     results: list[PointAnswer]
 
 
+class SegmentRequest(BaseModel):
+    engine: str | None = Field(None, description="engine name (GET /api/engines); the server's default if left out")
+    organs: list[str] | None = Field(None, min_length=1, max_length=256,
+                                     description="organ names or aliases to segment; every organ if left out")
+
+
+class EngineInfo(BaseModel):
+    name: str
+    description: str
+    point_queries: bool = Field(description="whether the engine also answers point queries")
+    default: bool = Field(description="the engine a segmentation runs when the request names none")
+
+
+class FoundOrgan(OrganInfo):
+    confidence: float | None = Field(None, description="mean probability over the organ's voxels, 0..1")
+
+
 class JobInfo(BaseModel):
     id: str
     scan_id: str
+    engine: str
     state: Literal["queued", "running", "done", "failed"]
     stage: str
     fraction: float
     error: str | None = None
     seconds: float | None = None
-    organs_found: list[OrganInfo] | None = None
+    organs_found: list[FoundOrgan] | None = None
 
 
 class ErrorBody(BaseModel):

@@ -1,10 +1,12 @@
 """The service's state, without any web framework: open scans (a small LRU), their prepared query state and
 their segmentation jobs.
 
-A scan is loaded once, prepared once (`SparseEngine.prepare`: canonical int16 copy, descriptor sampler), and every
-query request reuses that PreparedScan, so a request costs only the gather and the MLP of its points.
-Segmentations run one at a time on a background thread and report (stage, fraction) through the engine's
-progress callback.
+A scan is loaded once, prepared once by the query engine (an engine with the point-query capability,
+`engines.base.supports_query`: the sparse one's `prepare` makes a canonical int16 copy and a descriptor sampler),
+and every query request reuses that prepared scan, so a request costs only the gather and the MLP of its points.
+Segmentations run one at a time on a background thread through `pipeline.segment_volume`, with the engine each
+request names (the store's default otherwise; engines loaded once per process), and report (stage, fraction)
+through the engine's progress callback.
 """
 from __future__ import annotations
 
@@ -46,6 +48,8 @@ class Job:
 
     id: str
     scan_id: str
+    engine: str = ""
+    organs: tuple[str, ...] | None = None   # the organ subset asked for (None: all the engine segments)
     state: str = "queued"          # queued | running | done | failed
     stage: str = "queued"
     fraction: float = 0.0
@@ -79,7 +83,7 @@ class ScanEntry:
     id: str
     name: str
     volume: Volume
-    prepared: object                       # engines.sparse.PreparedScan
+    prepared: object                       # the query engine's prepared scan (engines.sparse.PreparedScan)
     opened: float = field(default_factory=time.time)
     jobs: dict[str, Job] = field(default_factory=dict)
     _nifti: bytes | None = field(default=None, repr=False)
@@ -112,21 +116,23 @@ def _write_to_bytes(write) -> bytes:
 class ScanStore:
     """Open scans by id, least recently used first out when more than `max_scans` are open."""
 
-    def __init__(self, *, engine: str = "sparse", max_scans: int = 4, allowed_dir: str | os.PathLike | None = None):
+    def __init__(self, *, engine: str | None = None, max_scans: int = 4,
+                 allowed_dir: str | os.PathLike | None = None):
         from .. import api
+        from ..engines.base import supports_query
+        from ..engines.registry import DEFAULT_ENGINE
 
-        if engine != "sparse":
-            # the point-query path exists for the sparse engine only (api.query); refuse others up front
-            raise InputError(f"The service runs the sparse engine only, got engine {engine!r}.")
-        self.engine_name = engine
+        self.engine_name = check_engine(engine or DEFAULT_ENGINE)  # the default segmentation engine
         self.max_scans = max(1, int(max_scans))
         self.allowed_dir = Path(allowed_dir).resolve() if allowed_dir is not None else None
         if self.allowed_dir is not None and not self.allowed_dir.is_dir():
             raise InputError(f"The allowed directory {allowed_dir} does not exist or is not a folder.")
         # queries: one ONNX Runtime thread each, so that concurrent requests run side by side on the cores
         # instead of queueing behind one request's thread pool; segmentations: all cores, one at a time
-        self.query_engine = api.engine(engine, threads=1)
-        self.segment_engine = api.engine(engine)
+        self.query_engine_name = query_engine_for(self.engine_name)
+        self.query_engine = api.engine(self.query_engine_name, threads=1)
+        if not supports_query(self.query_engine):
+            raise InputError(f"The {self.query_engine_name} engine does not answer point queries.")
         self.classes: tuple[str, ...] = tuple(self.query_engine.classes)
         self._scans: OrderedDict[str, ScanEntry] = OrderedDict()
         self._jobs: dict[str, str] = {}  # job id -> scan id
@@ -197,20 +203,34 @@ class ScanStore:
             return entry, self.query_engine.query(entry.prepared, points, voxel=voxel)
 
     # ---- segmentation jobs -------------------------------------------------------------------------------
-    def start_segmentation(self, scan_id: str) -> Job:
+    def start_segmentation(self, scan_id: str, *, engine: str | None = None, organs=None) -> Job:
+        """Queue a segmentation of an open scan with `engine` (the store's default when None) and an organ subset
+        (names or aliases; None = all). An unknown engine or organ is refused here, before a job exists."""
+        from ..engines.base import select_organs
+        from ..pipeline import SegmentOptions, load_engine
+
         entry = self.get(scan_id)
-        job = Job(uuid.uuid4().hex[:12], scan_id)
+        options = SegmentOptions(engine=check_engine(engine or self.engine_name),
+                                 organs=None if organs is None else tuple(organs))
+        if options.organs is not None:
+            if not options.organs:
+                raise InputError("The organ list is empty; leave it out to segment every organ.")
+            eng = load_engine(options)  # loaded once per process; the job reuses it
+            select_organs(eng.classes[1:], options.organs, eng.name)
+        job = Job(uuid.uuid4().hex[:12], scan_id, options.engine, options.organs)
         with self._lock:
             entry.jobs[job.id] = job
             self._jobs[job.id] = scan_id
-        self._executor.submit(self._run, job, entry)
+        self._executor.submit(self._run, job, entry, options)
         return job
 
-    def _run(self, job: Job, entry: ScanEntry) -> None:
+    def _run(self, job: Job, entry: ScanEntry, options) -> None:
+        from ..pipeline import segment_volume
+
         job.state, job.stage = "running", "starting"
         try:
             with self._query_lock:
-                job.segmentation = self.segment_engine.segment(entry.prepared, progress=job.progress)
+                job.segmentation = segment_volume(entry.volume, options, progress=job.progress)
             job.progress("counting organs", 1.0)
             counts = np.bincount(job.segmentation.labels.array.ravel(order="K"))
             job.present = tuple(int(v) for v in np.flatnonzero(counts))
@@ -233,6 +253,29 @@ class ScanStore:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def check_engine(name: str) -> str:
+    """`name` if it is an engine of the registry; otherwise one sentence listing the engines (InputError: 400)."""
+    from ..engines.registry import ENGINE_INFO
+
+    if name not in ENGINE_INFO:
+        raise InputError(f"Unknown engine {name!r}; choose one of {', '.join(ENGINE_INFO)}.")
+    return name
+
+
+def query_engine_for(engine: str) -> str:
+    """The engine that answers point queries beside segmentation engine `engine`: itself if it can, else the
+    registry's default engine if it can, else the first that can."""
+    from ..engines.registry import DEFAULT_ENGINE, query_engines
+
+    able = query_engines()
+    if not able:
+        raise InputError("No engine answers point queries; the service needs one.")
+    for name in (engine, DEFAULT_ENGINE):
+        if name in able:
+            return name
+    return able[0]
 
 
 @contextlib.contextmanager

@@ -26,7 +26,8 @@ from ...intensity import DEFAULT_WINDOWS_HU, windows
 from ...modelcard import card_path, logit_offsets, open_session, windows_hu
 from ...segmentation import Segmentation, labels_dtype
 from ...volume import Volume
-from ..base import ProgressFn, no_progress, require_finite, select_organs
+from ..base import (ProgressFn, no_progress, organ_confidence, present_on_output, probabilities_to_input,
+                    require_finite, select_organs)
 from .groups import MARGIN_VOX, crop_window, extract, overlap
 
 DEFAULT_MODEL = "cascade_openkbp"
@@ -131,7 +132,8 @@ class CascadeEngine:
             prob = 0.5 * (prob + prob_m[self._mirror_perm[group]])
         return prob
 
-    def segment(self, volume: Volume, *, progress: ProgressFn | None = None, organs=None) -> Segmentation:
+    def segment(self, volume: Volume, *, organs=None, probabilities: bool = False,
+                progress: ProgressFn | None = None) -> Segmentation:
         progress = progress or no_progress
         wanted = self.select(organs)
         require_finite(volume)
@@ -146,23 +148,53 @@ class CascadeEngine:
         crops = self.group_boxes(locations, gmap, wanted)
         best = np.zeros(self.grid, np.float32)
         labels = np.zeros(self.grid, labels_dtype(len(self.classes)))
+        organ_probs = np.zeros((len(self.classes), *self.grid), np.float32) if probabilities else None
         for n, (gname, (found, start, size)) in enumerate(crops.items()):
             t = time.perf_counter()
             progress(f"segment {gname}", 0.4 + 0.5 * n / max(1, len(crops)))
             prob = self.group_probabilities(gname, windows(extract(hu, start, size), self.windows_hu))
             members = [self.class_id[o] if o in found else 0 for o in self.groups[gname]["organs"]]
             merge_crop(best, labels, prob, start, members)
+            if organ_probs is not None:
+                merge_probabilities(organ_probs, prob, start, members)
             timings[f"group_{gname}"] = time.perf_counter() - t
         t = time.perf_counter()
         progress("labels back to the scan's grid", 0.9)
         if self.largest_component:
             labels = largest_components(labels, len(self.classes))
         out = gridmod.from_grid(labels, gmap, volume)
+        names = {self.class_id[o]: o for o in wanted}
+        idx = np.flatnonzero(labels)  # best holds the probability of the label written at each organ voxel
+        confidence = present_on_output(organ_confidence(labels.ravel()[idx], best.ravel()[idx], names), out,
+                                       labels.shape, names)
+        probs = None
+        if organ_probs is not None:
+            organ_probs[0] = np.clip(1.0 - organ_probs[1:].sum(axis=0), 0.0, 1.0)
+            probs = probabilities_to_input(organ_probs, gmap.grid_affine, gmap.canonical, self.classes)
+            if organs is not None:
+                probs = probs.keep(wanted)
         timings["postprocess"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
         progress("done", 1.0)
-        names = {self.class_id[o]: o for o in wanted}
-        return Segmentation(out, names, timings)
+        return Segmentation(out, names, timings, confidence, probs)
+
+
+def merge_probabilities(organ_probs: np.ndarray, prob: np.ndarray, start, members) -> None:
+    """Write one group's organ probabilities (its classes N_BACKGROUND + m) into the grid's per-class array in
+    place (class members[m]; a member given as 0 is skipped). Each organ belongs to one group, so crops never
+    write the same class; where groups' crops overlap and their organs together pass 1, those organs are scaled
+    to sum to 1 (background is 1 - their sum, filled in by the caller)."""
+    src, dst = overlap(organ_probs.shape[1:], start, prob.shape[1:])
+    if src is None:
+        return
+    written = [label for label in members if label]
+    for m, label in enumerate(members):
+        if label:
+            organ_probs[(label, *src)] = prob[N_BACKGROUND + m][dst]
+    total = organ_probs[(slice(1, None), *src)].sum(axis=0)
+    if total.max(initial=0.0) > 1.0 and written:
+        scale = np.where(total > 1.0, 1.0 / np.maximum(total, 1e-12), 1.0).astype(np.float32)
+        organ_probs[(slice(1, None), *src)] *= scale
 
 
 def mirror_permutation(organs) -> list[int]:

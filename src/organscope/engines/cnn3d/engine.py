@@ -14,9 +14,10 @@ from ...errors import ModelError
 from ...intensity import windows
 from ...modelcard import (ModelCard, boolean, card_field, finite_floats, model_paths, names, open_session,
                           positive_ints, windows_hu)
-from ...segmentation import Segmentation, labels_dtype
+from ...segmentation import ClassProbabilities, Segmentation, labels_dtype
 from ...volume import Volume
-from ..base import ProgressFn, no_progress, require_finite, select_organs
+from ..base import (ProgressFn, no_progress, organ_confidence, present_on_output, probabilities_to_input,
+                    require_finite, select_organs)
 from ...intensity import DEFAULT_WINDOWS_HU
 from .preprocess import GRID
 
@@ -74,7 +75,8 @@ class Cnn3dEngine:
         hu, gmap = gridmod.to_grid(volume, self.grid)
         return windows(hu, self.card.windows_hu)[None], gmap
 
-    def segment(self, volume: Volume, *, organs=None, progress: ProgressFn | None = None) -> Segmentation:
+    def segment(self, volume: Volume, *, organs=None, probabilities: bool = False,
+                progress: ProgressFn | None = None) -> Segmentation:
         progress = progress or no_progress
         wanted = select_organs(self.classes[1:], organs, self.name)
         t0 = time.perf_counter()
@@ -96,8 +98,29 @@ class Cnn3dEngine:
         if self.largest_component:
             labels = largest_components(labels, n_out)
         out = gridmod.from_grid(labels, gmap, volume)
+        names = {i: n for i, n in enumerate(self.classes) if i > 0}
+        confidence = self._confidence(scores, labels, names, out)
+        probs = self._probabilities(scores, gmap) if probabilities else None
         timings["postprocess"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
         progress("done", 1.0)
-        seg = Segmentation(out, {i: n for i, n in enumerate(self.classes) if i > 0}, timings)
+        seg = Segmentation(out, names, timings, confidence, probs)
         return seg if organs is None else seg.keep(wanted)
+
+    @staticmethod
+    def _confidence(scores: np.ndarray, labels: np.ndarray, names: dict[int, str], out: Volume) -> dict[str, float]:
+        """Per organ, the mean softmax probability of the network class picked, over the organ's grid voxels
+        (the softmax is taken at organ voxels only). An organ on the grid but on no voxel of a scan coarser than
+        the grid (nearest neighbour skips grid voxels) is not present, so it gets none."""
+        idx = np.flatnonzero(labels)
+        flat = scores.reshape(len(scores), -1)[:, idx]
+        picked = 1.0 / np.exp(flat - flat.max(axis=0)).sum(axis=0)  # the winner's softmax probability
+        return present_on_output(organ_confidence(labels.ravel()[idx], picked, names), out, labels.shape, names)
+
+    def _probabilities(self, scores: np.ndarray, gmap: gridmod.GridMap) -> ClassProbabilities:
+        """Softmax of the (offset) network scores on the fixed grid, air and body summed into background, in
+        the input's axis order."""
+        e = np.exp(scores - scores.max(axis=0, keepdims=True))
+        e /= e.sum(axis=0, keepdims=True)
+        probs = np.concatenate([e[:N_BACKGROUND].sum(axis=0, keepdims=True), e[N_BACKGROUND:]])
+        return probabilities_to_input(probs, gmap.grid_affine, gmap.canonical, self.classes)

@@ -15,11 +15,12 @@ import numpy as np
 from ...body import body_crop
 from ...components import largest_components
 from ...errors import ModelError
-from ...geometry import world_to_voxel
+from ...geometry import crop_affine, world_to_voxel
 from ...modelcard import card_path, open_session
-from ...segmentation import Segmentation, labels_dtype
+from ...segmentation import ClassProbabilities, Segmentation, labels_dtype
 from ...volume import Volume
-from ..base import ProgressFn, no_progress, require_finite, select_organs
+from ..base import (ProgressFn, no_progress, organ_confidence, probabilities_to_input, require_finite,
+                    select_organs)
 from . import preprocess
 
 DEFAULT_MODEL = "slice2d_openkbp"
@@ -78,7 +79,8 @@ class Slice2dEngine:
             self._locator = self._localizers("sparse_grid")
         return self._locator.locate(volume)
 
-    def segment(self, volume: Volume, *, organs=None, progress: ProgressFn | None = None) -> Segmentation:
+    def segment(self, volume: Volume, *, organs=None, probabilities: bool = False,
+                progress: ProgressFn | None = None) -> Segmentation:
         progress = progress or no_progress
         chosen = self.select(organs)
         require_finite(volume)
@@ -92,6 +94,8 @@ class Slice2dEngine:
         labels = np.zeros(canon.shape, dtype=dtype)
         best = np.zeros(crop.size, dtype=np.float16)  # probability of the label written, inside the body box
         margin = int(np.ceil(self.range_margin_mm / canon.spacing_mm[2]))
+        # per chosen organ its sigmoid probability in the body box (0 outside its slice range or if not found)
+        organ_probs = np.zeros((1 + len(chosen), *crop.size), np.float32) if probabilities else None
         for n, organ in enumerate(chosen):
             t = time.perf_counter()
             progress(f"{organ}", 0.1 + 0.85 * n / max(1, len(chosen)))
@@ -113,6 +117,8 @@ class Slice2dEngine:
             prob = preprocess.from_slices(1.0 / (1.0 + np.exp(-logits)), oc.size)
             # place into the body-box frame, highest probability wins
             rel = tuple(slice(a - c, b - c) for a, b, c in zip(oc.start, oc.stop, crop.start))
+            if organ_probs is not None:
+                organ_probs[(1 + n, *rel)] = prob
             sub_best = best[rel]
             win = (prob > 0.5) & (prob > sub_best)
             sub_best[win] = prob[win]
@@ -124,8 +130,23 @@ class Slice2dEngine:
         if self.largest_component:
             labels = largest_components(labels, len(self.classes))
         out = volume.from_canonical(labels, ornt)
+        names = {self.classes.index(o): o for o in chosen}
+        in_box = labels[crop.slices].ravel()
+        idx = np.flatnonzero(in_box)  # best holds the sigmoid probability of the organ written at each voxel
+        confidence = organ_confidence(in_box[idx], best.ravel()[idx], names)
+        probs = None if organ_probs is None else box_probabilities(organ_probs, crop, canon, volume, chosen)
         timings["postprocess"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
         progress("done", 1.0)
-        names = {self.classes.index(o): o for o in chosen}
-        return Segmentation(out, names, timings)
+        return Segmentation(out, names, timings, confidence, probs)
+
+
+def box_probabilities(organ_probs: np.ndarray, crop, canon: Volume, volume: Volume, organs) -> ClassProbabilities:
+    """The organs' sigmoid probabilities in the body box (organ_probs[1:], filled in place) as class
+    probabilities: background = 1 - the highest organ probability (clipped), all divided by their sum, so the
+    argmax is the organ with the highest probability where it passes 0.5 (the engine's rule), else background;
+    on the box's grid of the canonical axes, returned in the input's axis order (outside the box: background)."""
+    organ_probs[0] = np.clip(1.0 - organ_probs[1:].max(axis=0, initial=0.0), 0.0, 1.0)
+    organ_probs /= np.maximum(organ_probs.sum(axis=0, keepdims=True), 1e-12)
+    return probabilities_to_input(organ_probs, crop_affine(canon.affine, crop.start), volume.canonical(),
+                                  ("background", *organs))

@@ -16,7 +16,7 @@ from ...sampling.gather import KIND_F32, KIND_U8, Sampler, contiguous_int16, hu_
 from ...sampling.points import body_mask, body_steps, superior_axis
 from ...volume import Volume
 from ...segmentation import Segmentation, labels_dtype
-from ..base import ProgressFn, no_progress, require_finite, select_organs
+from ..base import ProgressFn, no_progress, organ_confidence, probabilities_to_input, require_finite, select_organs
 from . import refine
 from .model import SparseModel
 
@@ -195,11 +195,17 @@ class SparseEngine:
                            tuple(tuple(classes[i] for i in row) for row in order.tolist()), top3, vox, probs)
 
     # ---- segmentation ------------------------------------------------------------------------
-    def segment(self, volume, *, organs=None, progress: ProgressFn | None = None) -> Segmentation:
+    def segment(self, volume, *, organs=None, probabilities: bool = False,
+                progress: ProgressFn | None = None) -> Segmentation:
         """Coarse-to-fine label map. Everything before the last step works on the levels' grids (never the
         full voxel grid): a level starts from the previous one by cell lookup, classifies where neighbours
         disagree, then re-checks only around points whose label changed; the finest grid is cleaned (largest
-        components) and expanded to voxels once, at the end."""
+        components) and expanded to voxels once, at the end.
+
+        Beside the labels, each level keeps the probability of the class picked at each grid point (refined
+        like the labels: a point not classified at a level keeps its coarser cell's), which gives each organ's
+        confidence on the finest grid; with probabilities=True, the whole probability vector is kept the same
+        way and returned on the finest level's grid."""
         progress = progress or no_progress
         wanted = select_organs(self.classes[1:], organs, self.name)
         t0 = time.perf_counter()
@@ -211,7 +217,7 @@ class SparseEngine:
         steps = refine.level_steps(scan.canonical.spacing_mm, st.levels_mm)
         n_classes = len(self.classes)
         dtype = labels_dtype(n_classes)
-        grid = prev_step = None
+        grid = prev_step = picked = probs = None
         queried = 0
         for level, step in enumerate(steps):
             t = time.perf_counter()
@@ -220,11 +226,18 @@ class SparseEngine:
             seen = np.zeros(body.shape, dtype=bool)  # scratch of refine.edges_near
             if grid is None:
                 grid = np.zeros(body.shape, dtype=dtype)
+                picked = np.ones(body.shape, dtype=np.float32)  # outside the body: background, certain
+                if probabilities:
+                    probs = np.zeros((*body.shape, n_classes), dtype=np.float32)  # (grid, class): rows per point
+                    probs[..., 0] = 1.0
                 todo = np.argwhere(body)
             else:
                 coarse, grid = grid, refine.refine_grid(grid, prev_step, step, shape)
+                picked = refine.lookup(picked, prev_step, step, shape)
+                if probs is not None:
+                    probs = refine.lookup(probs, prev_step, step, shape)
                 todo = refine.first_candidates(coarse, prev_step, grid, step, shape, body, seen)
-            queried += self._sweeps(scan, grid, step, body, todo, seen)
+            queried += self._sweeps(scan, grid, step, body, todo, seen, picked, probs)
             if st.majority:
                 grid = refine.majority_smooth(grid, st.majority, n_classes)
             if level == 0 and st.largest_component and st.components_before_refinement:
@@ -242,16 +255,26 @@ class SparseEngine:
         timings["expand"] = time.perf_counter() - t
         progress("done", 1.0)
         out = scan.volume.with_array(out)
+        names = {i: n for i, n in enumerate(self.classes) if i > 0}
+        # every finest grid point's cell holds at least one voxel, so the organs on the grid are those of the map
+        confidence = organ_confidence(grid, picked, names)
+        class_probs = None
+        if probs is not None:
+            class_probs = probabilities_to_input(np.moveaxis(probs, -1, 0), level_affine(scan.canonical.affine,
+                                                                                          prev_step),
+                                                 scan.canon, self.classes)
         timings["total"] = time.perf_counter() - t0
         timings["points_classified"] = float(queried)
-        seg = Segmentation(out, {i: n for i, n in enumerate(self.classes) if i > 0}, timings)
+        seg = Segmentation(out, names, timings, confidence, class_probs)
         return seg if organs is None else seg.keep(wanted)
 
     def _sweeps(self, scan: PreparedScan, grid: np.ndarray, step, body: np.ndarray, todo: np.ndarray,
-                seen: np.ndarray) -> int:
+                seen: np.ndarray, picked: np.ndarray, kept: np.ndarray | None = None) -> int:
         """Classify `todo` (grid indices) into `grid`, then, while labels change, the body points next to a
         change that now sit on an edge and were not classified yet (an edge that the coarser level misplaced
-        by more than one step is followed). Returns the number of points classified."""
+        by more than one step is followed). The probability of the class picked goes into `picked`, and the
+        whole probability vector into `kept` (grid, class) when it is kept. Returns the number of points
+        classified."""
         allowed = body.copy()  # body points not classified yet at this level
         queried = 0
         for _ in range(self.settings.max_sweeps):
@@ -259,10 +282,24 @@ class SparseEngine:
                 break
             probs = self.classify_voxels(scan, refine.grid_to_voxels(todo, step, scan.canonical.shape))
             where = tuple(todo.T)
-            new = probs.argmax(1).astype(grid.dtype)
+            new = probs.argmax(1)
+            picked[where] = probs[np.arange(len(new)), new]
+            if kept is not None:
+                kept[where] = probs
+            new = new.astype(grid.dtype)
             changed = todo[grid[where] != new]
             grid[where] = new
             allowed[where] = False
             queried += len(todo)
             todo = refine.edges_near(grid, changed, allowed, seen)
         return queried
+
+
+def level_affine(canonical_affine: np.ndarray, step) -> np.ndarray:
+    """Affine of a level's grid on the canonical axes: grid point g sits at canonical voxel g*step + step//2
+    (refine.grid_points; the last point of a partial cell is clamped into the scan, which this ignores)."""
+    step = np.asarray(step, dtype=float)
+    out = np.array(canonical_affine, dtype=float)
+    out[:3, :3] = canonical_affine[:3, :3] * step
+    out[:3, 3] = geometry.voxel_to_world(canonical_affine, np.floor(step / 2))[0]
+    return out
