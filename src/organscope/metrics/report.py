@@ -242,23 +242,6 @@ def main_evaluate(pred_dir: str | Path, ref_dir: str | Path, *, out_prefix: str 
     return 1 if report.errors else 0
 
 
-def add_evaluate_arguments(parser) -> None:
-    """Arguments of `organscope evaluate` on an argparse (sub)parser; pair with `run_evaluate`."""
-    parser.add_argument("pred_dir", help="folder of predicted label maps (X.nii.gz, optional sidecar X.json)")
-    parser.add_argument("ref_dir", help="folder of reference label maps with the same file names")
-    parser.add_argument("--out", dest="out_prefix", default=None,
-                        help="output prefix for .csv and .json (default: PRED_DIR/evaluation)")
-    parser.add_argument("--tolerance-mm", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
-    parser.add_argument("--dataset-json", default=None, help="dataset.json with label names and contoured organs")
-    parser.add_argument("--organs", nargs="+", default=None, help="score only these organs")
-
-
-def run_evaluate(args) -> int:
-    """Run `organscope evaluate` from parsed arguments (see add_evaluate_arguments)."""
-    return main_evaluate(args.pred_dir, args.ref_dir, out_prefix=args.out_prefix, tolerance_mm=args.tolerance_mm,
-                         dataset_json=args.dataset_json, organs=args.organs)
-
-
 # --- helpers --------------------------------------------------------------------------------------
 
 def _find_dataset(ref_dir: Path, dataset_json: str | Path | None) -> Dataset | None:
