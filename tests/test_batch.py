@@ -187,3 +187,21 @@ def test_a_run_never_writes_over_its_input(capsys, tmp_path, phantom_files, synt
     rc, _, err = _run(capsys, "segment", "-i", scan, "-o", scan, "--model", synthetic_model_path, "--no-progress")
     assert rc == 2 and "would overwrite the input" in err
     assert scan.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["scan.nii.gz"]
+
+
+def test_a_run_that_fails_half_way_leaves_no_new_output(tmp_path, phantom_files, synthetic_model_path, monkeypatch):
+    import organscope.outputs as outputs
+    from organscope.errors import InputError
+    from organscope.outputs import OutputPaths
+    from organscope.pipeline import SegmentOptions, run
+
+    def broken(*a, **k):
+        raise InputError("no preview today.")
+
+    monkeypatch.setattr(outputs, "render_preview", broken)
+    (tmp_path / "old.statistics.json").write_text("{}")  # there before the run: left alone
+    targets = OutputPaths(labels=tmp_path / "new.nii.gz", statistics=tmp_path / "old.statistics.json",
+                          preview=tmp_path / "new.png")
+    with pytest.raises(InputError, match="no preview today"):
+        run(phantom_files["RAS"], targets, SegmentOptions(model=str(synthetic_model_path), threads=1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.statistics.json"]

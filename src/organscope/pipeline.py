@@ -119,13 +119,14 @@ def _load(path) -> Volume:
 
 
 def _check_not_input(scan, targets: "OutputPaths") -> None:
-    """InputError if an output would replace the input scan (or a file of its DICOM folder)."""
+    """InputError if an output (or the label map's .json) would replace the input scan."""
     from .errors import InputError
+    from .io import sidecar_path
 
     src = Path(scan).resolve()
-    for path in targets.wanted().values():
-        out = Path(path).resolve()
-        if out == src or (src.is_dir() and src in out.parents):
+    paths = list(targets.wanted().values()) + ([sidecar_path(targets.labels)] if targets.labels else [])
+    for path in paths:
+        if Path(path).resolve() == src:
             raise InputError(f"{path} would overwrite the input {scan}; write the outputs somewhere else.")
 
 
