@@ -140,3 +140,68 @@ def test_masks_into_an_existing_folder_keep_other_files(capsys, tmp_path, phanto
     mask = load_labels(masks / "fat.nii.gz")
     np.testing.assert_array_equal(mask.affine, load_volume(phantom_files["LPS"]).affine)
     np.testing.assert_array_equal(mask.array, segmentations["LPS"].labels.array == 2)
+
+
+def test_batch_and_the_one_scan_cli_share_the_pipeline(capsys, tmp_path, phantom_files, synthetic_model_path):
+    """batch.run_scan (a worker's job) and `organscope segment` on one scan write byte-identical outputs."""
+    from organscope.outputs import OutputPaths
+    from organscope.pipeline import SegmentOptions
+
+    one, other = tmp_path / "cli", tmp_path / "batch"
+    one.mkdir()
+    other.mkdir()
+    rc, _, err = _run(capsys, "segment", "-i", phantom_files["PLI"], "-o", one / "pli.nii.gz", "--model",
+                      synthetic_model_path, "--threads", 1, "--no-progress", "--statistics", "--masks")
+    assert rc == 0, err
+    targets = OutputPaths(labels=other / "pli.nii.gz", statistics=other / "pli.statistics.json",
+                          masks=other / "pli_masks")
+    job = batch.ScanJob(str(phantom_files["PLI"]), targets, SegmentOptions(model=str(synthetic_model_path),
+                                                                            threads=1))
+    res = batch.run_scan(job)
+    assert res.ok and res.message == "3 organ(s) found (below_bone, bone, fat)"
+    files = sorted(str(p.relative_to(one)) for p in one.rglob("*") if p.is_file())
+    assert files == sorted(str(p.relative_to(other)) for p in other.rglob("*") if p.is_file())
+    assert "pli_masks/fat.nii.gz" in files
+    for rel in files:
+        if rel.endswith(".statistics.json"):  # it names its source, the same file
+            assert (one / rel).read_text() == (other / rel).read_text()
+        else:
+            assert (one / rel).read_bytes() == (other / rel).read_bytes(), rel
+
+
+def test_scan_job_pickles_with_its_options(tmp_path):
+    import pickle
+
+    from organscope.outputs import OutputPaths
+    from organscope.pipeline import SegmentOptions
+
+    job = batch.ScanJob("a.nii.gz", OutputPaths(labels=tmp_path / "a.nii.gz"),
+                        SegmentOptions(engine="cnn3d", organs=("mandible",), priors=True))
+    assert pickle.loads(pickle.dumps(job)) == job
+
+
+def test_a_run_never_writes_over_its_input(capsys, tmp_path, phantom_files, synthetic_model_path):
+    scan = tmp_path / "scan.nii.gz"
+    shutil.copy(phantom_files["RAS"], scan)
+    before = scan.read_bytes()
+    rc, _, err = _run(capsys, "segment", "-i", scan, "-o", scan, "--model", synthetic_model_path, "--no-progress")
+    assert rc == 2 and "would overwrite the input" in err
+    assert scan.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["scan.nii.gz"]
+
+
+def test_a_run_that_fails_half_way_leaves_no_new_output(tmp_path, phantom_files, synthetic_model_path, monkeypatch):
+    import organscope.outputs as outputs
+    from organscope.errors import InputError
+    from organscope.outputs import OutputPaths
+    from organscope.pipeline import SegmentOptions, run
+
+    def broken(*a, **k):
+        raise InputError("no preview today.")
+
+    monkeypatch.setattr(outputs, "render_preview", broken)
+    (tmp_path / "old.statistics.json").write_text("{}")  # there before the run: left alone
+    targets = OutputPaths(labels=tmp_path / "new.nii.gz", statistics=tmp_path / "old.statistics.json",
+                          preview=tmp_path / "new.png")
+    with pytest.raises(InputError, match="no preview today"):
+        run(phantom_files["RAS"], targets, SegmentOptions(model=str(synthetic_model_path), threads=1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.statistics.json"]

@@ -164,3 +164,122 @@ def test_evaluate_two_tiny_dirs(capsys, tmp_path):
     assert rows["brainstem"][:3] == ["brainstem", "1", "1.000"]
     assert rows["spinal_cord"][:3] == ["spinal_cord", "1", "1.000"]
     assert (tmp_path / "report.csv").is_file() and (tmp_path / "report.json").is_file()
+
+
+# --- the parser: help on every option, engines listed, bad values in one line ------------------------------------
+
+def _walk(parser):
+    import argparse
+
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _walk(sub)
+
+
+def test_every_option_of_every_command_has_help():
+    from organscope.cli import build_parser
+
+    missing = [f"{p.prog} {a.option_strings or a.dest}" for p in _walk(build_parser()) for a in p._actions
+               if not a.help and a.dest != "command"]
+    assert missing == []
+
+
+def test_engine_help_lists_every_engine_and_choices_are_checked(capsys):
+    from organscope.engines.registry import ENGINE_INFO
+
+    with pytest.raises(SystemExit):
+        main(["segment", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for name, text in ENGINE_INFO.items():
+        assert f"{name}: {' '.join(text.split())}" in out
+    rc, out, err = _run_exit(capsys, "segment", "-i", "x.nii.gz", "-o", "y.nii.gz", "--engine", "nope")
+    assert rc == 2 and err.startswith("organscope: error: argument --engine: invalid choice: 'nope'")
+
+
+def _run_exit(capsys, *argv):
+    """main() for argument errors, which exit through argparse."""
+    with pytest.raises(SystemExit) as exc:
+        main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+def _one_error_line(rc, out, err):
+    assert rc == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and err.startswith("organscope: error: "), err
+
+
+@pytest.mark.parametrize("argv", [
+    ["segment", "-i", "x.nii.gz", "-o", "y.nii.gz", "--threads", "0"],
+    ["segment", "-i", "x.nii.gz", "-o", "y.nii.gz", "--threads=-3"],
+    ["query", "x.nii.gz", "--point", "1,2,3", "--threads", "0"],
+    ["locate", "x.nii.gz", "--threads", "0"],
+])
+def test_threads_below_one_refused(capsys, argv):
+    rc, out, err = _run_exit(capsys, *argv)
+    _one_error_line(rc, out, err)
+    assert "argument --threads: must be at least 1" in err
+
+
+@pytest.mark.parametrize("value", ["0", "-8", "nan", "inf", "eight"])
+def test_locate_level_mm_must_be_positive_and_finite(capsys, value):
+    rc, out, err = _run_exit(capsys, "locate", "x.nii.gz", f"--level-mm={value}")
+    _one_error_line(rc, out, err)
+    assert "argument --level-mm: must be a positive number of millimetres" in err
+
+
+def test_an_expanded_glob_gets_a_hint_to_quote_it(capsys, tmp_path, phantom_files):
+    rc, out, err = _run_exit(capsys, "segment", "-i", phantom_files["RAS"], phantom_files["PLI"], phantom_files["LPS"],
+                             "-o", tmp_path / "out")
+    _one_error_line(rc, out, err)
+    assert "unrecognized arguments" in err and "quote the pattern" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv", [["--organs", "fat,  bone"], ["--organs=fat,bone"]])
+def test_organ_lists_take_commas_and_spaces_after_them(capsys, tmp_path, phantom_files, synthetic_model_path, argv):
+    rc, _, err = _run(capsys, "segment", "-i", phantom_files["RAS"], "-o", tmp_path / "o.nii.gz", "--model",
+                      synthetic_model_path, "--threads", 1, "--no-progress", *argv)
+    assert rc == 0, err
+    assert "2 organ(s) found (bone, fat)" in err
+
+
+def test_organ_list_split_by_the_shell_gets_a_hint(capsys, tmp_path, phantom_files):
+    rc, out, err = _run_exit(capsys, "segment", "-i", phantom_files["RAS"], "-o", tmp_path / "o.nii.gz",
+                             "--organs", "fat,", "bone")
+    _one_error_line(rc, out, err)
+    assert "write an organ list as one word" in err
+
+
+def test_evaluate_organs_use_commas_too(capsys, tmp_path):
+    from organscope.cli import build_parser
+
+    args = build_parser().parse_args(["evaluate", "p", "r", "--organs", "brainstem, spinal_cord"])
+    assert args.organs == ["brainstem", "spinal_cord"]
+
+
+def test_voxel_outside_the_scan_is_reported_in_voxels(capsys, phantom_files, phantoms, synthetic_model_path):
+    shape = phantoms["RAS"].shape
+    rc, out, err = _run(capsys, "query", phantom_files["RAS"], "--voxel", "--point", f"0,0,{shape[2]}",
+                        "--model", synthetic_model_path)
+    _one_error_line(rc, out, err)
+    assert f"Voxel (0, 0, {shape[2]}) lies outside the scan, whose shape is {shape[0]} x {shape[1]} x {shape[2]}" in err
+    assert "mm" not in err
+
+
+def test_help_does_not_load_the_evaluation_module():
+    code = ("import sys; from organscope import cli; cli.build_parser(); "
+            "print('organscope.metrics.report' in sys.modules, 'numpy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]
+
+
+def test_train_passes_keywords_not_the_namespace(monkeypatch):
+    import organscope.training.sparse_pipeline as sp
+
+    seen = {}
+    monkeypatch.setattr(sp, "run_pipeline", lambda **kw: seen.update(kw) or 0)
+    assert main(["train", "--data", "d", "--epochs", "3", "--name", "m"]) == 0
+    assert seen == {"data": Path("d"), "work": Path("work"), "name": "m", "install": False, "epochs": 3}

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from .errors import InputError, OrganscopeError
 from .outputs import OutputPaths
+from .pipeline import SegmentOptions
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 _GLOB_CHARS = set("*?[")
@@ -113,15 +114,12 @@ def _is_dicom_scan(scan: Path) -> bool:
 
 @dataclass(frozen=True)
 class ScanJob:
-    """One scan and the outputs still to write for it (picklable: it travels to pool or cluster workers)."""
+    """One scan, the outputs still to write for it and the segmentation options (picklable: it travels to pool or
+    cluster workers)."""
 
     scan: str
     targets: OutputPaths
-    engine: str = "sparse"
-    model: str | None = None
-    threads: int | None = None
-    organs: tuple[str, ...] | None = None
-    priors: bool = False
+    options: SegmentOptions = SegmentOptions()
 
 
 @dataclass(frozen=True)
@@ -150,8 +148,8 @@ def _missing(targets: OutputPaths) -> OutputPaths:
     return OutputPaths(**kept)
 
 
-def plan(scans: list[Path], out_dir: Path, extras: set[str], *, engine: str = "sparse", model=None,
-         threads=None, organs=None, priors: bool = False) -> tuple[list[ScanJob], list[Path], list[Path]]:
+def plan(scans: list[Path], out_dir: Path, extras: set[str], options: SegmentOptions = SegmentOptions()
+         ) -> tuple[list[ScanJob], list[Path], list[Path]]:
     """(jobs to run, scans already done, scans given no DICOM-SEG because they are not DICOM series)."""
     names: dict[str, Path] = {}
     for scan in scans:
@@ -170,32 +168,21 @@ def plan(scans: list[Path], out_dir: Path, extras: set[str], *, engine: str = "s
         if not todo.wanted():
             done.append(scan)
             continue
-        jobs.append(ScanJob(str(scan), todo, engine, None if model is None else str(model), threads,
-                            None if organs is None else tuple(organs), priors))
+        jobs.append(ScanJob(str(scan), todo, options))
     return jobs, done, no_seg
 
 
 # --- one scan (runs in a worker) -----------------------------------------------------------------
 
 def run_scan(job: ScanJob) -> ScanResult:
-    """Segment one scan and write its missing outputs; never raises: a failure comes back as a result."""
+    """Segment one scan and write its missing outputs (pipeline.run, as the one-scan CLI does); never raises: a
+    failure comes back as a result."""
     t0 = time.perf_counter()
     try:
-        from . import api
-        from .io import load_volume
-        from .outputs import write_outputs
+        from .pipeline import run
 
-        ct = load_volume(job.scan)
-        if job.targets.dicom_seg is not None:
-            from .outputs.dicom_seg import require_dicom_source
-
-            require_dicom_source(ct)
-        seg = api.segment(ct, engine=job.engine, model=job.model, threads=job.threads, organs=job.organs,
-                          priors=job.priors)
-        write_outputs(ct, seg, job.targets, engine=job.engine)
-        present = sorted({seg.names[int(v)] for v in api.present_labels(seg)})
-        message = f"{len(present)} organ(s) found ({', '.join(present) or 'none'})"
-        return ScanResult(job.scan, True, message, time.perf_counter() - t0)
+        res = run(job.scan, job.targets, job.options)
+        return ScanResult(job.scan, True, res.found(), time.perf_counter() - t0)
     except OrganscopeError as e:
         return ScanResult(job.scan, False, _one_line(str(e)), time.perf_counter() - t0)
     except Exception as e:  # one scan's unexpected failure is reported with its reason; the batch goes on
@@ -257,10 +244,12 @@ class BatchReport:
     no_dicom_seg: list[Path]
 
 
-def run_batch(spec: str, out_dir: str | os.PathLike, extras: set[str], *, engine: str = "sparse", model=None,
-              threads: int | None = None, jobs: int | None = None, scheduler: str | None = None,
-              progress: bool = False, log=None, organs=None, priors: bool = False) -> BatchReport:
-    """Segment every scan named by `spec` into `out_dir`; failures are collected, not raised."""
+def run_batch(spec: str | os.PathLike, out_dir: str | os.PathLike, extras: set[str],
+              options: SegmentOptions = SegmentOptions(), *, jobs: int | None = None, scheduler: str | None = None,
+              progress: bool = False, log=None) -> BatchReport:
+    """Segment every scan named by `spec` (folder or glob) into `out_dir` with `options`, writing the optional
+    outputs named in `extras` (keys of EXTRA_OUTPUTS) besides the label maps; failures are collected, not raised.
+    Without options.threads each of the local workers gets cores / workers threads."""
     log = log or (lambda line: print(line, file=sys.stderr))
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -270,15 +259,15 @@ def run_batch(spec: str, out_dir: str | os.PathLike, extras: set[str], *, engine
     if jobs is not None and jobs < 1:
         raise InputError(f"--jobs must be at least 1, got {jobs}.")
     scans = find_scans(spec)
-    todo, done, no_seg = plan(scans, out, extras, engine=engine, model=model, threads=threads, organs=organs,
-                              priors=priors)
+    todo, done, no_seg = plan(scans, out, set(extras), options)
     if not out.exists():
         if not out.parent.is_dir():
             raise InputError(f"Cannot create the output folder {out}: {out.parent} does not exist.")
         out.mkdir()
     n_workers = jobs or max(1, min(len(todo), (os.cpu_count() or 1) // 2))
-    if scheduler is None and threads is None:
-        todo = [replace(j, threads=max(1, (os.cpu_count() or 1) // n_workers)) for j in todo]
+    if scheduler is None and options.threads is None:
+        per_worker = replace(options, threads=max(1, (os.cpu_count() or 1) // n_workers))
+        todo = [replace(j, options=per_worker) for j in todo]
     ok: list[ScanResult] = []
     failed: list[ScanResult] = []
     from tqdm import tqdm
@@ -311,17 +300,15 @@ def summary(report: BatchReport, out_dir) -> str:
     return text
 
 
-def extras_from_args(args, *, batch: bool) -> dict[str, str]:
-    """{output: value given ('' for a bare flag)} of the optional outputs asked for on the command line."""
-    asked = {k: getattr(args, k, None) for k in EXTRA_OUTPUTS}
-    asked = {k: v for k, v in asked.items() if v is not None}
-    if batch:
-        for k, v in asked.items():
-            if v:
-                flag = "--" + k.replace("_", "-")
-                raise InputError(f"With several scans, give {flag} without a name: each scan's goes to "
-                                 f"OUT_DIR/<scan>{EXTRA_OUTPUTS[k]}.")
-    return asked
+def check_batch_extras(asked: dict[str, str]) -> set[str]:
+    """The optional outputs of a batch ({output: value given, '' for a bare flag}): each must be a bare flag,
+    since every scan's goes to OUT_DIR/<scan><suffix>."""
+    for k, v in asked.items():
+        if v:
+            flag = "--" + k.replace("_", "-")
+            raise InputError(f"With several scans, give {flag} without a name: each scan's goes to "
+                             f"OUT_DIR/<scan>{EXTRA_OUTPUTS[k]}.")
+    return set(asked)
 
 
 def single_targets(output: str | os.PathLike, asked: dict[str, str]) -> OutputPaths:
@@ -336,12 +323,12 @@ def single_targets(output: str | os.PathLike, asked: dict[str, str]) -> OutputPa
     return OutputPaths(labels=out, **paths)
 
 
-def cmd_batch(args) -> int:
-    """`organscope segment` with several scans (called by the CLI)."""
-    asked = extras_from_args(args, batch=True)
-    progress = args.progress if args.progress is not None else sys.stderr.isatty()
-    report = run_batch(args.input, args.output, set(asked), engine=args.engine, model=args.model,
-                       threads=args.threads, jobs=args.jobs, scheduler=args.scheduler, progress=progress,
-                       organs=args.organs, priors=args.priors)
-    print(summary(report, args.output), file=sys.stderr)
+def cmd_batch(spec: str | os.PathLike, output: str | os.PathLike, options: SegmentOptions, *,
+              asked: dict[str, str], jobs: int | None = None, scheduler: str | None = None,
+              progress: bool = False) -> int:
+    """`organscope segment` with several scans (called by the CLI): run the batch, print its summary; the exit
+    status is 1 if a scan failed."""
+    extras = check_batch_extras(asked)
+    report = run_batch(spec, output, extras, options, jobs=jobs, scheduler=scheduler, progress=progress)
+    print(summary(report, output), file=sys.stderr)
     return 1 if report.failed else 0

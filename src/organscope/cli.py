@@ -1,7 +1,10 @@
-"""organscope command line: segment | query | evaluate | models | train | serve.
+"""organscope command line: segment | query | locate | evaluate | models | train | serve.
 
-Heavy modules are imported inside the commands so that `organscope --help` starts instantly.
-Every OrganscopeError becomes one line on stderr and exit status 2; no partial output is left behind.
+Heavy modules are imported inside the commands so that `organscope --help` starts instantly (building the parser
+imports neither numpy nor any engine). The CLI is the only place that sees argparse's Namespace: each command
+unpacks it into the typed arguments of the library (pipeline.run, batch.cmd_batch, metrics.report.main_evaluate,
+the training pipelines). Every OrganscopeError, and every bad option value, becomes one line on stderr
+(`organscope: error: ...`) and exit status 2; no partial output is left behind.
 """
 from __future__ import annotations
 
@@ -14,6 +17,64 @@ import sys
 from pathlib import Path
 
 from .errors import InputError, OrganscopeError
+
+#: The optional outputs of `segment` (option dest -> suffix added to the label map's name; batch.EXTRA_OUTPUTS).
+_EXTRA_OUTPUTS = ("statistics", "preview", "dicom_seg", "masks")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the house's error format: one line `organscope: error: ...`, exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"organscope: error: {message}\n")
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Keeps the line breaks of a help text (one line per engine), wrapping each line on its own."""
+
+    def _split_lines(self, text, width):
+        out: list[str] = []
+        for line in text.splitlines():
+            indent = line[: len(line) - len(line.lstrip())]
+            parts = super()._split_lines(line, width - len(indent) - 2) or [""]
+            out += [indent + parts[0]] + [indent + "  " + part for part in parts[1:]]
+        return out
+
+
+def _threads(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give a whole number of CPU threads, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (leave it out to use every core), got {n}")
+    return n
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give a whole number, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+def _positive_mm(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of millimetres, got {text!r}")
+    return v
+
+
+def _engine_help(intro: str, names=None) -> str:
+    from .engines.registry import ENGINE_INFO  # light: no engine is imported
+
+    return intro + "\n" + "\n".join(f"  {n}: {ENGINE_INFO[n]}" for n in (names or ENGINE_INFO))
 
 
 def _progress_bar(enabled: bool):
@@ -33,9 +94,11 @@ def _progress_bar(enabled: bool):
 
 
 def _organ_list(text: str) -> list[str]:
+    """Organ names separated by commas (spaces after the commas allowed: --organs 'parotid_left, mandible')."""
     names = [t.strip() for t in text.split(",") if t.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError("give organ names separated by commas, e.g. parotid_left,mandible")
+    if not names or any(" " in n for n in names):
+        raise argparse.ArgumentTypeError(f"give organ names separated by commas, e.g. parotid_left,mandible; "
+                                         f"got {text!r}")
     return names
 
 
@@ -73,32 +136,36 @@ def _read_points_csv(path: Path) -> list[list[float]]:
     return rows
 
 
+def _asked_outputs(args) -> dict[str, str]:
+    """{output: value given ('' for a bare flag)} of the optional outputs asked for on the command line."""
+    return {k: getattr(args, k) for k in _EXTRA_OUTPUTS if getattr(args, k, None) is not None}
+
+
+def _segment_options(args):
+    from .pipeline import SegmentOptions
+
+    return SegmentOptions(engine=args.engine, model=args.model, threads=args.threads,
+                          organs=None if args.organs is None else tuple(args.organs), priors=args.priors)
+
+
 def cmd_segment(args) -> int:
-    from . import api, batch
+    from . import batch
 
+    progress_wanted = args.progress if args.progress is not None else sys.stderr.isatty()
     if batch.is_batch_input(args.input):  # a folder of scans or a glob: -o is an output folder
-        return batch.cmd_batch(args)
-    from .io import load_volume
-    from .outputs import write_outputs
+        return batch.cmd_batch(args.input, args.output, _segment_options(args), asked=_asked_outputs(args),
+                               jobs=args.jobs, scheduler=args.scheduler, progress=progress_wanted)
+    from .pipeline import run
 
-    targets = batch.single_targets(args.output, batch.extras_from_args(args, batch=False))
-    ct = load_volume(args.input)
-    if targets.dicom_seg is not None:
-        from .outputs.dicom_seg import require_dicom_source
-
-        require_dicom_source(ct)
-    progress, close = _progress_bar(args.progress if args.progress is not None else sys.stderr.isatty())
+    targets = batch.single_targets(args.output, _asked_outputs(args))
+    progress, close = _progress_bar(progress_wanted)
     try:
-        seg = api.segment(ct, engine=args.engine, model=args.model, threads=args.threads,
-                          organs=args.organs, priors=args.priors, progress=progress)
+        res = run(args.input, targets, _segment_options(args), progress=progress)
     finally:
         close()
-    write_outputs(ct, seg, targets, engine=args.engine)
-    t = seg.timings_s
-    present = sorted({seg.names[int(v)] for v in api.present_labels(seg)})
+    t = res.timings_s
     points = f", {int(t['points_classified'])} points classified" if "points_classified" in t else ""
-    print(f"{args.output}: {len(present)} organ(s) found ({', '.join(present) or 'none'}); "
-          f"{t['total']:.2f} s{points}", file=sys.stderr)
+    print(f"{args.output}: {res.found()}; {t['total']:.2f} s{points}", file=sys.stderr)
     return 0
 
 
@@ -128,11 +195,9 @@ def cmd_query(args) -> int:
 
 
 def cmd_locate(args) -> int:
-    from .io import load_volume
-    from .io._common import atomic_paths
-    from .localize import locations_to_json
-
     from .engines.registry import get_localizer
+    from .io import load_volume, write_text_atomic
+    from .localize import locations_to_json
 
     vol = load_volume(args.scan)
     timings: dict = {}
@@ -141,8 +206,7 @@ def cmd_locate(args) -> int:
     doc = locations_to_json(locs)
     text = json.dumps(doc)
     if args.output:
-        with atomic_paths(args.output) as (tmp,):
-            tmp.write_text(text + "\n")
+        write_text_atomic(args.output, text + "\n")
     if args.json:
         print(text)
         return 0
@@ -180,9 +244,10 @@ def cmd_models(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .metrics.report import run_evaluate
+    from .metrics.report import main_evaluate
 
-    return run_evaluate(args)
+    return main_evaluate(args.pred_dir, args.ref_dir, out_prefix=args.out_prefix, tolerance_mm=args.tolerance_mm,
+                         dataset_json=args.dataset_json, organs=args.organs)
 
 
 def cmd_train(args) -> int:
@@ -198,7 +263,8 @@ def cmd_train(args) -> int:
     except ImportError as exc:
         raise OrganscopeError(f"Training needs the train extra ({exc}); install it with "
                               "pip install 'organscope[train]'.") from None
-    return run_pipeline(args)
+    budget = {"epochs": args.epochs} if args.engine == "sparse" else {"hours": args.hours}
+    return run_pipeline(data=args.data, work=args.work, name=args.name, install=args.install, **budget)
 
 
 def cmd_serve(args) -> int:
@@ -226,19 +292,32 @@ def cmd_serve(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .engines.registry import ENGINE_INFO, LOCALIZER_INFO  # light: names and one line each, no engine
 
-    ap = argparse.ArgumentParser(prog="organscope", description="Which organ is where in a CT scan, on a CPU.")
-    ap.add_argument("--version", action="version", version=f"organscope {__version__}")
-    sub = ap.add_subparsers(dest="command", required=True)
+    ap = _Parser(prog="organscope", description="Which organ is where in a CT scan, on a CPU.",
+                 formatter_class=_Formatter)
+    ap.add_argument("--version", action="version", version=f"organscope {__version__}",
+                    help="print the version and exit")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("segment", help="write a multi-organ label map of a scan")
-    s.add_argument("-i", "--input", required=True, help="CT scan: .nii/.nii.gz/.nrrd/.mha or a DICOM folder")
-    s.add_argument("-o", "--output", required=True, help="output label map (.nii.gz, .nii or .nrrd) + .json names")
-    s.add_argument("--engine", default="sparse", help="segmentation engine (default: sparse)")
-    s.add_argument("--model", default=None, help="shipped model name or path to an .onnx with its .json card")
-    s.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=text, formatter_class=_Formatter)
+
+    threads_help = "CPU threads, at least 1 (default: all cores)"
+    organs_help = "organ names separated by commas, e.g. parotid_left,mandible"
+    s = command("segment", "write a multi-organ label map of a scan (or of a folder or glob of scans)")
+    s.add_argument("-i", "--input", required=True,
+                   help="CT scan: .nii/.nii.gz/.nrrd/.mha or a DICOM folder; or a folder or a quoted glob "
+                        "('DIR/*.nii.gz') of scans for a batch")
+    s.add_argument("-o", "--output", required=True,
+                   help="output label map (.nii.gz, .nii or .nrrd) + .json names; for a batch, an output folder")
+    s.add_argument("--engine", default="sparse", choices=list(ENGINE_INFO), metavar="ENGINE",
+                   help=_engine_help("segmentation engine (default: sparse):"))
+    s.add_argument("--model", default=None, help="shipped model name or path to an .onnx with its .json card "
+                                                 "(default: the engine's shipped model)")
+    s.add_argument("--threads", type=_threads, default=None, metavar="N", help=threads_help)
     s.add_argument("--organs", type=_organ_list, default=None, metavar="NAME,NAME",
-                   help="only these organs (slice2d runs only their models; other engines keep only their labels)")
+                   help=organs_help + " (slice2d runs only their models; other engines keep only their labels)")
     s.add_argument("--priors", action="store_true",
                    help="apply the anatomical-prior rules measured to help this engine (post-processing)")
     s.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -251,64 +330,78 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DICOM-SEG of the result; the input must be a DICOM series (default: OUT.seg.dcm)")
     s.add_argument("--masks", nargs="?", const="", default=None, metavar="DIR",
                    help="one NIfTI mask per organ found, in DIR (default: OUT_masks)")
-    s.add_argument("--jobs", type=int, default=None,
+    s.add_argument("--jobs", type=_positive_int, default=None, metavar="N",
                    help="batch (-i FOLDER or GLOB, -o OUT_DIR): scans segmented at once (default: cores / 2)")
     s.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="batch on a Dask distributed cluster at ADDRESS (e.g. tcp://host:8786)")
     s.set_defaults(func=cmd_segment)
 
-    q = sub.add_parser("query", help="organ, probability and top-3 at points of a scan")
-    q.add_argument("scan")
-    q.add_argument("--point", action="append", metavar="X,Y,Z", help="world mm (RAS), or voxel indices with --voxel")
-    q.add_argument("--csv", help="file with one x,y,z per line")
+    q = command("query", "organ, probability and top-3 at points of a scan")
+    q.add_argument("scan", help="CT scan file or DICOM folder")
+    q.add_argument("--point", action="append", metavar="X,Y,Z",
+                   help="a point: world mm (RAS), or voxel indices with --voxel; repeat for several")
+    q.add_argument("--csv", metavar="FILE", help="file with one x,y,z per line (one header line allowed)")
     q.add_argument("--voxel", action="store_true", help="points are voxel indices (i,j,k) of the scan's grid")
     q.add_argument("--json", action="store_true", help="print JSON")
-    q.add_argument("--model", default=None)
-    q.add_argument("--threads", type=int, default=None)
+    q.add_argument("--model", default=None, help="sparse model name or path to an .onnx with its .json card "
+                                                 "(default: the shipped one)")
+    q.add_argument("--threads", type=_threads, default=None, metavar="N", help=threads_help)
     q.set_defaults(func=cmd_query)
 
-    from .metrics.report import add_evaluate_arguments
-
-    e = sub.add_parser("evaluate", help="per-organ Dice/Jaccard/NSD/HD95 of label maps against references")
-    add_evaluate_arguments(e)
+    e = command("evaluate", "per-organ Dice/Jaccard/NSD/HD95 of label maps against references")
+    e.add_argument("pred_dir", help="folder of predicted label maps (X.nii.gz, optional sidecar X.json)")
+    e.add_argument("ref_dir", help="folder of reference label maps with the same file names")
+    e.add_argument("--out", dest="out_prefix", default=None, metavar="PREFIX",
+                   help="output prefix for .csv and .json (default: PRED_DIR/evaluation)")
+    e.add_argument("--tolerance-mm", type=_positive_mm, default=2.0, metavar="MM",
+                   help="NSD tolerance in mm (default 2)")
+    e.add_argument("--dataset-json", default=None, metavar="FILE",
+                   help="dataset.json with label names and contoured organs (default: found beside the references)")
+    e.add_argument("--organs", type=_organ_list, default=None, metavar="NAME,NAME",
+                   help="score only these organs: " + organs_help)
     e.set_defaults(func=cmd_evaluate)
 
-    lo = sub.add_parser("locate", help="per organ: present or not, centroid, box and confidence")
+    lo = command("locate", "per organ: present or not, centroid, box and confidence")
     lo.add_argument("scan", help="CT scan file or DICOM folder")
     lo.add_argument("--json", action="store_true", help="print {\"organs\": {name: {...}}} on stdout")
-    lo.add_argument("-o", "--output", default=None, help="also write the JSON to this file")
-    lo.add_argument("--localizer", default="sparse_grid", choices=("sparse_grid", "heatmap"),
-                    help="sparse_grid: the sparse classifier's coarse grid (default); heatmap: the heat-map network")
-    lo.add_argument("--level-mm", type=float, default=8.0, help="grid step of the sparse localiser (default 8 mm)")
-    lo.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    lo.add_argument("-o", "--output", default=None, metavar="FILE.json", help="also write the JSON to this file")
+    lo.add_argument("--localizer", default="sparse_grid", choices=list(LOCALIZER_INFO), metavar="LOCALIZER",
+                    help="organ localiser:\n" + "\n".join(f"  {n}: {t}" for n, t in LOCALIZER_INFO.items()))
+    lo.add_argument("--level-mm", type=_positive_mm, default=8.0, metavar="MM",
+                    help="grid step of the sparse_grid localiser in mm (default 8)")
+    lo.add_argument("--threads", type=_threads, default=None, metavar="N", help=threads_help)
     lo.set_defaults(func=cmd_locate)
 
-    m = sub.add_parser("models", help="list the shipped models and their recorded accuracy")
+    m = command("models", "list the shipped models and their recorded accuracy")
     m.set_defaults(func=cmd_models)
 
-    t = sub.add_parser("train", help="train a model: the sparse classifier, the cnn3d network or the cascade's "
-                                     "group networks (train extra)")
+    trainable = ("sparse", "cnn3d", "cascade")
+    t = command("train", "train a model: the sparse classifier, the cnn3d network or the cascade's group networks "
+                         "(train extra)")
     t.add_argument("--data", type=Path, required=True, help="dataset folder: images/ labels/ dataset.json")
-    t.add_argument("--engine", default="sparse", help="sparse (default), cnn3d or cascade (after cnn3d: its "
-                                                        "group networks start from the cnn3d weights)")
-    t.add_argument("--work", type=Path, default=Path("work"), help="folder for training sets and checkpoints")
+    t.add_argument("--engine", default="sparse", choices=trainable, metavar="ENGINE",
+                   help=_engine_help("engine to train (default: sparse; the cascade's group networks start from "
+                                     "the cnn3d weights in the same --work folder):", trainable))
+    t.add_argument("--work", type=Path, default=Path("work"), help="folder for training sets and checkpoints "
+                                                                   "(default: work)")
     t.add_argument("--name", default=None, help="model name (default <engine>_openkbp; output <work>/<name>.onnx)")
-    t.add_argument("--epochs", type=int, default=10, help="sparse: epochs")
+    t.add_argument("--epochs", type=_positive_int, default=10, metavar="N", help="sparse: epochs (default 10)")
     t.add_argument("--hours", type=float, default=1.55,
                    help="cnn3d and cascade: time budget of the training run (cascade: shared by its groups)")
     t.add_argument("--install", action="store_true", help="copy the result into the package's models folder")
     t.set_defaults(func=cmd_train)
 
-    v = sub.add_parser("serve", help="HTTP API and browser viewer: point queries and segmentation (serve extra)")
+    v = command("serve", "HTTP API and browser viewer: point queries and segmentation (serve extra)")
     v.add_argument("scan", nargs="*", help="scans to open at start (more can be uploaded or opened by path)")
     v.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
-    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--port", type=int, default=8000, help="TCP port, 0..65535 (default 8000)")
     v.add_argument("--allow-dir", default=None, metavar="DIR",
                    help="folder whose scans clients may open by path (default: none, upload only)")
     v.add_argument("--max-upload-mb", type=float, default=512, metavar="N", help="upload size limit (default 512)")
-    v.add_argument("--max-scans", type=int, default=4, metavar="N",
+    v.add_argument("--max-scans", type=_positive_int, default=4, metavar="N",
                    help="scans kept open in memory, least recently used closed first (default 4)")
-    v.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    v.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="server log level (default: info)")
     v.set_defaults(func=cmd_serve)
     return ap
 
@@ -331,9 +424,27 @@ def _join_negative_points(argv: list[str]) -> list[str]:
     return out
 
 
+_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+
+
+def _unrecognized(argv: list[str], extra: list[str]) -> str:
+    """argparse's "unrecognized arguments" with a hint for the two usual causes: a glob the shell expanded into
+    several file names, and an organ list written with spaces after its commas."""
+    message = f"unrecognized arguments: {' '.join(extra)}"
+    if any(argv[i].endswith(",") for i in range(len(argv) - 1) if argv[i + 1] in extra):
+        return message + "; write an organ list as one word, --organs a,b (or quote it: --organs 'a, b')"
+    if argv[:1] == ["segment"] and any(e.lower().endswith(_VOLUME_SUFFIXES) or Path(e).exists() for e in extra):
+        return (message + "; the shell expanded a pattern into several files: quote the pattern so that organscope "
+                "sees it, e.g. -i 'scans/*.nii.gz'")
+    return message
+
+
 def main(argv=None) -> int:
     argv = _join_negative_points(list(sys.argv[1:] if argv is None else argv))
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        parser.error(_unrecognized(argv, extra))
     try:
         return int(args.func(args) or 0)
     except OrganscopeError as exc:

@@ -1,19 +1,32 @@
-"""The one segmentation pipeline: validate -> segment -> post-process (-> write all outputs), used by the Python
-API, the CLI's single-scan path, batch (local pool and Dask) and the service. Plain typed arguments: the options
-of a segmentation travel as one frozen `SegmentOptions`.
+"""The one segmentation pipeline: load -> validate -> segment -> post-process -> write all outputs, used by the
+Python API (`segment_volume`), the CLI's single-scan path and batch (local pool and Dask: `run`) and the service.
+Plain typed arguments: the options of a segmentation travel as one frozen `SegmentOptions`, the files to write as
+one `outputs.OutputPaths`.
 
     opts = SegmentOptions(engine="cnn3d", organs=("mandible",), priors=True)
     seg = segment_volume(volume, opts, progress=callback)
+    res = run("scan.nii.gz", OutputPaths(labels=Path("out.nii.gz"), statistics=Path("out.statistics.json")), opts)
+    res.written, res.organs, res.timings_s
 """
 from __future__ import annotations
 
+import os
+import shutil
+import time
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping
+
+import numpy as np
 
 from .engines.base import ProgressFn
 from .engines.registry import DEFAULT_ENGINE, get_engine
 from .segmentation import Segmentation
 from .volume import Volume
+
+if TYPE_CHECKING:
+    from .outputs import OutputPaths
 
 
 @dataclass(frozen=True)
@@ -57,3 +70,80 @@ def segment_volume(volume: Volume, options: SegmentOptions = SegmentOptions(), *
 
     seg = apply_priors(eng.segment(volume, progress=progress), engine=eng.name)
     return seg if options.organs is None else seg.keep(options.organs)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What one `run` did: the files (and mask folder) written, the organs found (names, sorted) and timings in
+    seconds: the engine's own (its "total" is the segmentation), plus "load", "write" and "run" (everything)."""
+
+    scan: str
+    written: tuple[Path, ...]
+    organs: tuple[str, ...]
+    timings_s: Mapping[str, float]
+
+    def found(self) -> str:
+        """"3 organ(s) found (a, b, c)": the line the CLI and batch print."""
+        return f"{len(self.organs)} organ(s) found ({', '.join(self.organs) or 'none'})"
+
+
+def run(scan: str | os.PathLike | Volume, targets: "OutputPaths", options: SegmentOptions = SegmentOptions(), *,
+        progress: ProgressFn | None = None) -> RunResult:
+    """Load `scan` (a path or a Volume), check that the outputs asked for can be made from it, segment it with
+    `options` and write every output `targets` names. A run writes all its new outputs or none: when one fails,
+    the files it had already made are removed (files that existed before are left as they are)."""
+    t0 = time.perf_counter()
+    if not isinstance(scan, Volume):
+        _check_not_input(scan, targets)
+    ct = scan if isinstance(scan, Volume) else _load(scan)
+    t_load = time.perf_counter() - t0
+    if targets.dicom_seg is not None:
+        from .outputs.dicom_seg import require_dicom_source
+
+        require_dicom_source(ct)
+    seg = segment_volume(ct, options, progress=progress)
+    t1 = time.perf_counter()
+    written = _write_all_or_none(ct, seg, targets, options.engine)
+    t2 = time.perf_counter()
+    present = np.unique(seg.labels.array)
+    organs = tuple(sorted({seg.names[int(v)] for v in present if v > 0}))
+    timings = {**seg.timings_s, "load": t_load, "write": t2 - t1, "run": t2 - t0}
+    source = str(scan) if not isinstance(scan, Volume) else str(ct.meta.get("source", "<volume>"))
+    return RunResult(source, tuple(written), organs, timings)
+
+
+def _load(path) -> Volume:
+    from .io import load_volume
+
+    return load_volume(path)
+
+
+def _check_not_input(scan, targets: "OutputPaths") -> None:
+    """InputError if an output (or the label map's .json) would replace the input scan."""
+    from .errors import InputError
+    from .io import sidecar_path
+
+    src = Path(scan).resolve()
+    paths = list(targets.wanted().values()) + ([sidecar_path(targets.labels)] if targets.labels else [])
+    for path in paths:
+        if Path(path).resolve() == src:
+            raise InputError(f"{path} would overwrite the input {scan}; write the outputs somewhere else.")
+
+
+def _write_all_or_none(ct: Volume, seg: Segmentation, targets: "OutputPaths", engine: str) -> list[Path]:
+    from .io import sidecar_path
+    from .outputs import write_outputs
+
+    paths = list(targets.wanted().values())
+    if targets.labels is not None:
+        paths.append(sidecar_path(targets.labels))
+    new = [p for p in map(Path, paths) if not p.exists()]
+    try:
+        return write_outputs(ct, seg, targets, engine=engine)
+    except BaseException:
+        for p in new:  # each writer is atomic, so what exists now is a complete output of this run
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            elif p.exists():
+                p.unlink()
+        raise

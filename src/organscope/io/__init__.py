@@ -4,6 +4,8 @@
     load_labels(path) -> Volume            a label map, names (if a sidecar exists) in meta["label_names"]
     save_labels(grid, labels, path, names) uint8/uint16 map on grid's exact affine + x.json sidecar
     save_volume(volume, path)              .nii, .nii.gz or .nrrd
+    atomic_paths(*targets)                 temp paths to write, each renamed onto its target on success
+    write_text_atomic(path, text)          one text file, complete or absent
 
 Format modules (nibabel, pynrrd, pydicom) are imported only when needed.
 """
@@ -19,6 +21,7 @@ import numpy as np
 from ..errors import InputError
 from ..volume import Volume
 from ._common import sidecar_path
+from .atomic import atomic_paths, current_umask, temp_dir_beside, write_text_atomic
 from .validate import validate_ct
 
 #: Label value -> organ name (snake_case); 0 is background.
@@ -26,7 +29,8 @@ LabelNames = Mapping[int, str]
 
 __all__ = [
     "LabelNames", "load_volume", "load_labels", "save_labels", "save_volume", "read_label_names",
-    "validate_ct", "sidecar_path", "volume_format",
+    "validate_ct", "sidecar_path", "volume_format", "atomic_paths", "write_text_atomic", "temp_dir_beside",
+    "current_umask",
 ]
 
 _SUFFIXES = {".nii.gz": "nifti", ".nii": "nifti", ".nrrd": "nrrd", ".nhdr": "nrrd", ".mha": "metaimage",

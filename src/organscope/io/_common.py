@@ -1,19 +1,14 @@
-"""Helpers shared by the readers and writers: LPS<->RAS, building a Volume, atomic writes."""
+"""Helpers shared by the readers and writers: LPS<->RAS, building a Volume, write errors (atomic writes: atomic.py)."""
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from ..errors import GeometryError, InputError, OrganscopeError
 from ..volume import Volume
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+from .atomic import atomic_paths  # noqa: F401  (its old home; import it from organscope.io)
 
 #: Flips x and y: maps LPS coordinates to RAS and back (it is its own inverse).
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -63,35 +58,6 @@ def make_volume(array: np.ndarray, affine: np.ndarray, meta: dict, source: str) 
 
 def _lower_first(text: str) -> str:
     return text[:1].lower() + text[1:] if text[:1].isupper() and not text[1:2].isupper() else text
-
-
-@contextlib.contextmanager
-def atomic_paths(*targets: str | os.PathLike) -> Iterator[list[Path]]:
-    """Yield temp paths (same folders, same suffixes) to write; on success each replaces its target.
-
-    On any error the temp files are removed and no new output remains.
-    """
-    temps: list[Path] = []
-    replaced: list[Path] = []
-    try:
-        for target in targets:
-            target = Path(target)
-            if not target.parent.is_dir():
-                raise InputError(f"Cannot write {target}: the folder {target.parent} does not exist.")
-            suffix = "".join(target.suffixes[-2:]) if target.name.endswith(".gz") else target.suffix
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=f".tmp{suffix}")
-            os.close(fd)
-            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
-            temps.append(Path(tmp))
-        yield temps
-        for tmp, target in zip(temps, targets):
-            os.replace(tmp, target)
-            replaced.append(Path(target))
-    except BaseException:
-        for tmp in temps + replaced:  # a half-finished replace leaves no partial output
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-        raise
 
 
 def wrap_write_error(error: Exception, path: str | os.PathLike) -> OrganscopeError:

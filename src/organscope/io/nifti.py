@@ -13,7 +13,8 @@ import numpy as np
 
 from ..errors import InputError
 from ..volume import Volume
-from ._common import atomic_paths, make_volume, sidecar_path, wrap_write_error
+from .atomic import atomic_paths
+from ._common import make_volume, sidecar_path, wrap_write_error
 
 #: Errors nibabel, gzip and zlib raise on files that are not NIfTI or are cut short.
 READ_ERRORS = (nib.filebasedimages.ImageFileError, gzip.BadGzipFile, zlib.error, EOFError, OSError, ValueError)

@@ -13,7 +13,8 @@ import numpy as np
 
 from ..errors import GeometryError, InputError
 from ..volume import Volume
-from ._common import atomic_paths, make_volume, ras_to_lps, sidecar_path, wrap_write_error
+from .atomic import atomic_paths
+from ._common import make_volume, ras_to_lps, sidecar_path, wrap_write_error
 
 #: NRRD 'space' values tied to the patient, and the signs that take their x, y, z to RAS.
 SPACE_TO_RAS_SIGNS = {

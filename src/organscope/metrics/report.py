@@ -12,9 +12,7 @@ import csv
 import io
 import json
 import math
-import os
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -25,6 +23,7 @@ from scipy import ndimage
 from .. import geometry
 from ..datasets import Case, Dataset, case_id, read_json, read_nifti
 from ..errors import InputError
+from ..io.atomic import write_text_atomic
 from ..organs import LabelMap, label_map_from_dataset_json, normalize_name
 from .overlap import confusion, dice, jaccard
 from .surface import surface_distances
@@ -157,7 +156,7 @@ class EvaluationReport:
         w.writerow(CSV_FIELDS)
         for s in self.scores:
             w.writerow([_csv(getattr(s, f)) for f in CSV_FIELDS])
-        _write_atomic(path, buf.getvalue())
+        _write_text(path, buf.getvalue())
 
     def to_dict(self) -> dict:
         cases: dict[str, dict] = {}
@@ -171,7 +170,7 @@ class EvaluationReport:
 
     def to_json(self, path: str | Path) -> None:
         """Summary and per-case scores. NaN is written as null, infinity as the string "inf"."""
-        _write_atomic(path, json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n")
+        _write_text(path, json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n")
 
 
 def evaluate_dirs(pred_dir: str | Path, ref_dir: str | Path, *, dataset_json: str | Path | None = None,
@@ -241,23 +240,6 @@ def main_evaluate(pred_dir: str | Path, ref_dir: str | Path, *, out_prefix: str 
               f"{', '.join(report.missing_predictions[:5])}{' ...' if len(report.missing_predictions) > 5 else ''}",
               file=sys.stderr)
     return 1 if report.errors else 0
-
-
-def add_evaluate_arguments(parser) -> None:
-    """Arguments of `organscope evaluate` on an argparse (sub)parser; pair with `run_evaluate`."""
-    parser.add_argument("pred_dir", help="folder of predicted label maps (X.nii.gz, optional sidecar X.json)")
-    parser.add_argument("ref_dir", help="folder of reference label maps with the same file names")
-    parser.add_argument("--out", dest="out_prefix", default=None,
-                        help="output prefix for .csv and .json (default: PRED_DIR/evaluation)")
-    parser.add_argument("--tolerance-mm", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
-    parser.add_argument("--dataset-json", default=None, help="dataset.json with label names and contoured organs")
-    parser.add_argument("--organs", nargs="+", default=None, help="score only these organs")
-
-
-def run_evaluate(args) -> int:
-    """Run `organscope evaluate` from parsed arguments (see add_evaluate_arguments)."""
-    return main_evaluate(args.pred_dir, args.ref_dir, out_prefix=args.out_prefix, tolerance_mm=args.tolerance_mm,
-                         dataset_json=args.dataset_json, organs=args.organs)
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -339,14 +321,8 @@ def _progress(items: list):
     return tqdm(items, desc="evaluate", unit="case")
 
 
-def _write_atomic(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+
+def _write_text(path: str | Path, text: str) -> None:
+    """Atomically write a report file, creating its folder (--out may name a new one)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, text)

@@ -40,9 +40,9 @@ def write_outputs(ct: Volume, seg: Segmentation, targets: OutputPaths, *, engine
     """Write the outputs `targets` names (label map first); returns the paths written."""
     written: list[Path] = []
     if targets.labels is not None:
-        from ..api import save_segmentation
+        from ..io import save_labels  # what api.save_segmentation does (outputs must not import the api)
 
-        save_segmentation(seg, targets.labels)
+        save_labels(seg.labels, seg.labels.array, targets.labels, {0: "background", **seg.names})
         written.append(targets.labels)
     if targets.statistics is not None:
         write_statistics(ct, seg, targets.statistics)

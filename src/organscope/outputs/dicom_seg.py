@@ -130,7 +130,8 @@ def write_dicom_seg(seg: Segmentation, ct: Volume, path: str | os.PathLike, *, e
     import highdicom as hd
 
     from .. import __version__
-    from ..io._common import atomic_paths, wrap_write_error
+    from ..io import atomic_paths
+    from ..io._common import wrap_write_error
 
     require_dicom_source(ct)
     check_same_grid(seg.labels, ct)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from ..errors import InputError
 
 def write_masks(seg: Segmentation, folder: str | os.PathLike) -> list[Path]:
     """Write `<folder>/<organ>.nii.gz` for every organ present in `seg`; returns the paths written."""
-    from ..io import save_volume
+    from ..io import save_volume, temp_dir_beside
 
     folder = Path(folder)
     labels = np.asarray(seg.labels.array)
@@ -33,7 +32,7 @@ def write_masks(seg: Segmentation, folder: str | os.PathLike) -> list[Path]:
     if not folder.parent.is_dir():
         raise InputError(f"Cannot write masks into {folder}: the folder {folder.parent} does not exist.")
     fresh = not folder.exists()
-    target = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp")) if fresh else folder
+    target = temp_dir_beside(folder) if fresh else folder  # made with 0o777 less the umask
     try:
         written = []
         for v in present:
@@ -41,7 +40,6 @@ def write_masks(seg: Segmentation, folder: str | os.PathLike) -> list[Path]:
             save_volume(seg.labels.with_array((labels == v).astype(np.uint8)), path)
             written.append(folder / path.name)
         if fresh:
-            os.chmod(target, 0o777 & ~_umask())
             os.replace(target, folder)
     except BaseException:
         if fresh:
@@ -50,8 +48,3 @@ def write_masks(seg: Segmentation, folder: str | os.PathLike) -> list[Path]:
         raise
     return written
 
-
-def _umask() -> int:
-    from ..io._common import _UMASK
-
-    return _UMASK

@@ -49,7 +49,8 @@ def render_preview(ct: Volume, seg: Segmentation, path: str | os.PathLike, *,
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    from ..io._common import atomic_paths, wrap_write_error
+    from ..io import atomic_paths
+    from ..io._common import wrap_write_error
 
     check_same_grid(seg.labels, ct)
     labels = np.asarray(seg.labels.array)

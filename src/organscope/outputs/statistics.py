@@ -76,12 +76,12 @@ def statistics_document(ct: Volume, seg: Segmentation) -> dict:
 
 def write_statistics(ct: Volume, seg: Segmentation, path: str | os.PathLike) -> dict:
     """Atomically write the per-organ statistics as JSON; returns the document."""
-    from ..io._common import atomic_paths, wrap_write_error
+    from ..io import write_text_atomic
+    from ..io._common import wrap_write_error
 
     doc = statistics_document(ct, seg)
     try:
-        with atomic_paths(path) as (tmp,):
-            tmp.write_text(json.dumps(doc, indent=1) + "\n")
+        write_text_atomic(path, json.dumps(doc, indent=1) + "\n")
     except OSError as e:
         raise wrap_write_error(e, path) from None
     return doc

@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -222,15 +221,9 @@ def save_rules(ruleset: RuleSet, path: str | os.PathLike) -> None:
     text = _json_lines(ruleset.to_dict()) + "\n"
     if rules_from_dict(json.loads(text)) != ruleset:  # never write a file that reads back differently
         raise InputError(f"Cannot write {path}: the rules do not survive a JSON round trip.")
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    from ..io.atomic import write_text_atomic
+
+    write_text_atomic(path, text)
 
 
 def _json_lines(o, indent: int = 0) -> str:

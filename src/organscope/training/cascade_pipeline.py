@@ -148,22 +148,24 @@ def choose_settings_and_write_card(card: dict, out_dir: Path, data_root: Path, *
     return card
 
 
-def run_pipeline(args) -> int:
+def run_pipeline(*, data: Path, work: Path = Path("work"), name: str | None = None, hours: float = 1.55,
+                 install: bool = False) -> int:
     """`organscope train --engine cascade`: cache, each group network (resumes; starts from the cnn3d run in the
     same work folder when there is one), export, validate, card. --hours is shared by the three groups."""
     from .cnn3d_data import build_cache
     from .train_cascade import CascadeSettings, train_group
 
-    name = args.name or "cascade_openkbp"
-    cache = args.work / "cnn3d_cache"
+    data, work = Path(data), Path(work)
+    name = name or "cascade_openkbp"
+    cache = work / "cnn3d_cache"
     if not (cache / "cases.json").exists():
-        build_cache(args.data, cache)
-    init = args.work / "runs" / "cnn3d_openkbp" / "best.pt"
-    runs = {g: args.work / "runs" / f"{name}_{g}" for g in GROUPS}
+        build_cache(data, cache)
+    init = work / "runs" / "cnn3d_openkbp" / "best.pt"
+    runs = {g: work / "runs" / f"{name}_{g}" for g in GROUPS}
     for g, run_dir in runs.items():
-        train_group(cache, run_dir, g, CascadeSettings(minutes=args.hours * 60 / len(GROUPS)),
+        train_group(cache, run_dir, g, CascadeSettings(minutes=hours * 60 / len(GROUPS)),
                     init=init if init.exists() else None)
-    finalize(runs, args.data, args.work, name, install=args.install, cache=cache)
+    finalize(runs, data, work, name, install=install, cache=cache)
     return 0
 
 

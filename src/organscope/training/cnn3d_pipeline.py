@@ -149,18 +149,20 @@ def validate_and_write_card(onnx_path: Path, card: dict, data_root: Path, *, cac
     return card
 
 
-def run_pipeline(args) -> int:
+def run_pipeline(*, data: Path, work: Path = Path("work"), name: str | None = None, hours: float = 1.55,
+                 install: bool = False) -> int:
     """`organscope train --engine cnn3d`: cache, train (resumes), export, validate, card."""
     from .cnn3d_data import build_cache
     from .train_cnn3d import Cnn3dSettings, train
 
-    name = args.name or "cnn3d_openkbp"
-    cache, run_dir = args.work / "cnn3d_cache", args.work / "runs" / name
+    data, work = Path(data), Path(work)
+    name = name or "cnn3d_openkbp"
+    cache, run_dir = work / "cnn3d_cache", work / "runs" / name
     if not (cache / "cases.json").exists():
-        build_cache(args.data, cache)
+        build_cache(data, cache)
     if not (run_dir / "best.pt").exists() or not _finished(run_dir):
-        train(cache, run_dir, Cnn3dSettings(hours=args.hours))
-    finalize(run_dir, args.data, args.work, name, install=args.install, cache=cache)
+        train(cache, run_dir, Cnn3dSettings(hours=hours))
+    finalize(run_dir, data, work, name, install=install, cache=cache)
     return 0
 
 

@@ -154,24 +154,25 @@ def finalize(run_dir: Path, data_root: Path, out_dir: Path, name: str, *, checkp
     return card
 
 
-def run_pipeline(args) -> int:
+def run_pipeline(*, data: Path, work: Path = Path("work"), name: str | None = None, epochs: int = 10,
+                 install: bool = False) -> int:
+    """`organscope train --engine sparse`: validation set, training (resumes), export, calibration, card."""
     from .sparse_data import SHIPPED_PLAN, EpochSampler, SamplingPlan, build
     from .train_sparse import TrainSettings, train
 
-    work: Path = args.work
-    data: Path = args.data
-    args.name = args.name or "sparse_openkbp"
+    data, work = Path(data), Path(work)
+    name = name or "sparse_openkbp"
     pattern = paper_pattern()
-    val_dir, run_dir = work / "sparse_val", work / "runs" / args.name
+    val_dir, run_dir = work / "sparse_val", work / "runs" / name
     if not (val_dir / "info.json").exists():
         build(data, val_dir, pattern, SamplingPlan(n_body=600, n_band=300, n_balanced=100), split="validation",
               augment=False)
     n_classes = 1 + sum(1 for i in Dataset(data).label_map.names if i > 0)
     if not (run_dir / "settings.json").exists():
         train(EpochSampler(data, pattern, SHIPPED_PLAN), val_dir, run_dir,
-              TrainSettings(epochs=args.epochs, weight_decay_l2=1e-4, threads=1), n_classes)
+              TrainSettings(epochs=epochs, weight_decay_l2=1e-4, threads=1), n_classes)
     # the last epoch: on OpenKBP it beat the lowest-validation-loss epoch on Dice (0.696 vs 0.683)
-    finalize(run_dir, data, work, args.name, checkpoint="last.pt", install=args.install)
+    finalize(run_dir, data, work, name, checkpoint="last.pt", install=install)
     return 0
 
 
