@@ -330,22 +330,3 @@ def open_session(onnx_path: Path, threads: int | None = None):
         return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own untyped errors on a missing or corrupt file
         raise ModelError(f"Could not load model {Path(onnx_path).name}: {exc}") from None
-
-
-def logit_offsets(card: dict, n_classes: int, name: str):
-    """The card's per-class logit offsets (`logit_offsets`: one number per network class, added before the
-    argmax; fitted on training cases by `training.logit_offsets`) as a (n_classes, 1, 1, 1) float32 array,
-    or None when the card has none."""
-    import numpy as np
-
-    off = card.get("logit_offsets")
-    if off is None:
-        return None
-    try:
-        arr = np.asarray(off, dtype=np.float32)
-    except (TypeError, ValueError):
-        arr = np.zeros(0, np.float32)
-    if arr.shape != (n_classes,) or not np.isfinite(arr).all():
-        raise ModelError(f"Model card {name}: logit_offsets must be {n_classes} finite numbers, one per network "
-                         f"class.")
-    return arr.reshape(-1, 1, 1, 1)
