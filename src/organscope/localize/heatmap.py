@@ -12,8 +12,8 @@ weights it starts from) and averages its output down to the coarse grid.
 """
 from __future__ import annotations
 
-import json
 import time
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -22,7 +22,8 @@ from .. import grid as gridmod
 from ..engines.base import require_finite
 from ..errors import ModelError
 from ..intensity import DEFAULT_WINDOWS_HU, windows
-from ..modelcard import model_paths, open_session, windows_hu
+from ..modelcard import (CardFieldError, ModelCard, card_field, finite_float, finite_floats, json_object, model_paths,
+                        names, non_negative_float, open_session, positive_ints, windows_hu)
 from ..volume import Volume
 from .boxes import OrganLocation, location
 from .organ_sizes import organ_sizes
@@ -33,6 +34,46 @@ SOURCE_GRID = (128, 128, 128)
 GRID = (64, 64, 64)
 SIGMA2_MM2 = 150.0   # the paper's isotropic variance of the target Gaussians
 TAU = 0.1            # the paper's threshold
+
+
+def _half_extents_mm(v) -> tuple[tuple[str, tuple[float, float, float]], ...]:
+    out = []
+    for organ, half in json_object(v).items():
+        try:
+            xyz = finite_floats(half)
+        except CardFieldError:
+            xyz = ()
+        if len(xyz) != 3 or min(xyz) <= 0:
+            raise CardFieldError("must be 3 positive half-extents in mm", at=organ, value=half)
+        out.append((organ, xyz))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class HeatmapCard(ModelCard):
+    """organs: one heat-map per organ (the network's outputs); grid: the coarse grid of the heat-maps;
+    input_grid: the grid the network reads (none: `grid`); source_grid: the grid the scan is resampled to first;
+    windows_hu: the input channels; tau: the presence threshold; box_margin_mm: added to the mean organ extent
+    when the card has no fitted half-extents; box_half_extent_mm: (organ, (x, y, z) mm) fitted per organ."""
+
+    organs: tuple[str, ...] = card_field(parse=names)
+    grid: tuple[int, int, int] = card_field(parse=positive_ints(3))
+    input_grid: tuple[int, int, int] | None = card_field(parse=positive_ints(3), default=None)
+    source_grid: tuple[int, int, int] = card_field(parse=positive_ints(3), default=SOURCE_GRID)
+    windows_hu: tuple[tuple[float, float], ...] = card_field(parse=windows_hu, default=DEFAULT_WINDOWS_HU)
+    tau: float = card_field(parse=finite_float, default=TAU)
+    box_margin_mm: float = card_field(parse=non_negative_float, default=10.0)
+    box_half_extent_mm: tuple[tuple[str, tuple[float, float, float]], ...] = card_field(parse=_half_extents_mm,
+                                                                                        default=())
+
+    @property
+    def network_grid(self) -> tuple[int, int, int]:
+        """The grid the network reads the scan on."""
+        return self.input_grid or self.grid
+
+    @property
+    def organ_names(self) -> tuple[str, ...]:
+        return self.organs
 
 
 def gaussian_heatmap(shape, affine: np.ndarray, centroid_mm: np.ndarray, sigma2_mm2: float = SIGMA2_MM2) -> np.ndarray:
@@ -61,19 +102,15 @@ def centroid_from_heatmap(heat: np.ndarray, tau: float = TAU) -> tuple[np.ndarra
 class HeatmapLocalizer:
     def __init__(self, model=None, *, threads: int | None = None):
         onnx_path, card_path = model_paths(model, DEFAULT_MODEL, "heatmap")
-        try:
-            self.card = json.loads(card_path.read_text())
-            self.organs: tuple[str, ...] = tuple(self.card["organs"])
-            self.grid = tuple(int(v) for v in self.card["grid"])
-            self.input_grid = tuple(int(v) for v in self.card.get("input_grid", self.grid))
-            self.tau = float(self.card.get("tau", TAU))
-            self.margin_mm = float(self.card.get("box_margin_mm", 10.0))
-            self.box_half_mm = {o: np.asarray(v, float).reshape(3)
-                                for o, v in self.card.get("box_half_extent_mm", {}).items()}
-            self.source_grid = tuple(int(v) for v in self.card.get("source_grid", SOURCE_GRID))
-            self.windows_hu = windows_hu(self.card.get("windows_hu", DEFAULT_WINDOWS_HU))
-        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise ModelError(f"Model card {card_path.name} is missing or malformed ({exc!r}).") from None
+        self.card = HeatmapCard.load(card_path)
+        self.organs: tuple[str, ...] = self.card.organs
+        self.grid = self.card.grid
+        self.input_grid = self.card.network_grid
+        self.tau = self.card.tau
+        self.margin_mm = self.card.box_margin_mm
+        self.box_half_mm = {o: np.asarray(v, float) for o, v in self.card.box_half_extent_mm}
+        self.source_grid = self.card.source_grid
+        self.windows_hu = self.card.windows_hu
         self._session = open_session(onnx_path, threads)
 
     def heatmaps(self, volume: Volume, hu: np.ndarray | None = None,
