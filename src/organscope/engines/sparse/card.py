@@ -35,9 +35,12 @@ def _levels_mm(v) -> tuple[float, ...]:
 
 
 def _majority(v) -> int:
-    out = non_negative_int(v)
-    if out > 27:
-        raise CardFieldError("must be 0 (off) to 27 neighbours")
+    try:
+        out = non_negative_int(v)
+    except CardFieldError:
+        out = -1
+    if not 0 <= out <= 27:
+        raise CardFieldError("must be a whole number of neighbours, 0 (off) to 27")
     return out
 
 
