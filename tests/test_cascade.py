@@ -167,7 +167,7 @@ def test_bad_input_and_bad_cards_are_clear_errors(synthetic, tmp_path, scan):
         cascade(tmp_path / "nothing.json")
     card = json.loads(synthetic.read_text())
     (tmp_path / "broken.json").write_text(json.dumps({k: v for k, v in card.items() if k != "groups"}))
-    with pytest.raises(ModelError, match="malformed"):
+    with pytest.raises(ModelError, match="broken.json lacks the field 'groups'"):
         cascade(tmp_path / "broken.json")
     with pytest.raises(ModelError, match="localiser"):
         cascade(synthetic, localizer="guess")

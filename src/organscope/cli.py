@@ -223,14 +223,14 @@ def cmd_locate(args) -> int:
 
 
 def cmd_models(args) -> int:
+    from .engines.registry import load_card
     from .modelcard import MODELS_DIR
 
     for card_path in sorted(MODELS_DIR.glob("*.json")):
-        card = json.loads(card_path.read_text())
-        val = card.get("validation", {})
-        organs = card.get("classes", ["background", *card.get("organs", [])])
-        n_organs = len(organs) - 1 if organs and organs[0] == "background" else len(organs)
-        if card.get("engine") == "locate":
+        card = load_card(card_path)  # each through its engine's card class: a broken shipped card is an error
+        val = card.validation
+        n_organs = len(card.organ_names)
+        if card.engine == "locate":
             own = val.get("heatmap", {})  # its trainer scores both localisers; this card is the heat-map one
             score = (f"median_centroid_error_mm={own.get('median_centroid_error_mm', float('nan')):.1f} "
                      f"mean_box_recall={own.get('mean_box_recall', float('nan')):.3f}")
@@ -239,7 +239,7 @@ def cmd_models(args) -> int:
             score = f"validation_mean_dice={'n/a' if dice is None else f'{dice:.4f}'}"
             if "point_accuracy" in val:
                 score += f" point_accuracy={val['point_accuracy']:.4f}"
-        print(f"{card_path.stem}: engine={card.get('engine')} organs={n_organs} trained={card.get('date')} {score}")
+        print(f"{card_path.stem}: engine={card.engine} organs={n_organs} trained={card.date} {score}")
     return 0
 
 

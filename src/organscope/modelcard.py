@@ -20,9 +20,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar
 
 from .errors import ModelError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 _REQUIRED = object()
@@ -30,7 +33,19 @@ C = TypeVar("C", bound="ModelCard")
 
 
 class CardFieldError(ValueError):
-    """A card value that does not have the form its field needs (the message says which form)."""
+    """A card value that does not have the form its field needs (the message says which form). Raised inside a
+    field's JSON object (a cascade group, a slice2d organ), `at` is the path below the field ("midline.crop"),
+    `value` the offending part, and `missing` says that part is absent."""
+
+    def __init__(self, message: str = "has the wrong form", *, at: str | None = None, value: Any = _REQUIRED,
+                 missing: bool = False):
+        super().__init__(message)
+        self.at, self.value, self.missing = at, value, missing
+
+    def below(self, key: str, value: Any) -> "CardFieldError":
+        """The same error one level further out: inside the entry `key` (whose JSON value is `value`)."""
+        return CardFieldError(str(self), at=key if self.at is None else f"{key}.{self.at}",
+                              value=value if self.value is _REQUIRED else self.value, missing=self.missing)
 
 
 def card_field(*, parse: Callable[[Any], Any] | None = None, default: Any = _REQUIRED, key: str | None = None):
@@ -47,24 +62,38 @@ def card_field(*, parse: Callable[[Any], Any] | None = None, default: Any = _REQ
 
 # ---- parsers: JSON value -> checked Python value ---------------------------------------------------------------
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _sequence(v, form: str) -> Sequence:
+    """v when it is a JSON list (a string or an object is refused with `form`, the form the field needs)."""
+    if isinstance(v, (str, bytes, Mapping)) or not isinstance(v, Sequence):
+        raise CardFieldError(form)
+    return v
+
+
 def positive_ints(n: int):
     def parse(v):
-        out = tuple(int(x) for x in v)
-        if len(out) != n or min(out) < 1 or any(float(x) != int(x) for x in v):
-            raise CardFieldError(f"must be {n} positive integers")
-        return out
+        form = f"must be {n} positive integers"
+        v = _sequence(v, form)
+        if len(v) != n or not all(_is_number(x) and math.isfinite(x) and x == int(x) and x >= 1 for x in v):
+            raise CardFieldError(form)
+        return tuple(int(x) for x in v)
     return parse
 
 
 def finite_float(v) -> float:
-    out = float(v)
-    if not math.isfinite(out) or isinstance(v, bool):
+    if not _is_number(v) or not math.isfinite(v):
         raise CardFieldError("must be a finite number")
-    return out
+    return float(v)
 
 
 def finite_floats(v) -> tuple[float, ...]:
-    return tuple(finite_float(x) for x in v)
+    v = _sequence(v, "must be a list of finite numbers")
+    if not all(_is_number(x) and math.isfinite(x) for x in v):
+        raise CardFieldError("must be a list of finite numbers")
+    return tuple(float(x) for x in v)
 
 
 def boolean(v) -> bool:
@@ -74,7 +103,8 @@ def boolean(v) -> bool:
 
 
 def names(v) -> tuple[str, ...]:
-    if isinstance(v, str) or not all(isinstance(x, str) and x for x in v):
+    v = _sequence(v, "must be a list of names")
+    if not all(isinstance(x, str) and x for x in v):
         raise CardFieldError("must be a list of names")
     return tuple(v)
 
@@ -87,12 +117,95 @@ def one_of(*choices: str):
     return parse
 
 
+def positive_int(v) -> int:
+    if not _is_number(v) or not math.isfinite(v) or v != int(v) or v < 1:
+        raise CardFieldError("must be a positive integer")
+    return int(v)
+
+
+def non_negative_int(v) -> int:
+    if not _is_number(v) or not math.isfinite(v) or v != int(v) or v < 0:
+        raise CardFieldError("must be a whole number, 0 or more")
+    return int(v)
+
+
+def non_negative_float(v) -> float:
+    out = finite_float(v)
+    if out < 0:
+        raise CardFieldError("must be a finite number, 0 or more")
+    return out
+
+
+def text(v) -> str:
+    if not isinstance(v, str) or not v:
+        raise CardFieldError("must be a non-empty string")
+    return v
+
+
 def windows_hu(v) -> tuple[tuple[float, float], ...]:
     """[[level, width], ...] in HU, widths positive."""
+    v = _sequence(v, "must be [level, width] pairs in HU with positive widths")
     out = tuple((finite_float(level), finite_float(width)) for level, width in v)
     if not out or any(w <= 0 for _, w in out):
         raise CardFieldError("must be [level, width] pairs in HU with positive widths")
     return out
+
+
+def hu_range(v) -> tuple[float, float]:
+    """[low, high] in HU, high above low (a window given by its ends)."""
+    low, high = (finite_float(x) for x in _sequence(v, "must be [low, high] in HU with high above low"))
+    if high <= low:
+        raise CardFieldError("must be [low, high] in HU with high above low")
+    return low, high
+
+
+def json_object(v) -> Mapping[str, Any]:
+    if not isinstance(v, Mapping):
+        raise CardFieldError("must be a JSON object")
+    return v
+
+
+def entry(obj: Mapping[str, Any], key: str, parse: Callable[[Any], Any] | None = None, default: Any = _REQUIRED):
+    """obj[key] parsed (inside a field's JSON object, e.g. one cascade group): `default` when absent or null
+    (required when not given); an error names the key (CardFieldError.at) for the card's message."""
+    if key not in obj or obj[key] is None:
+        if default is _REQUIRED:
+            raise CardFieldError("is missing", at=key, missing=True)
+        return default
+    try:
+        return parse(obj[key]) if parse else obj[key]
+    except CardFieldError as exc:
+        raise exc.below(key, obj[key]) from None
+    except (TypeError, ValueError, KeyError):
+        raise CardFieldError(at=key, value=obj[key]) from None
+
+
+def named_entries(parse_one: Callable[[str, Mapping[str, Any]], Any]):
+    """A JSON object {name: {...}, ...} (cascade groups, slice2d organs) -> a tuple of parse_one(name, object),
+    in the card's order; an error names the entry."""
+    def parse(v) -> tuple:
+        out = []
+        for name, spec in json_object(v).items():
+            try:
+                out.append(parse_one(name, json_object(spec)))
+            except CardFieldError as exc:
+                raise exc.below(name, spec) from None
+            except (TypeError, ValueError, KeyError):
+                raise CardFieldError(at=name, value=spec) from None
+        if not out:
+            raise CardFieldError("must name at least one entry")
+        return tuple(out)
+    return parse
+
+
+def offsets_array(offsets) -> "np.ndarray | None":
+    """Per-class logit offsets (one number per network class, added to its scores before the argmax or softmax;
+    fitted on training cases by `training.logit_offsets`) as a (n, 1, 1, 1) float32 array, or None."""
+    import numpy as np
+
+    if offsets is None:
+        return None
+    return np.asarray(offsets, np.float32).reshape(-1, 1, 1, 1)
 
 
 def _frozen(v):
@@ -117,11 +230,7 @@ class ModelCard:
     def load(cls: type[C], path: str | os.PathLike) -> C:
         """Read and validate the card at `path` (one ModelError naming the file and the field on any problem)."""
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModelError(f"Model card {path.name} cannot be read as JSON ({exc}).") from None
-        return cls.from_dict(data, path)
+        return cls.from_dict(read_card(path), path)
 
     @classmethod
     def from_dict(cls: type[C], data: Mapping[str, Any], path: str | os.PathLike = Path("<card>")) -> C:
@@ -140,15 +249,26 @@ class ModelCard:
             parse = f.metadata["parse"]
             try:
                 values[f.name] = parse(data[key]) if parse else data[key]
-            except (CardFieldError, TypeError, ValueError, KeyError) as exc:
-                why = str(exc) if isinstance(exc, CardFieldError) else "has the wrong form"
-                raise ModelError(f"Model card {path.name}: field {key!r} {why} (got {_short(data[key])}).") from None
+            except CardFieldError as exc:
+                where = key if exc.at is None else f"{key}.{exc.at}"
+                if exc.missing:
+                    raise ModelError(f"Model card {path.name} lacks the field {where!r}.") from None
+                got = data[key] if exc.value is _REQUIRED else exc.value
+                raise ModelError(f"Model card {path.name}: field {where!r} {exc} (got {_short(got)}).") from None
+            except (TypeError, ValueError, KeyError):
+                raise ModelError(f"Model card {path.name}: field {key!r} has the wrong form "
+                                 f"(got {_short(data[key])}).") from None
         card = cls(**values)
         card.check()
         return card
 
     def check(self) -> None:
         """Checks across fields (a subclass raises ModelError naming them); called once after parsing."""
+
+    @property
+    def organ_names(self) -> tuple[str, ...]:
+        """The organs the model reports, background excluded (a subclass says where its card lists them)."""
+        return ()
 
     def get(self, key: str, default=None):
         """A value of the card's document that no field declares (figures, notes)."""
@@ -157,6 +277,14 @@ class ModelCard:
     @property
     def validation(self) -> Mapping[str, Any]:
         return self.raw.get("validation", MappingProxyType({}))
+
+
+def read_card(path: Path) -> Mapping[str, Any]:
+    """The JSON document of a card (a ModelError naming the file when it cannot be read)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"Model card {Path(path).name} cannot be read as JSON ({exc}).") from None
 
 
 def _short(v) -> str:
@@ -202,22 +330,3 @@ def open_session(onnx_path: Path, threads: int | None = None):
         return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own untyped errors on a missing or corrupt file
         raise ModelError(f"Could not load model {Path(onnx_path).name}: {exc}") from None
-
-
-def logit_offsets(card: dict, n_classes: int, name: str):
-    """The card's per-class logit offsets (`logit_offsets`: one number per network class, added before the
-    argmax; fitted on training cases by `training.logit_offsets`) as a (n_classes, 1, 1, 1) float32 array,
-    or None when the card has none."""
-    import numpy as np
-
-    off = card.get("logit_offsets")
-    if off is None:
-        return None
-    try:
-        arr = np.asarray(off, dtype=np.float32)
-    except (TypeError, ValueError):
-        arr = np.zeros(0, np.float32)
-    if arr.shape != (n_classes,) or not np.isfinite(arr).all():
-        raise ModelError(f"Model card {name}: logit_offsets must be {n_classes} finite numbers, one per network "
-                         f"class.")
-    return arr.reshape(-1, 1, 1, 1)

@@ -3,16 +3,20 @@ for) and hands the composite engines their organ localisers, so no engine import
 
     get_engine("cnn3d", threads=2)        an engine
     get_localizer("heatmap")              an organ localiser (locate(volume) -> {organ: OrganLocation})
+    load_card("models/x.json")            a model card, read and checked by the card class of its `engine`
     ENGINE_INFO                           name -> one line for people (no import: the CLI's help uses it)
 """
 from __future__ import annotations
 
+import os
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from ..errors import ModelError
 
 if TYPE_CHECKING:  # the registry itself stays light: the CLI reads ENGINE_INFO for its help
+    from ..modelcard import ModelCard
     from .base import Engine
 
 #: name -> what it is, for `--engine` help and error messages
@@ -59,6 +63,43 @@ def engine_class(name: str) -> type:
         from .cascade import CascadeEngine
         return CascadeEngine
     raise ModelError(f"Unknown engine {name!r}; available engines: {', '.join(ENGINE_INFO)}.")
+
+
+#: a card's `engine` field -> what reads it (the engines' names, and "locate" for the heat-map localiser)
+CARD_KINDS = (*ENGINE_INFO, "locate")
+
+
+def card_class(engine: str) -> "type[ModelCard]":
+    """The typed card class for a card's `engine` field (its module imported, no model loaded)."""
+    if engine == "sparse":
+        from .sparse.card import SparseCard
+        return SparseCard
+    if engine == "cnn3d":
+        from .cnn3d.card import Cnn3dCard
+        return Cnn3dCard
+    if engine == "slice2d":
+        from .slice2d.card import Slice2dCard
+        return Slice2dCard
+    if engine == "cascade":
+        from .cascade.card import CascadeCard
+        return CascadeCard
+    if engine == "locate":
+        from ..localize.heatmap_card import HeatmapCard
+        return HeatmapCard
+    raise ModelError(f"No model card kind {engine!r}; known: {', '.join(CARD_KINDS)}.")
+
+
+def load_card(path: str | os.PathLike) -> "ModelCard":
+    """The card at `path`, read and checked by the card class its `engine` field names."""
+    from ..modelcard import read_card
+
+    path = Path(path)
+    data = read_card(path)
+    engine = data.get("engine") if isinstance(data, dict) else None
+    if engine not in CARD_KINDS:
+        raise ModelError(f"Model card {path.name}: field 'engine' must be one of {', '.join(CARD_KINDS)} "
+                         f"(got {engine!r}).")
+    return card_class(engine).from_dict(data, path)
 
 
 def _plain(name: str) -> Callable[..., "Engine"]:

@@ -12,7 +12,6 @@ weights it starts from) and averages its output down to the coarse grid.
 """
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
@@ -21,18 +20,17 @@ from scipy import ndimage
 from .. import grid as gridmod
 from ..engines.base import require_finite
 from ..errors import ModelError
-from ..intensity import DEFAULT_WINDOWS_HU, windows
-from ..modelcard import model_paths, open_session, windows_hu
+from ..intensity import windows
+from ..modelcard import model_paths, open_session
 from ..volume import Volume
 from .boxes import OrganLocation, location
+from .heatmap_card import GRID, SIGMA2_MM2, SOURCE_GRID, TAU, HeatmapCard
 from .organ_sizes import organ_sizes
 
 DEFAULT_MODEL = "heatmap_openkbp"
-#: the grid the shipped heat-map network reads the scan from (the cnn3d grid); a card names its own (`source_grid`)
-SOURCE_GRID = (128, 128, 128)
-GRID = (64, 64, 64)
-SIGMA2_MM2 = 150.0   # the paper's isotropic variance of the target Gaussians
-TAU = 0.1            # the paper's threshold
+
+__all__ = ["DEFAULT_MODEL", "GRID", "SIGMA2_MM2", "SOURCE_GRID", "TAU", "HeatmapCard", "HeatmapLocalizer",
+           "centroid_from_heatmap", "gaussian_heatmap"]
 
 
 def gaussian_heatmap(shape, affine: np.ndarray, centroid_mm: np.ndarray, sigma2_mm2: float = SIGMA2_MM2) -> np.ndarray:
@@ -61,19 +59,15 @@ def centroid_from_heatmap(heat: np.ndarray, tau: float = TAU) -> tuple[np.ndarra
 class HeatmapLocalizer:
     def __init__(self, model=None, *, threads: int | None = None):
         onnx_path, card_path = model_paths(model, DEFAULT_MODEL, "heatmap")
-        try:
-            self.card = json.loads(card_path.read_text())
-            self.organs: tuple[str, ...] = tuple(self.card["organs"])
-            self.grid = tuple(int(v) for v in self.card["grid"])
-            self.input_grid = tuple(int(v) for v in self.card.get("input_grid", self.grid))
-            self.tau = float(self.card.get("tau", TAU))
-            self.margin_mm = float(self.card.get("box_margin_mm", 10.0))
-            self.box_half_mm = {o: np.asarray(v, float).reshape(3)
-                                for o, v in self.card.get("box_half_extent_mm", {}).items()}
-            self.source_grid = tuple(int(v) for v in self.card.get("source_grid", SOURCE_GRID))
-            self.windows_hu = windows_hu(self.card.get("windows_hu", DEFAULT_WINDOWS_HU))
-        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise ModelError(f"Model card {card_path.name} is missing or malformed ({exc!r}).") from None
+        self.card = HeatmapCard.load(card_path)
+        self.organs: tuple[str, ...] = self.card.organs
+        self.grid = self.card.grid
+        self.input_grid = self.card.network_grid
+        self.tau = self.card.tau
+        self.margin_mm = self.card.box_margin_mm
+        self.box_half_mm = {o: np.asarray(v, float) for o, v in self.card.box_half_extent_mm}
+        self.source_grid = self.card.source_grid
+        self.windows_hu = self.card.windows_hu
         self._session = open_session(onnx_path, threads)
 
     def heatmaps(self, volume: Volume, hu: np.ndarray | None = None,

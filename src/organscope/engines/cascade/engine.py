@@ -12,9 +12,9 @@
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 
@@ -22,17 +22,18 @@ from ... import grid as gridmod
 from ...components import largest_components
 from ...errors import ModelError
 from ...geometry import world_to_voxel
-from ...intensity import DEFAULT_WINDOWS_HU, windows
-from ...modelcard import card_path, logit_offsets, open_session, windows_hu
+from ...intensity import windows
+from ...modelcard import card_path, open_session
 from ...segmentation import Segmentation, labels_dtype
 from ...volume import Volume
 from ..base import (ProgressFn, no_progress, organ_confidence, present_on_output, probabilities_to_input,
                     require_finite, select_organs)
-from .groups import MARGIN_VOX, crop_window, extract, overlap
+from .card import LOCALIZERS, N_BACKGROUND, CascadeCard, GroupSpec
+from .groups import crop_window, extract, overlap
+
+__all__ = ["CascadeCard", "CascadeEngine", "DEFAULT_MODEL", "GroupSpec", "LOCALIZERS", "N_BACKGROUND"]
 
 DEFAULT_MODEL = "cascade_openkbp"
-LOCALIZERS = ("sparse_grid", "heatmap")
-N_BACKGROUND = 2  # each group network's classes 0 (air) and 1 (body, or an organ of another group)
 
 
 def card_path_for(name_or_path) -> Path:
@@ -47,31 +48,18 @@ class CascadeEngine:
         """localizers(name, model=...) -> an organ localiser (the engine registry passes its get_localizer; the
         cascade never builds one itself, since the sparse-grid localiser is another engine's)."""
         self.card_path = card_path_for(model)
-        try:
-            self.card = json.loads(self.card_path.read_text())
-            self.groups: dict[str, dict] = self.card["groups"]
-            self.grid = tuple(int(v) for v in self.card["grid"])
-            self.windows_hu = windows_hu(self.card.get("windows_hu", DEFAULT_WINDOWS_HU))
-            organs = [o for g in self.groups.values() for o in g["organs"]]
-            for g in self.groups.values():
-                g["crop"] = [int(v) for v in g["crop"]]
-                str(g["file"])
-            n_network = {gname: N_BACKGROUND + len(g["organs"]) for gname, g in self.groups.items()}
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise ModelError(f"Model card {self.card_path.name} is missing or malformed ({exc!r}).") from None
-        # output label values: the card's class order (the dataset's, as the other engines), else group order
-        self.classes: tuple[str, ...] = tuple(self.card.get("classes") or ("background", *organs))
-        if sorted(self.classes[1:]) != sorted(organs) or self.classes[0] != "background":
-            raise ModelError(f"Model card {self.card_path.name}: classes {list(self.classes)} are not 'background' "
-                             f"and the groups' organs {organs}.")
+        self.card = CascadeCard.load(self.card_path)
+        self.groups: MappingProxyType[str, GroupSpec] = MappingProxyType({g.name: g for g in self.card.groups})
+        self.grid = self.card.grid
+        self.windows_hu = self.card.windows_hu
+        self.classes: tuple[str, ...] = self.card.label_classes
         self.class_id = {o: i for i, o in enumerate(self.classes)}
-        self._offsets = {gname: logit_offsets(g, n_network[gname], f"{self.card_path.name} ({gname})")
-                         for gname, g in self.groups.items()}
-        self.margin_vox = int(self.card.get("margin_vox", MARGIN_VOX))
-        self.largest_component = bool(self.card.get("largest_component", True))
-        self.mirror = bool(self.card.get("mirror_tta", False))
-        self._mirror_perm = {g: mirror_permutation(spec["organs"]) for g, spec in self.groups.items()}
-        self.localizer = localizer or self.card.get("localizer", "sparse_grid")
+        self._offsets = {gname: g.offsets_array() for gname, g in self.groups.items()}
+        self.margin_vox = self.card.margin_vox
+        self.largest_component = self.card.largest_component
+        self.mirror = self.card.mirror_tta
+        self._mirror_perm = {gname: mirror_permutation(g.organs) for gname, g in self.groups.items()}
+        self.localizer = localizer or self.card.localizer
         if self.localizer not in LOCALIZERS:
             raise ModelError(f"The cascade localiser must be one of {', '.join(LOCALIZERS)}, not {self.localizer!r}.")
         self.threads = threads
@@ -81,7 +69,7 @@ class CascadeEngine:
 
     def _session(self, group: str):
         if group not in self._sessions:
-            self._sessions[group] = open_session(self.card_path.parent / self.groups[group]["file"], self.threads)
+            self._sessions[group] = open_session(self.card_path.parent / self.groups[group].file, self.threads)
         return self._sessions[group]
 
     def select(self, organs) -> list[str]:
@@ -94,7 +82,7 @@ class CascadeEngine:
             if self._localizers is None:
                 raise ModelError("The cascade engine needs an organ localiser: build it with "
                                  "organscope.engines.registry.get_engine('cascade').")
-            model = self.card.get("heatmap_model") if self.localizer == "heatmap" else None
+            model = self.card.heatmap_model if self.localizer == "heatmap" else None
             self._locator = self._localizers(self.localizer, model=model)
         return self._locator.locate(volume, hu=hu, gmap=gmap, timings=timings)
 
@@ -102,7 +90,7 @@ class CascadeEngine:
         """Per group with a wanted organ found: (its found organs, crop start, crop size) on the fixed grid."""
         out = {}
         for gname, g in self.groups.items():
-            found = [o for o in g["organs"] if o in organs and locations.get(o) is not None and locations[o].present]
+            found = [o for o in g.organs if o in organs and locations.get(o) is not None and locations[o].present]
             if not found:
                 continue
             pts = []
@@ -111,7 +99,7 @@ class CascadeEngine:
                 pts += [(x, y, z) for x in (x0, x1) for y in (y0, y1) for z in (z0, z1)]
             vox = world_to_voxel(gmap.grid_affine, np.array(pts, float))
             lo, hi = np.floor(vox.min(0)), np.ceil(vox.max(0))
-            start, size = crop_window(lo, hi, g["crop"], self.margin_vox, limit=self.grid)
+            start, size = crop_window(lo, hi, g.crop, self.margin_vox, limit=self.grid)
             out[gname] = (found, start, size)
         return out
 
@@ -153,7 +141,7 @@ class CascadeEngine:
             t = time.perf_counter()
             progress(f"segment {gname}", 0.4 + 0.5 * n / max(1, len(crops)))
             prob = self.group_probabilities(gname, windows(extract(hu, start, size), self.windows_hu))
-            members = [self.class_id[o] if o in found else 0 for o in self.groups[gname]["organs"]]
+            members = [self.class_id[o] if o in found else 0 for o in self.groups[gname].organs]
             merge_crop(best, labels, prob, start, members)
             if organ_probs is not None:
                 merge_probabilities(organ_probs, prob, start, members)

@@ -4,56 +4,22 @@ the loss's over-segmentation), argmax, nearest upsampling back to the input's gr
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
 from ... import grid as gridmod
 from ...components import largest_components
-from ...errors import ModelError
 from ...intensity import windows
-from ...modelcard import (ModelCard, boolean, card_field, finite_floats, model_paths, names, open_session,
-                          positive_ints, windows_hu)
+from ...modelcard import model_paths, open_session
 from ...segmentation import ClassProbabilities, Segmentation, labels_dtype
 from ...volume import Volume
 from ..base import (ProgressFn, no_progress, organ_confidence, present_on_output, probabilities_to_input,
                     require_finite, select_organs)
-from ...intensity import DEFAULT_WINDOWS_HU
-from .preprocess import GRID
+from .card import N_BACKGROUND, Cnn3dCard
+
+__all__ = ["Cnn3dCard", "Cnn3dEngine", "DEFAULT_MODEL", "N_BACKGROUND"]
 
 DEFAULT_MODEL = "cnn3d_openkbp"
-N_BACKGROUND = 2  # the network's classes 0 (air) and 1 (body) are both background in the output
-
-
-@dataclass(frozen=True)
-class Cnn3dCard(ModelCard):
-    """classes: background + organs (label values); network_classes: air, body + organs (the network's outputs);
-    grid: the fixed canonical grid the scan is resampled to; windows_hu: the input channels; logit_offsets: one
-    per network class, added before the argmax; largest_component: keep each organ's largest component."""
-
-    classes: tuple[str, ...] = card_field(parse=names)
-    network_classes: tuple[str, ...] | None = card_field(parse=names, default=None)
-    grid: tuple[int, int, int] = card_field(parse=positive_ints(3), default=GRID)
-    windows_hu: tuple[tuple[float, float], ...] = card_field(parse=windows_hu, default=DEFAULT_WINDOWS_HU)
-    logit_offsets: tuple[float, ...] | None = card_field(parse=finite_floats, default=None)
-    largest_component: bool = card_field(parse=boolean, default=False)
-
-    @property
-    def n_network(self) -> int:
-        return len(self.network_classes) if self.network_classes else len(self.classes) + N_BACKGROUND - 1
-
-    def check(self) -> None:
-        if self.classes[0] != "background":
-            raise ModelError(f"Model card {self.path.name}: field 'classes' must start with 'background'.")
-        if self.logit_offsets is not None and len(self.logit_offsets) != self.n_network:
-            raise ModelError(f"Model card {self.path.name}: field 'logit_offsets' must hold {self.n_network} numbers, "
-                             "one per network class.")
-
-    def offsets_array(self) -> np.ndarray | None:
-        """The logit offsets as a (n_network, 1, 1, 1) float32 array to add to the network's scores."""
-        if self.logit_offsets is None:
-            return None
-        return np.asarray(self.logit_offsets, np.float32).reshape(-1, 1, 1, 1)
 
 
 class Cnn3dEngine:

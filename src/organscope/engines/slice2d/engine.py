@@ -6,9 +6,9 @@ the paper crops training slices to the organ's range plus 30 slices, and at infe
 Where two organs claim a voxel, the higher probability wins; each organ keeps its largest 3D component."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 
@@ -22,9 +22,11 @@ from ...volume import Volume
 from ..base import (ProgressFn, no_progress, organ_confidence, probabilities_to_input, require_finite,
                     select_organs)
 from . import preprocess
+from .card import RANGE_MARGIN_MM, OrganSpec, Slice2dCard
+
+__all__ = ["DEFAULT_MODEL", "RANGE_MARGIN_MM", "Slice2dCard", "Slice2dEngine"]
 
 DEFAULT_MODEL = "slice2d_openkbp"
-RANGE_MARGIN_MM = 10.0
 
 
 def card_path_for(name_or_path) -> Path:
@@ -41,12 +43,9 @@ class Slice2dEngine:
         "body" (every slice of the body box: no localiser, slower on long scans). localizers(name) -> an organ
         localiser (the engine registry passes its get_localizer: the sparse-grid localiser is another engine's)."""
         self.card_path = card_path_for(model)
-        try:
-            self.card = json.loads(self.card_path.read_text())
-            self.organ_cards: dict[str, dict] = self.card["organs"]
-            self.input_size = tuple(int(v) for v in self.card["input_size"])
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise ModelError(f"Model card {self.card_path.name} is missing or malformed ({exc!r}).") from None
+        self.card = Slice2dCard.load(self.card_path)
+        self.organ_cards: MappingProxyType[str, OrganSpec] = MappingProxyType({o.name: o for o in self.card.organs})
+        self.input_size = self.card.input_size
         if self.input_size != preprocess.INPUT_SIZE:
             raise ModelError(f"Model card {self.card_path.name} wants slices of {self.input_size}, "
                              f"this organscope makes {preprocess.INPUT_SIZE}.")
@@ -55,15 +54,15 @@ class Slice2dEngine:
         self._localizers = localizers
         self._sessions: dict[str, object] = {}
         self._locator = None
-        self.range_margin_mm = float(self.card.get("range_margin_mm", RANGE_MARGIN_MM))
-        self.largest_component = bool(self.card.get("largest_component", True))
-        self.slice_range = slice_range or self.card.get("slice_range", "sparse")
+        self.range_margin_mm = self.card.range_margin_mm
+        self.largest_component = self.card.largest_component
+        self.slice_range = slice_range or self.card.slice_range
         if self.slice_range not in ("sparse", "body"):
             raise ModelError(f"slice_range must be 'sparse' or 'body', not {self.slice_range!r}.")
 
     def _session(self, organ: str):
         if organ not in self._sessions:
-            path = self.card_path.parent / self.organ_cards[organ]["file"]
+            path = self.card_path.parent / self.organ_cards[organ].file
             self._sessions[organ] = open_session(path, self.threads)
         return self._sessions[organ]
 
@@ -112,7 +111,7 @@ class Slice2dEngine:
             oc = crop.with_axis(2, max(z0, crop.start[2]), min(z1, crop.stop[2]))
             if oc.size[2] <= 0:
                 continue
-            x = preprocess.to_slices(canon.array[oc.slices], tuple(self.organ_cards[organ]["window_hu"]))
+            x = preprocess.to_slices(canon.array[oc.slices], self.organ_cards[organ].window_hu)
             logits = self._session(organ).run(None, {"slices": x})[0][:, 0]
             prob = preprocess.from_slices(1.0 / (1.0 + np.exp(-logits)), oc.size)
             # place into the body-box frame, highest probability wins

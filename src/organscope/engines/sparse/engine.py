@@ -6,53 +6,28 @@ input's grid and orientation exactly (axis permutations and flips only, no resam
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ... import components, geometry
-from ...errors import InputError, ModelError
+from ...errors import InputError
 from ...sampling.gather import KIND_F32, KIND_U8, Sampler, contiguous_int16, hu_int16
 from ...sampling.points import body_mask, body_steps, superior_axis
 from ...volume import Volume
 from ...segmentation import Segmentation, labels_dtype
 from ..base import ProgressFn, no_progress, organ_confidence, probabilities_to_input, require_finite, select_organs
 from . import refine
+from .card import SegmentSettings
 from .model import SparseModel
+
+__all__ = ["PointResult", "PreparedScan", "SegmentSettings", "SparseEngine"]
 
 
 SMALL_BATCH = 64  # fewer points than this (an interactive click) run single-threaded: see SparseEngine._model_for
 
 
 RASTER_SORT_MIN = 64  # batches larger than this are gathered in memory order
-
-
-@dataclass(frozen=True)
-class SegmentSettings:
-    """Coarse-to-fine schedule: grid spacings in mm (the paper: 8 -> 4 -> 2 mm; a level finer than the scan's
-    voxels is skipped), the paper's majority smoothing (a voxel takes a label held by >= `majority` of its 27
-    neighbours; 0 = off), clean-up by the largest connected component per organ, before refinement too.
-    At each level, classification sweeps repeat (at most `max_sweeps`) while newly classified points reveal new
-    disagreements, so an edge that the coarser level misplaced by more than one grid step is still found."""
-
-    levels_mm: tuple[float, ...] = (8.0, 4.0, 2.0)
-    majority: int = 20
-    largest_component: bool = True
-    components_before_refinement: bool = True
-    batch: int = 2048
-    max_sweeps: int = 8
-
-
-def settings_from_card(card: dict) -> SegmentSettings:
-    given = dict(card.get("segmentation", {}))
-    known = {f.name for f in fields(SegmentSettings)}
-    unknown = sorted(set(given) - known)
-    if unknown:
-        raise ModelError(f"The model card's segmentation settings hold unknown keys {unknown}; "
-                         f"known: {sorted(known)}.")
-    if "levels_mm" in given:
-        given["levels_mm"] = tuple(given["levels_mm"])
-    return SegmentSettings(**given)
 
 
 @dataclass
@@ -118,7 +93,7 @@ class SparseEngine:
                  settings: SegmentSettings | None = None):
         self.model = model if isinstance(model, SparseModel) else SparseModel.load(model, threads=threads)
         self.classes = self.model.classes
-        self.settings = settings or settings_from_card(self.model.card)
+        self.settings = settings or self.model.card.segmentation
         self._one_thread: SparseModel | None = None
 
     def _model_for(self, n: int) -> SparseModel:
