@@ -77,12 +77,15 @@ def cmd_segment(args) -> int:
     from . import api, batch
 
     if batch.is_batch_input(args.input):  # a folder of scans or a glob: -o is an output folder
+        if args.series_uid is not None:
+            raise InputError("--series-uid picks one series of one DICOM folder; it cannot be used with "
+                             "several scans.")
         return batch.cmd_batch(args)
     from .io import load_volume
     from .outputs import write_outputs
 
     targets = batch.single_targets(args.output, batch.extras_from_args(args, batch=False))
-    ct = load_volume(args.input)
+    ct = load_volume(args.input, series_uid=args.series_uid)
     if targets.dicom_seg is not None:
         from .outputs.dicom_seg import require_dicom_source
 
@@ -238,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("segment", help="write a multi-organ label map of a scan")
     s.add_argument("-i", "--input", required=True, help="CT scan: .nii/.nii.gz/.nrrd/.mha or a DICOM folder")
     s.add_argument("-o", "--output", required=True, help="output label map (.nii.gz, .nii or .nrrd) + .json names")
+    s.add_argument("--series-uid", default=None, metavar="UID",
+                   help="DICOM folder with several CT series: the SeriesInstanceUID of the one to segment")
     s.add_argument("--engine", default="sparse", help="segmentation engine (default: sparse)")
     s.add_argument("--model", default=None, help="shipped model name or path to an .onnx with its .json card")
     s.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
