@@ -94,6 +94,7 @@ def read_dicom_series(path: str | os.PathLike, *, series_uid: str | None = None)
     affine = lps_to_ras(_lps_affine(datasets[0], slice_vec))
     meta = {"source": str(path), "format": "dicom", "series_uid": series.uid, "modality": series.modality,
             "series_description": series.description,
+            "frame_of_reference_uid": str(datasets[0].get("FrameOfReferenceUID", "") or ""),
             # slice k of the array <- these files (for DICOM-SEG and other outputs that reference the source)
             "source_files": [str(ds.filename) for ds in datasets],
             "sop_instance_uids": [sop_instance_uid(ds) for ds in datasets]}
