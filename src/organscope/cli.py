@@ -1,4 +1,4 @@
-"""organscope command line: segment | query | evaluate | models | train | serve.
+"""organscope command line: segment | query | evaluate | convert | models | train | serve.
 
 Heavy modules are imported inside the commands so that `organscope --help` starts instantly.
 Every OrganscopeError becomes one line on stderr and exit status 2; no partial output is left behind.
@@ -86,17 +86,17 @@ def cmd_segment(args) -> int:
 
     targets = batch.single_targets(args.output, batch.extras_from_args(args, batch=False))
     ct = load_volume(args.input, series_uid=args.series_uid)
-    if targets.dicom_seg is not None:
+    if targets.dicom_seg is not None or targets.rtstruct is not None:
         from .outputs.dicom_seg import require_dicom_source
 
-        require_dicom_source(ct)
+        require_dicom_source(ct, "A DICOM-SEG" if targets.dicom_seg is not None else "An RTSTRUCT")
     progress, close = _progress_bar(args.progress if args.progress is not None else sys.stderr.isatty())
     try:
         seg = api.segment(ct, engine=args.engine, model=args.model, threads=args.threads,
                           organs=args.organs, priors=args.priors, progress=progress)
     finally:
         close()
-    write_outputs(ct, seg, targets, engine=args.engine)
+    write_outputs(ct, seg, targets, engine=args.engine, model=args.model)
     t = seg.timings_s
     present = sorted({seg.names[int(v)] for v in api.present_labels(seg)})
     points = f", {int(t['points_classified'])} points classified" if "points_classified" in t else ""
@@ -192,6 +192,12 @@ def cmd_evaluate(args) -> int:
     return run_evaluate(args)
 
 
+def cmd_convert(args) -> int:
+    from .convert import run_convert
+
+    return run_convert(args)
+
+
 def cmd_train(args) -> int:
     try:
         if args.engine == "sparse":
@@ -258,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PNG of three orthogonal views with the labels and a legend (default: OUT.preview.png)")
     s.add_argument("--dicom-seg", nargs="?", const="", default=None, metavar="FILE.dcm",
                    help="DICOM-SEG of the result; the input must be a DICOM series (default: OUT.seg.dcm)")
+    s.add_argument("--rtstruct", nargs="?", const="", default=None, metavar="FILE.dcm",
+                   help="DICOM RT Structure Set of the result (TG-263 names); the input must be a DICOM series "
+                        "(default: OUT.rtstruct.dcm)")
     s.add_argument("--masks", nargs="?", const="", default=None, metavar="DIR",
                    help="one NIfTI mask per organ found, in DIR (default: OUT_masks)")
     s.add_argument("--jobs", type=int, default=None,
@@ -291,6 +300,18 @@ def build_parser() -> argparse.ArgumentParser:
     lo.add_argument("--level-mm", type=float, default=8.0, help="grid step of the sparse localiser (default 8 mm)")
     lo.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     lo.set_defaults(func=cmd_locate)
+
+    c = sub.add_parser("convert", help="RTSTRUCT or DICOM-SEG + its CT -> label map; label map + CT -> RTSTRUCT")
+    c.add_argument("input", help="RTSTRUCT or DICOM-SEG (.dcm) -> label map; or a label map (.nii.gz/.nii/.nrrd "
+                                 "with its .json names) -> RTSTRUCT")
+    c.add_argument("-o", "--output", required=True,
+                   help="label map (.nii.gz/.nii/.nrrd, + .json names) or RTSTRUCT (.dcm)")
+    c.add_argument("--ct", default=None, metavar="DIR",
+                   help="the CT series folder (default for a .dcm input: the CT series in its folder)")
+    c.add_argument("--series-uid", default=None, metavar="UID", help="which CT series of the folder")
+    c.add_argument("--rois", default=None, type=_organ_list, metavar="A,B",
+                   help="only these ROIs (names as in the file, or organ names in any known spelling)")
+    c.set_defaults(func=cmd_convert)
 
     m = sub.add_parser("models", help="list the shipped models and their recorded accuracy")
     m.set_defaults(func=cmd_models)
