@@ -245,17 +245,26 @@ def main_evaluate(pred_dir: str | Path, ref_dir: str | Path, *, out_prefix: str 
 
 def add_evaluate_arguments(parser) -> None:
     """Arguments of `organscope evaluate` on an argparse (sub)parser; pair with `run_evaluate`."""
-    parser.add_argument("pred_dir", help="folder of predicted label maps (X.nii.gz, optional sidecar X.json)")
-    parser.add_argument("ref_dir", help="folder of reference label maps with the same file names")
+    parser.add_argument("pred_dir", help="folder of predicted label maps (X.nii.gz, optional sidecar X.json); "
+                                         "with a .dcm reference also one label map file")
+    parser.add_argument("ref_dir", help="folder of reference label maps with the same file names, or an RTSTRUCT "
+                                        "or DICOM-SEG .dcm (its CT: the series in its folder, or --reference-series)")
     parser.add_argument("--out", dest="out_prefix", default=None,
                         help="output prefix for .csv and .json (default: PRED_DIR/evaluation)")
     parser.add_argument("--tolerance-mm", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
     parser.add_argument("--dataset-json", default=None, help="dataset.json with label names and contoured organs")
     parser.add_argument("--organs", nargs="+", default=None, help="score only these organs")
+    parser.add_argument("--reference-series", default=None, metavar="DIR",
+                        help="the CT series folder an RTSTRUCT/DICOM-SEG reference is drawn on (default: the CT "
+                             "series in the reference's folder)")
 
 
 def run_evaluate(args) -> int:
     """Run `organscope evaluate` from parsed arguments (see add_evaluate_arguments)."""
+    if Path(args.ref_dir).is_file() or getattr(args, "reference_series", None) is not None:
+        from ..convert import evaluate_dicom_reference  # an RTSTRUCT or DICOM-SEG reference
+
+        return evaluate_dicom_reference(args)
     return main_evaluate(args.pred_dir, args.ref_dir, out_prefix=args.out_prefix, tolerance_mm=args.tolerance_mm,
                          dataset_json=args.dataset_json, organs=args.organs)
 
