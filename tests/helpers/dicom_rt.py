@@ -152,7 +152,7 @@ def make_rtstruct(path: Path, ct_folder_uids: dict, ct_files: list[Path],
         obs.ObservationNumber = number
         obs.ReferencedROINumber = number
         obs.RTROIInterpretedType = kind
-        obs.ROIInterpreterName = ""
+        obs.ROIInterpreter = ""
         ds.RTROIObservationsSequence.append(obs)
     ds.save_as(path, enforce_file_format=True)
 
