@@ -214,6 +214,15 @@ def build_rtstruct(seg: Segmentation, ct: Volume, *, engine: str = "sparse", mod
     return ds
 
 
+def _save(ds, path) -> None:
+    """Save as a DICOM file (preamble, file meta), with pydicom 3 or 2.4."""
+    try:
+        ds.save_as(path, enforce_file_format=True)
+    except TypeError:  # pydicom < 3
+        ds.is_little_endian, ds.is_implicit_VR = True, False
+        ds.save_as(path, write_like_original=False)
+
+
 def write_rtstruct(seg: Segmentation, ct: Volume, path: str | os.PathLike, *, engine: str = "sparse",
                    model: str | None = None, description: str | None = None) -> int:
     """Atomically write `seg` (on `ct`'s grid; `ct` read from a DICOM series) as an RTSTRUCT. Returns the
@@ -223,7 +232,7 @@ def write_rtstruct(seg: Segmentation, ct: Volume, path: str | os.PathLike, *, en
     ds = build_rtstruct(seg, ct, engine=engine, model=model, description=description)
     try:
         with atomic_paths(path) as (tmp,):
-            ds.save_as(tmp, enforce_file_format=True)
+            _save(ds, tmp)
     except OSError as e:
         raise wrap_write_error(e, path) from None
     return len(ds.StructureSetROISequence)
