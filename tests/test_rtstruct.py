@@ -145,6 +145,35 @@ def test_every_rtstruct_rule(case, tmp_path):
         assert dice(back.labels.array == value[n], lab == v) == 1.0
 
 
+@pytest.mark.parametrize("orientation", [(-1, 0, 0, 0, -1, 0), (0, 1, 0, -1, 0, 0),
+                                         (1, 0, 0, 0, 0.8660254, -0.5)])
+def test_round_trip_on_rotated_and_tilted_series(tmp_path, orientation):
+    """Writer and reader go through the CT's affine: a series stored upside down, turned 90 degrees in plane,
+    or tilted 30 degrees (the contours then lie in the tilted slice planes) round-trips exactly."""
+    folder = tmp_path / "ct"
+    make_ct_series(folder, phantom_ct(), spacing_mm=SPACING, origin_lps=ORIGIN, orientation=orientation)
+    ct = load_volume(folder)
+    lab = labels3()
+    write_rtstruct(Segmentation(ct.with_array(lab), NAMES, {}), ct, tmp_path / "rs.dcm")
+    back = rtstruct_labels(tmp_path / "rs.dcm", ct)
+    value = {n: v for v, n in back.names.items()}
+    for v, n in NAMES.items():
+        assert np.array_equal(back.labels.array == value[n], lab == v), n
+
+
+def test_batch_gives_rtstruct_to_dicom_scans_only(tmp_path):
+    from organscope.batch import plan
+
+    make_ct_series(tmp_path / "scans" / "dicom_case", phantom_ct())
+    (tmp_path / "scans" / "nifti_case.nii.gz").write_bytes(b"")
+    scans = sorted((tmp_path / "scans").iterdir())
+    jobs, done, no_dicom = plan(scans, tmp_path / "out", {"rtstruct", "statistics"})
+    targets = {Path(j.scan).name: j.targets for j in jobs}
+    assert targets["dicom_case"].rtstruct == tmp_path / "out" / "dicom_case.rtstruct.dcm"
+    assert targets["nifti_case.nii.gz"].rtstruct is None and targets["nifti_case.nii.gz"].statistics is not None
+    assert [p.name for p in no_dicom] == ["nifti_case.nii.gz"]
+
+
 def test_format_ds_never_exceeds_16_characters():
     for v in (0.0, -0.0, 1e-9, -1e-9, 0.1 + 0.2, -249.51171875, -123456.123456, 98765432.1, -1234567890123.75,
               3.4e20, -7.7e-5, 12345678901234.0):

@@ -43,9 +43,10 @@ def _file_dataset(sop_class: str, modality: str, *, study_uid: str, series_uid: 
 
 def make_ct_series(folder: Path, hu: np.ndarray, *, spacing_mm=(1.5, 1.25, 2.5), origin_lps=(-20.0, -18.0, 30.0),
                    series_uid: str | None = None, study_uid: str | None = None, for_uid: str | None = None,
-                   description: str = "tiny CT", prefix: str = "ct") -> dict:
+                   description: str = "tiny CT", prefix: str = "ct", orientation=(1, 0, 0, 0, 1, 0)) -> dict:
     """Write `hu` (columns i, rows j, slices k) as an axial CT series, one file per slice, files in reverse
-    slice order. spacing_mm = (column spacing, row spacing, slice step). Returns the UIDs used."""
+    slice order. spacing_mm = (column spacing, row spacing, slice step); `orientation` is the
+    ImageOrientationPatient (slices step along row cosine x column cosine). Returns the UIDs used."""
     folder.mkdir(parents=True, exist_ok=True)
     series_uid = series_uid or generate_uid()
     study_uid = study_uid or generate_uid()
@@ -55,8 +56,9 @@ def make_ct_series(folder: Path, hu: np.ndarray, *, spacing_mm=(1.5, 1.25, 2.5),
         ds = _file_dataset(CTImageStorage, "CT", study_uid=study_uid, series_uid=series_uid, for_uid=for_uid)
         ds.SeriesDescription = description
         ds.InstanceNumber = k + 1
-        ds.ImagePositionPatient = [f"{origin_lps[0]:g}", f"{origin_lps[1]:g}", f"{origin_lps[2] + k * spacing_mm[2]:g}"]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        normal = np.cross(np.asarray(orientation[:3], float), np.asarray(orientation[3:], float))
+        ds.ImagePositionPatient = [f"{v:.6g}" for v in np.asarray(origin_lps, float) + k * spacing_mm[2] * normal]
+        ds.ImageOrientationPatient = [f"{v:.6g}" for v in orientation]
         ds.PixelSpacing = [f"{spacing_mm[1]:g}", f"{spacing_mm[0]:g}"]  # (between rows, between columns)
         ds.SliceThickness = f"{spacing_mm[2]:g}"
         ds.Rows, ds.Columns = nj, ni
