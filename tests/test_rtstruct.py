@@ -225,9 +225,11 @@ def rect(i0, i1, j0, j1, z, *, reverse=False) -> np.ndarray:
 def test_reader_even_odd_holes_keyholes_islands_markers_and_z_noise(case, tmp_path):
     folder, uids, ct, _ = case
     zk = lambda k: ORIGIN[2] + k * SPACING[2]  # noqa: E731
-    # Lung L: outer + hole (even-odd), on slice 2 written 1e-4 mm off, on slice 3 0.4 slice off
+    # Lung L: outer + hole (even-odd), on slice 2 written 1e-4 mm off, on slice 3 0.4 slice off; a plane
+    # drawn between slices 2 and 3 (0.45 slice above 2) must not be filled together with slice 2's plane
     lung = [rect(2, 20, 2, 20, zk(2) + 1e-4), rect(6, 12, 6, 12, zk(2) - 1e-4, reverse=True),
-            rect(2, 20, 2, 20, zk(3) + 0.4 * SPACING[2]), rect(8, 10, 8, 10, zk(3))]
+            rect(2, 20, 2, 20, zk(3) + 0.4 * SPACING[2]), rect(8, 10, 8, 10, zk(3) + 0.4 * SPACING[2]),
+            rect(2, 20, 2, 20, zk(2) + 0.45 * SPACING[2])]
     # Esophagus: one keyhole contour (outer boundary, a zero-width cut, the hole boundary the other way)
     a0, a1, h0, h1 = -0.5 + 22, 30 - 0.5, 24 - 0.5, 27 - 0.5
     key_vox = [(a0, a0), (a1, a0), (a1, a1), (a0, a1), (a0, h0), (h0, h0), (h0, h1), (h1, h1), (h1, h0), (a0, h0)]

@@ -41,7 +41,7 @@ def dicom_kind(path: str | os.PathLike) -> str | None:
 
 
 def reference_ct(reference: str | os.PathLike, ct: str | os.PathLike | None = None, *,
-                 series_uid: str | None = None):
+                 series_uid: str | None = None, option: str = "--ct"):
     """The CT Volume of an RTSTRUCT/DICOM-SEG: `ct` (a DICOM folder), else the series in the file's folder
     that it refers to (an RTSTRUCT names its series; a DICOM-SEG's folder must hold one CT series)."""
     from .io import load_volume
@@ -53,7 +53,7 @@ def reference_ct(reference: str | os.PathLike, ct: str | os.PathLike | None = No
         return load_volume(ref if dicom_kind(ref) == "RTSTRUCT" else ref.parent, series_uid=series_uid)
     except InputError as e:
         raise InputError(f"Could not find the CT series of {ref.name} in its folder ({_lower(str(e))[:-1]}); "
-                         "give the CT series folder with --ct.") from None
+                         f"give the CT series folder with {option}.") from None
 
 
 def labels_from_dicom(reference: str | os.PathLike, ct, *, rois: list[str] | None = None):
@@ -191,7 +191,7 @@ def evaluate_dicom_reference(args) -> int:
     preds = [p for p in preds if case_id(p)]
     if not preds:
         raise InputError(f"No .nii.gz or .nii label map in {pred} to score against {ref.name}.")
-    ct = reference_ct(ref, args.reference_series)
+    ct = reference_ct(ref, args.reference_series, option="--reference-series")
     seg = labels_from_dicom(ref, ct)
     organs = args.organs
     if organs is None:

@@ -228,8 +228,10 @@ TG263 = MappingProxyType({
     "adrenal_gland_left": "Glnd_Adrenal_L", "adrenal_gland_right": "Glnd_Adrenal_R", "aorta": "A_Aorta",
     "inferior_vena_cava": "V_Venacava_I", "superior_vena_cava": "V_Venacava_S", "brain": "Brain",
     "common_carotid_artery_left": "A_Carotid_L", "common_carotid_artery_right": "A_Carotid_R",
-    "femur_left": "Femur_L", "femur_right": "Femur_R", "sternum": "Sternum",
+    "femur_left": "Femur_L", "femur_right": "Femur_R", "sternum": "Sternum", "body": "External",
 })
+#: Radiotherapy target volumes keep their upper-case TG-263 stem ("gtv_1" -> "GTV_1").
+_TARGET_WORDS = ("gtv", "ctv", "itv", "ptv", "gtvp", "gtvn", "ctvp", "ctvn")
 #: Other spellings planning systems and clinics use (keys: lower case, separators and sides removed;
 #: the side, if any, is read separately from a leading/trailing L/Lt/Left/R/Rt/Right word).
 _RT_SYNONYMS = {
@@ -252,8 +254,20 @@ def tg263_name(name: str) -> str:
     side = {"left": "L", "right": "R"}.get(words[-1]) if len(words) > 1 else None
     if side:
         words = words[:-1]
-    words = [w.upper() if re.fullmatch(r"[ctls]\d+", w) else w.capitalize() for w in words]
+    words = [w.upper() if re.fullmatch(r"[ctls]\d+", w) or w in _TARGET_WORDS else w.capitalize() for w in words]
     return "_".join(words + ([side] if side else []))
+
+
+def rt_interpreted_type(name: str) -> str:
+    """RT ROI Interpreted Type of a structure: ORGAN for catalogue organs, EXTERNAL for the body outline,
+    GTV/CTV/PTV for target volumes, else empty (unknown)."""
+    key = normalize_name(name)
+    if key in ORGANS:
+        return "ORGAN"
+    if key == "body":
+        return "EXTERNAL"
+    first = key.split("_")[0]
+    return first[:3].upper() if first in _TARGET_WORDS else ""
 
 
 def _roi_words(text: str) -> list[str]:

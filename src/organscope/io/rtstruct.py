@@ -28,6 +28,8 @@ from ..volume import Volume
 POINT_TYPES = frozenset({"MARKER", "ISOCENTER", "REGISTRATION", "POINT"})
 #: A contour whose points spread over more than this many slices (in k) is not in a slice plane.
 PLANAR_TOLERANCE_VOX = 0.25
+#: Contours whose positions along the slice normal differ by less than this (in slices) are in one plane.
+SAME_PLANE_VOX = 0.05
 
 
 @dataclass(frozen=True)
@@ -128,12 +130,16 @@ def select_rois(ss: StructureSet, wanted: list[str] | None) -> list[Roi]:
 
 
 def contours_by_slice(roi: Roi, ct: Volume) -> dict[int, list[np.ndarray]]:
-    """{slice k: [contour as (n, 2) voxel coordinates (i, j)]} of the ROI's contours that lie on `ct`'s slices."""
+    """{slice k: [contour as (n, 2) voxel coordinates (i, j)]} of the ROI's contours that lie on `ct`'s slices.
+
+    A contour goes to the nearest slice (so it is within half a slice of it). When contours from two
+    different planes land on one slice (a structure set drawn on finer slices than this CT), only the
+    plane nearest the slice centre is kept, so that they are not filled together even-odd."""
     from ._common import ras_to_lps
 
     inv = np.linalg.inv(ras_to_lps(ct.affine))
     nk = ct.shape[2]
-    out: dict[int, list[np.ndarray]] = {}
+    found: dict[int, list[tuple[float, np.ndarray]]] = {}
     off_grid = off_plane = 0
     for pts in roi.contours:
         vox = pts @ inv[:3, :3].T + inv[:3, 3]
@@ -141,17 +147,28 @@ def contours_by_slice(roi: Roi, ct: Volume) -> dict[int, list[np.ndarray]]:
         if np.ptp(k) > PLANAR_TOLERANCE_VOX:
             off_plane += 1
             continue
-        kc = int(np.floor(float(k.mean()) + 0.5))  # nearest slice; contours are within half a slice of it
+        kmean = float(k.mean())
+        kc = int(np.floor(kmean + 0.5))
         if not 0 <= kc < nk:
             off_grid += 1
             continue
-        out.setdefault(kc, []).append(vox[:, :2])
+        found.setdefault(kc, []).append((kmean, vox[:, :2]))
     if off_plane:
         warnings.warn(f"ROI {roi.roi_name}: {off_plane} contour(s) not in the plane of the CT's slices were "
                       "left out.", stacklevel=2)
     if off_grid:
         warnings.warn(f"ROI {roi.roi_name}: {off_grid} contour(s) lie outside the CT's slices and were left out.",
                       stacklevel=2)
+    out: dict[int, list[np.ndarray]] = {}
+    for kc, items in found.items():
+        items.sort(key=lambda t: t[0])
+        planes: list[list[tuple[float, np.ndarray]]] = [[items[0]]]
+        for item in items[1:]:  # one plane = positions within float noise of each other
+            if item[0] - planes[-1][-1][0] > SAME_PLANE_VOX:
+                planes.append([])
+            planes[-1].append(item)
+        best = min(planes, key=lambda pl: abs(np.mean([t[0] for t in pl]) - kc))
+        out[kc] = [v for _, v in best]
     return out
 
 
