@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -159,7 +160,8 @@ def build_rtstruct(seg: Segmentation, ct: Volume, *, engine: str = "sparse", mod
     ds.SeriesInstanceUID = generate_uid()
     ds.SeriesNumber = int(first.get("SeriesNumber", 0) or 0) + 2000
     ds.SeriesDate, ds.SeriesTime = date, time
-    model_text = f"organscope {engine}" + (f" {model}" if model else "")
+    model_name = Path(str(model)).name if model else ""  # a model given as a path: its file name
+    model_text = f"organscope {engine}" + (f" {model_name}" if model_name else "")
     ds.SeriesDescription = (description or f"{model_text} organs")[:64]
     ds.OperatorsName = ""
     ds.Manufacturer = "organscope"
