@@ -9,6 +9,7 @@ sub-folders that hold a DICOM series (one scan each). Scan `NAME` writes, in OUT
     NAME.nii.gz + NAME.json     label map and organ names (always)
     NAME.statistics.json        --statistics        NAME.preview.png     --preview
     NAME.seg.dcm                --dicom-seg (DICOM series scans only)   NAME_masks/    --masks
+    NAME.rtstruct.dcm           --rtstruct  (DICOM series scans only)
 
 Every output is written atomically, so one that exists is complete: a re-run skips the scans whose
 requested outputs all exist and writes only the missing ones of the others. A scan that fails is
@@ -31,7 +32,9 @@ VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 _GLOB_CHARS = set("*?[")
 #: The optional outputs: option name -> suffix added to the scan name.
 EXTRA_OUTPUTS = {"statistics": ".statistics.json", "preview": ".preview.png", "dicom_seg": ".seg.dcm",
-                 "masks": "_masks"}
+                 "masks": "_masks", "rtstruct": ".rtstruct.dcm"}
+#: Outputs that refer to the source DICOM series, so only DICOM scans get them.
+DICOM_OUTPUTS = ("dicom_seg", "rtstruct")
 
 
 # --- finding scans -------------------------------------------------------------------------------
@@ -161,8 +164,8 @@ def plan(scans: list[Path], out_dir: Path, extras: set[str], options: SegmentOpt
     jobs, done, no_seg = [], [], []
     for name, scan in names.items():
         wanted = set(extras)
-        if "dicom_seg" in wanted and not _is_dicom_scan(scan):
-            wanted.discard("dicom_seg")
+        if wanted & set(DICOM_OUTPUTS) and not _is_dicom_scan(scan):
+            wanted -= set(DICOM_OUTPUTS)
             no_seg.append(scan)
         todo = _missing(output_paths(out_dir, name, wanted))
         if not todo.wanted():

@@ -1,4 +1,4 @@
-"""organscope command line: segment | query | locate | evaluate | models | train | serve.
+"""organscope command line: segment | query | locate | evaluate | convert | models | train | serve.
 
 Heavy modules are imported inside the commands so that `organscope --help` starts instantly (building the parser
 imports neither numpy nor any engine). The CLI is the only place that sees argparse's Namespace: each command
@@ -18,16 +18,12 @@ from pathlib import Path
 
 from .errors import InputError, OrganscopeError
 
-#: The optional outputs of `segment` (option dest -> suffix added to the label map's name; batch.EXTRA_OUTPUTS).
-_EXTRA_OUTPUTS = ("statistics", "preview", "dicom_seg", "masks")
-
 
 class _Parser(argparse.ArgumentParser):
     """argparse with the house's error format: one line `organscope: error: ...`, exit status 2."""
 
     def error(self, message: str):
         self.exit(2, f"organscope: error: {message}\n")
-
 
 class _Formatter(argparse.HelpFormatter):
     """Keeps the line breaks of a help text (one line per engine), wrapping each line on its own."""
@@ -40,7 +36,6 @@ class _Formatter(argparse.HelpFormatter):
             out += [indent + parts[0]] + [indent + "  " + part for part in parts[1:]]
         return out
 
-
 def _threads(text: str) -> int:
     try:
         n = int(text)
@@ -49,7 +44,6 @@ def _threads(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1 (leave it out to use every core), got {n}")
     return n
-
 
 def _positive_int(text: str) -> int:
     try:
@@ -60,7 +54,6 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
     return n
 
-
 def _positive_mm(text: str) -> float:
     try:
         v = float(text)
@@ -70,12 +63,10 @@ def _positive_mm(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a positive number of millimetres, got {text!r}")
     return v
 
-
 def _engine_help(intro: str, names=None) -> str:
     from .engines.registry import ENGINE_INFO  # light: no engine is imported
 
     return intro + "\n" + "\n".join(f"  {n}: {ENGINE_INFO[n]}" for n in (names or ENGINE_INFO))
-
 
 def _progress_bar(enabled: bool):
     """A progress callback drawing a tqdm bar on stderr when it is a terminal (or when forced)."""
@@ -92,7 +83,6 @@ def _progress_bar(enabled: bool):
 
     return update, bar.close
 
-
 def _organ_list(text: str) -> list[str]:
     """Organ names separated by commas (spaces after the commas allowed: --organs 'parotid_left, mandible')."""
     names = [t.strip() for t in text.split(",") if t.strip()]
@@ -100,7 +90,6 @@ def _organ_list(text: str) -> list[str]:
         raise argparse.ArgumentTypeError(f"give organ names separated by commas, e.g. parotid_left,mandible; "
                                          f"got {text!r}")
     return names
-
 
 def _parse_point(text: str) -> list[float]:
     parts = text.replace(";", ",").split(",")
@@ -111,7 +100,6 @@ def _parse_point(text: str) -> list[float]:
     if len(values) != 3 or not all(math.isfinite(v) for v in values):
         raise InputError(f"A point must be three numbers 'x,y,z', got {text!r}.")
     return values
-
 
 def _read_points_csv(path: Path) -> list[list[float]]:
     if not path.exists():
@@ -135,11 +123,11 @@ def _read_points_csv(path: Path) -> list[list[float]]:
         raise InputError(f"{path} holds no points.")
     return rows
 
-
 def _asked_outputs(args) -> dict[str, str]:
     """{output: value given ('' for a bare flag)} of the optional outputs asked for on the command line."""
-    return {k: getattr(args, k) for k in _EXTRA_OUTPUTS if getattr(args, k, None) is not None}
+    from .batch import EXTRA_OUTPUTS  # option dest -> suffix added to the label map's name
 
+    return {k: getattr(args, k) for k in EXTRA_OUTPUTS if getattr(args, k, None) is not None}
 
 def _segment_options(args):
     from .pipeline import SegmentOptions
@@ -147,12 +135,14 @@ def _segment_options(args):
     return SegmentOptions(engine=args.engine, model=args.model, threads=args.threads,
                           organs=None if args.organs is None else tuple(args.organs), priors=args.priors)
 
-
 def cmd_segment(args) -> int:
     from . import batch
 
     progress_wanted = args.progress if args.progress is not None else sys.stderr.isatty()
     if batch.is_batch_input(args.input):  # a folder of scans or a glob: -o is an output folder
+        if args.series_uid is not None:
+            raise InputError("--series-uid picks one series of one DICOM folder; it cannot be used with "
+                             "several scans.")
         return batch.cmd_batch(args.input, args.output, _segment_options(args), asked=_asked_outputs(args),
                                jobs=args.jobs, scheduler=args.scheduler, progress=progress_wanted)
     from .pipeline import run
@@ -160,14 +150,13 @@ def cmd_segment(args) -> int:
     targets = batch.single_targets(args.output, _asked_outputs(args))
     progress, close = _progress_bar(progress_wanted)
     try:
-        res = run(args.input, targets, _segment_options(args), progress=progress)
+        res = run(args.input, targets, _segment_options(args), progress=progress, series_uid=args.series_uid)
     finally:
         close()
     t = res.timings_s
     points = f", {int(t['points_classified'])} points classified" if "points_classified" in t else ""
     print(f"{args.output}: {res.found()}; {t['total']:.2f} s{points}", file=sys.stderr)
     return 0
-
 
 def cmd_query(args) -> int:
     import numpy as np
@@ -192,7 +181,6 @@ def cmd_query(args) -> int:
         top = ", ".join(f"{a} {b:.2f}" for a, b in zip(tn, tp))
         print(f"{p[0]:8.1f} {p[1]:8.1f} {p[2]:8.1f}        {n:<16} {pr:6.3f}  {top}")
     return 0
-
 
 def cmd_locate(args) -> int:
     from .engines.registry import get_localizer
@@ -221,7 +209,6 @@ def cmd_locate(args) -> int:
     print(f"{timings['total']:.2f} s ({args.localizer}){extra}", file=sys.stderr)
     return 0
 
-
 def cmd_models(args) -> int:
     from .engines.registry import load_card
     from .modelcard import MODELS_DIR
@@ -242,13 +229,22 @@ def cmd_models(args) -> int:
         print(f"{card_path.stem}: engine={card.engine} organs={n_organs} trained={card.date} {score}")
     return 0
 
-
 def cmd_evaluate(args) -> int:
     from .metrics.report import main_evaluate
 
+    if Path(args.ref_dir).is_file() or args.reference_series is not None:
+        from .convert import evaluate_dicom_reference  # an RTSTRUCT or DICOM-SEG reference
+
+        return evaluate_dicom_reference(args.pred_dir, args.ref_dir, reference_series=args.reference_series,
+                                        out_prefix=args.out_prefix, tolerance_mm=args.tolerance_mm,
+                                        organs=args.organs)
     return main_evaluate(args.pred_dir, args.ref_dir, out_prefix=args.out_prefix, tolerance_mm=args.tolerance_mm,
                          dataset_json=args.dataset_json, organs=args.organs)
 
+def cmd_convert(args) -> int:
+    from .convert import run_convert
+
+    return run_convert(args.input, args.output, ct=args.ct, series_uid=args.series_uid, rois=args.rois)
 
 def cmd_train(args) -> int:
     try:
@@ -265,7 +261,6 @@ def cmd_train(args) -> int:
                               "pip install 'organscope[train]'.") from None
     budget = {"epochs": args.epochs} if args.engine == "sparse" else {"hours": args.hours}
     return run_pipeline(data=args.data, work=args.work, name=args.name, install=args.install, **budget)
-
 
 def cmd_serve(args) -> int:
     try:
@@ -289,7 +284,6 @@ def cmd_serve(args) -> int:
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
-
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .engines.registry import ENGINE_INFO, LOCALIZER_INFO  # light: names and one line each, no engine
@@ -311,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "('DIR/*.nii.gz') of scans for a batch")
     s.add_argument("-o", "--output", required=True,
                    help="output label map (.nii.gz, .nii or .nrrd) + .json names; for a batch, an output folder")
+    s.add_argument("--series-uid", default=None, metavar="UID",
+                   help="DICOM folder with several CT series: the SeriesInstanceUID of the one to segment")
     s.add_argument("--engine", default="sparse", choices=list(ENGINE_INFO), metavar="ENGINE",
                    help=_engine_help("segmentation engine (default: sparse):"))
     s.add_argument("--model", default=None, help="shipped model name or path to an .onnx with its .json card "
@@ -328,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PNG of three orthogonal views with the labels and a legend (default: OUT.preview.png)")
     s.add_argument("--dicom-seg", nargs="?", const="", default=None, metavar="FILE.dcm",
                    help="DICOM-SEG of the result; the input must be a DICOM series (default: OUT.seg.dcm)")
+    s.add_argument("--rtstruct", nargs="?", const="", default=None, metavar="FILE.dcm",
+                   help="DICOM RT Structure Set of the result (TG-263 names); the input must be a DICOM series "
+                        "(default: OUT.rtstruct.dcm)")
     s.add_argument("--masks", nargs="?", const="", default=None, metavar="DIR",
                    help="one NIfTI mask per organ found, in DIR (default: OUT_masks)")
     s.add_argument("--jobs", type=_positive_int, default=None, metavar="N",
@@ -349,8 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_query)
 
     e = command("evaluate", "per-organ Dice/Jaccard/NSD/HD95 of label maps against references")
-    e.add_argument("pred_dir", help="folder of predicted label maps (X.nii.gz, optional sidecar X.json)")
-    e.add_argument("ref_dir", help="folder of reference label maps with the same file names")
+    e.add_argument("pred_dir", help="folder of predicted label maps (X.nii.gz, optional sidecar X.json); with a "
+                                    ".dcm reference also one label map file")
+    e.add_argument("ref_dir", help="folder of reference label maps with the same file names, or an RTSTRUCT or "
+                                   "DICOM-SEG .dcm (its CT: the series in its folder, or --reference-series)")
     e.add_argument("--out", dest="out_prefix", default=None, metavar="PREFIX",
                    help="output prefix for .csv and .json (default: PRED_DIR/evaluation)")
     e.add_argument("--tolerance-mm", type=_positive_mm, default=2.0, metavar="MM",
@@ -359,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dataset.json with label names and contoured organs (default: found beside the references)")
     e.add_argument("--organs", type=_organ_list, default=None, metavar="NAME,NAME",
                    help="score only these organs: " + organs_help)
+    e.add_argument("--reference-series", default=None, metavar="DIR",
+                   help="the CT series folder an RTSTRUCT/DICOM-SEG reference is drawn on (default: the CT series "
+                        "in the reference's folder)")
     e.set_defaults(func=cmd_evaluate)
 
     lo = command("locate", "per organ: present or not, centroid, box and confidence")
@@ -371,6 +375,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="grid step of the sparse_grid localiser in mm (default 8)")
     lo.add_argument("--threads", type=_threads, default=None, metavar="N", help=threads_help)
     lo.set_defaults(func=cmd_locate)
+
+    c = command("convert", "RTSTRUCT or DICOM-SEG + its CT -> label map; label map + CT -> RTSTRUCT")
+    c.add_argument("input", help="RTSTRUCT or DICOM-SEG (.dcm) -> label map; or a label map (.nii.gz/.nii/.nrrd "
+                                 "with its .json names) -> RTSTRUCT")
+    c.add_argument("-o", "--output", required=True,
+                   help="label map (.nii.gz/.nii/.nrrd, + .json names) or RTSTRUCT (.dcm)")
+    c.add_argument("--ct", default=None, metavar="DIR",
+                   help="the CT series folder (default for a .dcm input: the CT series in its folder)")
+    c.add_argument("--series-uid", default=None, metavar="UID", help="which CT series of the folder")
+    c.add_argument("--rois", default=None, type=_organ_list, metavar="A,B",
+                   help="only these ROIs (names as in the file, or organ names in any known spelling), separated "
+                        "by commas")
+    c.set_defaults(func=cmd_convert)
 
     m = command("models", "list the shipped models and their recorded accuracy")
     m.set_defaults(func=cmd_models)
@@ -405,7 +422,6 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=cmd_serve)
     return ap
 
-
 def _join_negative_points(argv: list[str]) -> list[str]:
     """`--point -10,5,3` would read as an option to argparse; make it `--point=-10,5,3`."""
     out: list[str] = []
@@ -423,9 +439,7 @@ def _join_negative_points(argv: list[str]) -> list[str]:
         out.append(tok)
     return out
 
-
 _VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
-
 
 def _unrecognized(argv: list[str], extra: list[str]) -> str:
     """argparse's "unrecognized arguments" with a hint for the two usual causes: a glob the shell expanded into
@@ -437,7 +451,6 @@ def _unrecognized(argv: list[str], extra: list[str]) -> str:
         return (message + "; the shell expanded a pattern into several files: quote the pattern so that organscope "
                 "sees it, e.g. -i 'scans/*.nii.gz'")
     return message
-
 
 def main(argv=None) -> int:
     argv = _join_negative_points(list(sys.argv[1:] if argv is None else argv))
@@ -453,7 +466,6 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("organscope: interrupted", file=sys.stderr)
         return 130
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -84,12 +84,15 @@ _FLARE22 = {1: "liver", 2: "kidney_right", 3: "spleen", 4: "pancreas", 5: "aorta
             7: "adrenal_gland_right", 8: "adrenal_gland_left", 9: "gallbladder", 10: "esophagus",
             11: "stomach", 12: "duodenum", 13: "kidney_left"}
 
+# Whole lungs, as radiotherapy structure sets contour them (no dataset above labels them).
+_RADIOTHERAPY = {1: "lung_left", 2: "lung_right"}
+
 # --- the catalogue --------------------------------------------------------------------------------
 
 _REGION_MEMBERS = {
     "head_neck": "brain skull brainstem parotid_right parotid_left larynx mandible thyroid_gland "
                  "common_carotid_artery_right common_carotid_artery_left",
-    "thorax": "lung_upper_lobe_left lung_lower_lobe_left lung_upper_lobe_right lung_middle_lobe_right "
+    "thorax": "lung_left lung_right lung_upper_lobe_left lung_lower_lobe_left lung_upper_lobe_right lung_middle_lobe_right "
               "lung_lower_lobe_right esophagus trachea heart aorta pulmonary_vein brachiocephalic_trunk "
               "subclavian_artery_right subclavian_artery_left brachiocephalic_vein_left "
               "brachiocephalic_vein_right atrial_appendage_left superior_vena_cava",
@@ -120,7 +123,7 @@ _RGB = {
     "larynx": (120, 200, 220), "mandible": (255, 240, 200),
     "lung_upper_lobe_left": (172, 138, 115), "lung_lower_lobe_left": (202, 164, 140),
     "lung_upper_lobe_right": (172, 138, 115), "lung_middle_lobe_right": (224, 186, 162),
-    "lung_lower_lobe_right": (202, 164, 140),
+    "lung_lower_lobe_right": (202, 164, 140), "lung_left": (64, 64, 255), "lung_right": (64, 160, 255),
 }
 
 _ALIASES = {
@@ -160,7 +163,7 @@ def _palette(i: int) -> tuple[int, int, int]:
 
 def _build_catalogue() -> Mapping[str, Organ]:
     order: list[str] = []
-    for table in (_TOTALSEG_V2_TOTAL, _OPENKBP, _BTCV, _AMOS, _FLARE22):
+    for table in (_TOTALSEG_V2_TOTAL, _OPENKBP, _BTCV, _AMOS, _FLARE22, _RADIOTHERAPY):
         for raw in table.values():
             name = raw.lower()
             if name not in order:
@@ -209,6 +212,110 @@ def get_organ(name: str) -> Organ:
 def is_organ(name: str) -> bool:
     """True if `name` is a catalogue name or a known alias."""
     return normalize_name(name) in ORGANS
+
+
+# --- radiotherapy names (AAPM TG-263) ------------------------------------------------------------
+
+#: Catalogue name -> TG-263 primary name (AAPM Task Group 263, "Standardizing nomenclatures in radiation
+#: oncology", 2018). Organs without an entry get `tg263_name`'s derived name (Title_Case, _L/_R).
+TG263 = MappingProxyType({
+    "brainstem": "Brainstem", "spinal_cord": "SpinalCord", "parotid_left": "Parotid_L",
+    "parotid_right": "Parotid_R", "esophagus": "Esophagus", "larynx": "Larynx", "mandible": "Bone_Mandible",
+    "lung_left": "Lung_L", "lung_right": "Lung_R", "heart": "Heart", "liver": "Liver", "spleen": "Spleen",
+    "stomach": "Stomach", "pancreas": "Pancreas", "kidney_left": "Kidney_L", "kidney_right": "Kidney_R",
+    "gallbladder": "Gallbladder", "duodenum": "Duodenum", "small_bowel": "Bowel_Small", "colon": "Colon",
+    "urinary_bladder": "Bladder", "prostate": "Prostate", "trachea": "Trachea", "thyroid_gland": "Glnd_Thyroid",
+    "adrenal_gland_left": "Glnd_Adrenal_L", "adrenal_gland_right": "Glnd_Adrenal_R", "aorta": "A_Aorta",
+    "inferior_vena_cava": "V_Venacava_I", "superior_vena_cava": "V_Venacava_S", "brain": "Brain",
+    "common_carotid_artery_left": "A_Carotid_L", "common_carotid_artery_right": "A_Carotid_R",
+    "femur_left": "Femur_L", "femur_right": "Femur_R", "sternum": "Sternum", "body": "External",
+})
+#: Radiotherapy target volumes keep their upper-case TG-263 stem ("gtv_1" -> "GTV_1").
+_TARGET_WORDS = ("gtv", "ctv", "itv", "ptv", "gtvp", "gtvn", "ctvp", "ctvn")
+#: Other spellings planning systems and clinics use (keys: lower case, separators and sides removed;
+#: the side, if any, is read separately from a leading/trailing L/Lt/Left/R/Rt/Right word).
+_RT_SYNONYMS = {
+    "cord": "spinal_cord", "spinalcanal": "spinal_cord", "oesophagus": "esophagus", "esoph": "esophagus",
+    "brainstem": "brainstem", "mandible": "mandible", "jaw": "mandible", "lung": "lung", "lungs": "lungs",
+    "parotidgland": "parotid", "thyroid": "thyroid_gland", "bladder": "urinary_bladder",
+    "body": "body", "external": "body", "patient": "body", "outline": "body", "skin": "body",
+    "bodycontour": "body", "externalcontour": "body",
+}
+_SIDE_WORDS = {"l": "left", "lt": "left", "left": "left", "r": "right", "rt": "right", "right": "right"}
+
+
+def tg263_name(name: str) -> str:
+    """The TG-263 name of an organ (catalogue name or alias), or for organs TG-263 does not list here a
+    derived name in its style: Title_Case words, side as _L/_R ("iliopsoas_left" -> "Iliopsoas_L")."""
+    key = normalize_name(name)
+    if key in TG263:
+        return TG263[key]
+    words = key.split("_")
+    side = {"left": "L", "right": "R"}.get(words[-1]) if len(words) > 1 else None
+    if side:
+        words = words[:-1]
+    words = [w.upper() if re.fullmatch(r"[ctls]\d+", w) or w in _TARGET_WORDS else w.capitalize() for w in words]
+    return "_".join(words + ([side] if side else []))
+
+
+def rt_interpreted_type(name: str) -> str:
+    """RT ROI Interpreted Type of a structure: ORGAN for catalogue organs, EXTERNAL for the body outline,
+    GTV/CTV/PTV for target volumes, else empty (unknown)."""
+    key = normalize_name(name)
+    if key in ORGANS:
+        return "ORGAN"
+    if key == "body":
+        return "EXTERNAL"
+    first = key.split("_")[0]
+    return first[:3].upper() if first in _TARGET_WORDS else ""
+
+
+def _roi_words(text: str) -> list[str]:
+    text = re.sub(r"\(.*?\)", " ", str(text))
+    text = re.sub(r"([a-z])([A-Z])", r"\1 \2", text)  # SpinalCord -> Spinal Cord
+    return [w for w in re.split(r"[^0-9a-z]+", text.lower()) if w]
+
+
+def _split_side(words: list[str]) -> tuple[list[str], str | None]:
+    if len(words) > 1 and words[-1] in _SIDE_WORDS:
+        return words[:-1], _SIDE_WORDS[words[-1]]
+    if len(words) > 1 and words[0] in _SIDE_WORDS:
+        return words[1:], _SIDE_WORDS[words[0]]
+    return words, None
+
+
+def _build_rt_bases() -> dict[str, str]:
+    """Separator-free key (side removed) -> catalogue base name, from catalogue names, TG-263 names and
+    the aliases, so that "Spinal cord", "SpinalCord", "Spinal-Cord" and "spinal_cord" meet."""
+    bases: dict[str, str] = {}
+    for name in ORGANS:
+        words, side = _split_side(name.split("_"))
+        bases.setdefault("".join(words), "_".join(words))
+    for name, tg in TG263.items():
+        words, _ = _split_side(_roi_words(tg))
+        base, _ = _split_side(name.split("_"))
+        bases.setdefault("".join(words), "_".join(base))
+    for alias, name in _ALIASES.items():
+        bases.setdefault(alias.replace("_", ""), name)
+    bases.update(_RT_SYNONYMS)
+    return bases
+
+
+_RT_BASES = _build_rt_bases()
+
+
+def organ_from_roi_name(roi_name: str) -> str:
+    """Catalogue name of a structure-set ROI name ("Spinal cord", "SpinalCord", "Lung L", "Lung-Left",
+    "Oesophagus", TG-263 names ...; case and separators do not matter), else the ROI's own name in
+    snake_case ("GTV-1" -> "gtv_1"); "External"/"BODY"/"Patient" give "body"."""
+    words, side = _split_side(_roi_words(roi_name))
+    base = _RT_BASES.get("".join(words))
+    if base is not None:
+        name = f"{base}_{side}" if side else base
+        if name in ORGANS or name == "body":
+            return name
+    name = normalize_name(roi_name)
+    return name or "roi"
 
 
 class LabelMap:

@@ -88,22 +88,23 @@ class RunResult:
 
 
 def run(scan: str | os.PathLike | Volume, targets: "OutputPaths", options: SegmentOptions = SegmentOptions(), *,
-        progress: ProgressFn | None = None) -> RunResult:
+        progress: ProgressFn | None = None, series_uid: str | None = None) -> RunResult:
     """Load `scan` (a path or a Volume), check that the outputs asked for can be made from it, segment it with
     `options` and write every output `targets` names. A run writes all its new outputs or none: when one fails,
-    the files it had already made are removed (files that existed before are left as they are)."""
+    the files it had already made are removed (files that existed before are left as they are). `series_uid`
+    picks one CT series of a DICOM folder that holds several."""
     t0 = time.perf_counter()
     if not isinstance(scan, Volume):
         _check_not_input(scan, targets)
-    ct = scan if isinstance(scan, Volume) else _load(scan)
+    ct = scan if isinstance(scan, Volume) else _load(scan, series_uid)
     t_load = time.perf_counter() - t0
-    if targets.dicom_seg is not None:
+    if targets.dicom_seg is not None or targets.rtstruct is not None:
         from .outputs.dicom_seg import require_dicom_source
 
-        require_dicom_source(ct)
+        require_dicom_source(ct, "A DICOM-SEG" if targets.dicom_seg is not None else "An RTSTRUCT")
     seg = segment_volume(ct, options, progress=progress)
     t1 = time.perf_counter()
-    written = _write_all_or_none(ct, seg, targets, options.engine)
+    written = _write_all_or_none(ct, seg, targets, options)
     t2 = time.perf_counter()
     present = np.unique(seg.labels.array)
     organs = tuple(sorted({seg.names[int(v)] for v in present if v > 0}))
@@ -112,10 +113,10 @@ def run(scan: str | os.PathLike | Volume, targets: "OutputPaths", options: Segme
     return RunResult(source, tuple(written), organs, timings)
 
 
-def _load(path) -> Volume:
+def _load(path, series_uid: str | None = None) -> Volume:
     from .io import load_volume
 
-    return load_volume(path)
+    return load_volume(path, series_uid=series_uid)
 
 
 def _check_not_input(scan, targets: "OutputPaths") -> None:
@@ -130,7 +131,7 @@ def _check_not_input(scan, targets: "OutputPaths") -> None:
             raise InputError(f"{path} would overwrite the input {scan}; write the outputs somewhere else.")
 
 
-def _write_all_or_none(ct: Volume, seg: Segmentation, targets: "OutputPaths", engine: str) -> list[Path]:
+def _write_all_or_none(ct: Volume, seg: Segmentation, targets: "OutputPaths", options: SegmentOptions) -> list[Path]:
     from .io import sidecar_path
     from .outputs import write_outputs
 
@@ -139,7 +140,7 @@ def _write_all_or_none(ct: Volume, seg: Segmentation, targets: "OutputPaths", en
         paths.append(sidecar_path(targets.labels))
     new = [p for p in map(Path, paths) if not p.exists()]
     try:
-        return write_outputs(ct, seg, targets, engine=engine)
+        return write_outputs(ct, seg, targets, engine=options.engine, model=options.model)
     except BaseException:
         for p in new:  # each writer is atomic, so what exists now is a complete output of this run
             if p.is_dir():

@@ -77,7 +77,11 @@ def read_dicom_series(path: str | os.PathLike, *, series_uid: str | None = None)
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except (InvalidDicomError, OSError, ValueError, EOFError, TypeError):
             raise InputError(f"{path} is not a readable DICOM file.") from None
-        series_uid = series_uid or str(ds.get("SeriesInstanceUID", "")) or None
+        if series_uid is None and str(ds.get("Modality", "")) == "RTSTRUCT":
+            refs = sorted(referenced_series_uids(ds))
+            series_uid = refs[0] if len(refs) == 1 else None
+        else:
+            series_uid = series_uid or str(ds.get("SeriesInstanceUID", "")) or None
         path = path.parent
     series = _pick_series(path, find_series(path), series_uid)
     if series.modality != "CT":
@@ -90,6 +94,7 @@ def read_dicom_series(path: str | os.PathLike, *, series_uid: str | None = None)
     affine = lps_to_ras(_lps_affine(datasets[0], slice_vec))
     meta = {"source": str(path), "format": "dicom", "series_uid": series.uid, "modality": series.modality,
             "series_description": series.description,
+            "frame_of_reference_uid": str(datasets[0].get("FrameOfReferenceUID", "") or ""),
             # slice k of the array <- these files (for DICOM-SEG and other outputs that reference the source)
             "source_files": [str(ds.filename) for ds in datasets],
             "sop_instance_uids": [sop_instance_uid(ds) for ds in datasets]}
@@ -104,7 +109,66 @@ def sop_instance_uid(ds) -> str:
     return uid
 
 
+#: Modalities of radiotherapy and other derived objects that share a clinic export folder with the CT;
+#: RTDOSE grids have image geometry but are never the scan to segment.
+NON_SCAN_MODALITIES = frozenset({"RTDOSE", "RTSTRUCT", "RTPLAN", "RTIMAGE", "RTRECORD", "REG", "SEG", "SR",
+                                 "PR", "KO", "RWV", "DOC", "PLAN"})
+
+
+def _listing(found: list[SeriesInfo]) -> str:
+    def one(s: SeriesInfo) -> str:
+        desc = f"'{s.description}'" if s.description else "no description"
+        return f"{desc} ({s.modality}, {len(s.files)} slices, UID {s.uid})"
+
+    return "; ".join(one(s) for s in found)
+
+
+def referenced_series_uids(ds) -> set[str]:
+    """SeriesInstanceUIDs an RTSTRUCT dataset refers to (Referenced Frame of Reference Sequence)."""
+    out = set()
+    for frame in ds.get("ReferencedFrameOfReferenceSequence", []):
+        for study in frame.get("RTReferencedStudySequence", []):
+            for series in study.get("RTReferencedSeriesSequence", []):
+                uid = str(series.get("SeriesInstanceUID", "") or "")
+                if uid:
+                    out.add(uid)
+    return out
+
+
+def find_rtstructs(folder: str | os.PathLike) -> list[Path]:
+    """RT Structure Set files directly in `folder`."""
+    out = []
+    for f in sorted(Path(folder).iterdir()):
+        if not f.is_file() or f.name.startswith("."):
+            continue
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["Modality"])
+        except (InvalidDicomError, OSError, ValueError, EOFError, TypeError):
+            continue
+        if str(ds.get("Modality", "")) == "RTSTRUCT":
+            out.append(f)
+    return out
+
+
+def _rtstruct_choice(folder: Path, candidates: list[SeriesInfo]) -> SeriesInfo | None:
+    """The one candidate series that the folder's RTSTRUCT(s) refer to, if exactly one is."""
+    uids = {s.uid for s in candidates}
+    referenced: set[str] = set()
+    for f in find_rtstructs(folder):
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+        except (InvalidDicomError, OSError, ValueError, EOFError, TypeError):
+            continue
+        referenced |= referenced_series_uids(ds) & uids
+    if len(referenced) == 1:
+        uid = referenced.pop()
+        return next(s for s in candidates if s.uid == uid)
+    return None
+
+
 def _pick_series(folder: Path, found: list[SeriesInfo], series_uid: str | None) -> SeriesInfo:
+    """The scan of a folder: the series asked for; else its only image series; else (a clinic export with
+    RTSTRUCT, RTPLAN and RTDOSE beside the CT) its only CT series, or the CT series its RTSTRUCT refers to."""
     if not found:
         raise DicomSeriesError(
             f"The folder {folder} contains no DICOM image slices; point to the folder that holds the CT's .dcm files."
@@ -113,14 +177,24 @@ def _pick_series(folder: Path, found: list[SeriesInfo], series_uid: str | None) 
         for s in found:
             if s.uid == series_uid:
                 return s
-        listing = "; ".join(str(s) for s in found)
-        raise DicomSeriesError(f"The folder {folder} has no series {series_uid}; it holds: {listing}.")
-    if len(found) > 1:
-        listing = "; ".join(str(s) for s in found)
-        raise DicomSeriesError(
-            f"The folder {folder} holds {len(found)} DICOM series ({listing}); pass series_uid= to choose one."
-        )
-    return found[0]
+        raise DicomSeriesError(f"The folder {folder} has no series {series_uid}; it holds: {_listing(found)}.")
+    scans = [s for s in found if s.modality not in NON_SCAN_MODALITIES]
+    if not scans:
+        raise DicomSeriesError(f"The folder {folder} holds no CT slices, only {_listing(found)}; point to the "
+                               "folder that holds the CT's .dcm files.")
+    ct = [s for s in scans if s.modality == "CT"]
+    candidates = ct or scans
+    if len(candidates) == 1:
+        return candidates[0]
+    if len(candidates) > 1:
+        chosen = _rtstruct_choice(folder, candidates)
+        if chosen is not None:
+            return chosen
+    shown = candidates or found
+    raise DicomSeriesError(
+        f"The folder {folder} holds {len(shown)} DICOM series ({_listing(shown)}); choose one with "
+        "--series-uid UID (series_uid= in Python)."
+    )
 
 
 def _check_consistent(datasets: list, folder: Path) -> None:

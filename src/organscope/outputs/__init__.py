@@ -2,6 +2,7 @@
 
     write_dicom_seg(seg, ct, path)     DICOM-SEG (highdicom) referencing the source DICOM series
     read_dicom_seg(path, ct)           ... and back, as a label map on the series' grid
+    write_rtstruct(seg, ct, path)      DICOM RT Structure Set (pydicom): TG-263 ROI names, closed planar contours
     organ_statistics(ct, seg)          volume (ml), mean/sd HU, centroid (RAS mm), voxel count per organ
     write_statistics(ct, seg, path)    ... as JSON
     render_preview(ct, seg, path)      PNG: three orthogonal views with the label overlay and a legend
@@ -18,7 +19,7 @@ from pathlib import Path
 from ..segmentation import Segmentation
 from ..volume import Volume
 
-__all__ = ["OutputPaths", "write_outputs", "write_dicom_seg", "read_dicom_seg", "organ_statistics",
+__all__ = ["OutputPaths", "write_outputs", "write_dicom_seg", "read_dicom_seg", "write_rtstruct", "organ_statistics",
            "write_statistics", "render_preview", "write_masks"]
 
 
@@ -31,12 +32,14 @@ class OutputPaths:
     preview: Path | None = None
     dicom_seg: Path | None = None
     masks: Path | None = None
+    rtstruct: Path | None = None
 
     def wanted(self) -> dict[str, Path]:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
 
-def write_outputs(ct: Volume, seg: Segmentation, targets: OutputPaths, *, engine: str = "sparse") -> list[Path]:
+def write_outputs(ct: Volume, seg: Segmentation, targets: OutputPaths, *, engine: str = "sparse",
+                  model: str | None = None) -> list[Path]:
     """Write the outputs `targets` names (label map first); returns the paths written."""
     written: list[Path] = []
     if targets.labels is not None:
@@ -56,6 +59,9 @@ def write_outputs(ct: Volume, seg: Segmentation, targets: OutputPaths, *, engine
     if targets.masks is not None:
         write_masks(seg, targets.masks)
         written.append(targets.masks)
+    if targets.rtstruct is not None:
+        write_rtstruct(seg, ct, targets.rtstruct, engine=engine, model=model)
+        written.append(targets.rtstruct)
     return written
 
 
@@ -63,6 +69,12 @@ def write_dicom_seg(seg, ct, path, *, engine: str = "sparse") -> int:
     from .dicom_seg import write_dicom_seg as _write
 
     return _write(seg, ct, path, engine=engine)
+
+
+def write_rtstruct(seg, ct, path, *, engine: str = "sparse", model: str | None = None) -> int:
+    from .rtstruct import write_rtstruct as _write
+
+    return _write(seg, ct, path, engine=engine, model=model)
 
 
 def read_dicom_seg(path, ct) -> Segmentation:

@@ -29,8 +29,9 @@ def require_dicom_source(ct: Volume, what: str = "A DICOM-SEG") -> None:
         src = ct.meta.get("source", "the input")
         fmt = {"nifti": "a NIfTI file", "nrrd": "an NRRD file", "metaimage": "a MetaImage file"}.get(
             ct.meta.get("format"), "not a DICOM series")
+        flag = "--rtstruct" if "RTSTRUCT" in what else "--dicom-seg"
         raise InputError(f"{what} needs a DICOM series as input, but {src} is {fmt}; give the DICOM series "
-                         "folder with -i, or leave out --dicom-seg.")
+                         f"folder with -i, or leave out {flag}.")
     if not ct.meta.get("source_files"):
         raise InputError(f"{what} needs the source slices of the DICOM series, but the volume does not "
                          "record them; read the series with organscope.load_volume.")
