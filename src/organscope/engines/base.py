@@ -82,10 +82,12 @@ def organ_confidence(labels: np.ndarray, picked: np.ndarray, names: dict[int, st
     those voxels) over them, in (0, 1]. Organs without voxels get no entry. One bincount: no pass per organ."""
     lab = np.asarray(labels).ravel()
     n = max(names, default=0) + 1
-    if lab.size == 0:
+    organ = np.flatnonzero(lab)  # organs are a few percent of a working grid: bincount only those
+    if organ.size == 0:
         return {}
+    lab = lab[organ]
     counts = np.bincount(lab, minlength=n)
-    sums = np.bincount(lab, weights=np.asarray(picked, dtype=np.float64).ravel(), minlength=n)
+    sums = np.bincount(lab, weights=np.asarray(picked).ravel()[organ].astype(np.float64), minlength=n)
     return {name: float(min(1.0, max(sums[i] / counts[i], 1e-6)))
             for i, name in sorted(names.items()) if i < len(counts) and counts[i] > 0}
 
