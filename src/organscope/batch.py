@@ -320,9 +320,9 @@ def single_targets(output: str | os.PathLike, asked: dict[str, str]) -> OutputPa
     suffix = _volume_suffix(out)
     stem = out.name[: -len(suffix)] if suffix else out.stem
     paths = {k: Path(v) if v else out.with_name(stem + EXTRA_OUTPUTS[k]) for k, v in asked.items()}
-    for path in [out, *paths.values()]:
-        if not path.parent.is_dir():
-            raise InputError(f"Cannot write {path}: the folder {path.parent} does not exist.")
+    from .io.atomic import check_writable
+
+    check_writable(out, *paths.values())
     return OutputPaths(labels=out, **paths)
 
 

@@ -22,7 +22,8 @@ import numpy as np
 from ..errors import InputError
 from ..volume import Volume
 from ._common import sidecar_path
-from .atomic import atomic_paths, current_umask, temp_dir_beside, write_text_atomic
+from .atomic import (atomic_paths, check_not_input, check_writable, commit, current_umask, remove_path, staged_path, temp_dir_beside,
+                     write_text_atomic)
 from .limits import Limits, default_limits
 from .validate import validate_ct
 
@@ -32,7 +33,7 @@ LabelNames = Mapping[int, str]
 __all__ = [
     "LabelNames", "load_volume", "load_labels", "save_labels", "save_volume", "read_label_names",
     "validate_ct", "sidecar_path", "volume_format", "atomic_paths", "write_text_atomic", "temp_dir_beside",
-    "current_umask", "Limits", "default_limits",
+    "current_umask", "Limits", "default_limits", "staged_path", "commit", "remove_path", "check_not_input", "check_writable",
 ]
 
 _SUFFIXES = {".nii.gz": "nifti", ".nii": "nifti", ".nrrd": "nrrd", ".nhdr": "nrrd", ".mha": "metaimage",
