@@ -64,7 +64,7 @@ MHA_HEAD = ["ObjectType = Image", "NDims = 3", "BinaryData = True", "BinaryDataB
 
 def _nrrd_text(sizes="24 24 12", extra=()):
     return "\n".join(["NRRD0004", "type: short", "dimension: 3", "space: left-posterior-superior",
-                      f"sizes: {sizes}", "space directions: (1,0,0) (0,1,0) (0,0,1)", "endian: little",
+                      f"sizes: {sizes}", "space directions: (1,0,0) (0,1,0) (0,0,1)", "space origin: (0,0,0)", "endian: little",
                       *extra]) + "\n"
 
 
@@ -238,5 +238,7 @@ def make_corpus():
 
 
 CORPUS = make_corpus()
+#: Inputs that are not bad references for evaluate (a uint8 or 0/1 volume can be a label map).
+NOT_FOR_EVALUATE = {"uint8_photo", "bool_mask"}
 #: Inputs that cannot be made as root (root reads any file).
 NEEDS_NON_ROOT = {"unreadable_permissions"}

@@ -90,6 +90,7 @@ def read_dicom_series(path: str | os.PathLike, *, series_uid: str | None = None,
     series = _pick_series(path, find_series(path), series_uid)
     if series.modality != "CT":
         warnings.warn(f"The DICOM series in {path} has modality {series.modality}, not CT.", stacklevel=3)
+    _check_no_broken_slices(path, series)
     first = pydicom.dcmread(series.files[0], stop_before_pixels=True)
     check_voxels((_int_tag(first, "Rows", path), _int_tag(first, "Columns", path), len(series.files)), 4,
                  f"The DICOM series in {path}", limits)
@@ -106,6 +107,26 @@ def read_dicom_series(path: str | os.PathLike, *, series_uid: str | None = None,
             "source_files": [str(ds.filename) for ds in datasets],
             "sop_instance_uids": [sop_instance_uid(ds) for ds in datasets]}
     return make_volume(array, affine, meta, f"The DICOM series in {path}")
+
+
+def _check_no_broken_slices(folder: Path, series: SeriesInfo) -> None:
+    """DicomSeriesError if a DICOM file of the folder (the 'DICM' mark) cannot be read, or belongs to the series
+    but lacks its geometry: a truncated slice would otherwise be left out silently."""
+    chosen = set(series.files)
+    for f in sorted(folder.iterdir()):
+        if f in chosen or not f.is_file() or f.name.startswith("."):
+            continue
+        try:
+            with open(f, "rb") as fh:
+                if fh.read(132)[128:] != b"DICM":
+                    continue
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+            broken = str(ds.get("SeriesInstanceUID", "") or "") in ("", series.uid)  # every DICOM object has one
+        except (InvalidDicomError, OSError, ValueError, EOFError, TypeError, KeyError, AttributeError):
+            broken = True
+        if broken:
+            raise DicomSeriesError(f"The slice {f.name} in {folder} cannot be read completely; the file is "
+                                   "truncated or corrupt: re-export the series (or move the file away).")
 
 
 def _int_tag(ds, tag: str, folder: Path) -> int:
@@ -268,8 +289,11 @@ def _sort_and_check_positions(datasets: list, folder: Path) -> tuple[np.ndarray,
         )
     expected = float(np.median(steps))
     spacing_tag = float(datasets[0].get("SpacingBetweenSlices", 0) or 0)
+    thickness = float(datasets[0].get("SliceThickness", 0) or 0)
     if steps.size < 3 and spacing_tag > 0:
         expected = spacing_tag
+    elif steps.size < 3 and thickness > 0:  # too few steps for a median: slices are rarely farther apart
+        expected = min(expected, thickness)
     gaps = np.flatnonzero(steps > GAP_FACTOR * expected)
     if gaps.size:
         k = int(gaps[0])

@@ -21,6 +21,10 @@ from .limits import Limits, check_bytes, check_voxels, default_limits
 READ_ERRORS = (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError, gzip.BadGzipFile, zlib.error,
                EOFError, OSError, ValueError, TypeError, OverflowError, MemoryError)
 
+# nibabel logs its header checks ("data code 1 not supported; not attempting fix") straight to stderr; the
+# errors they lead to are reported here in one sentence instead.
+nib.imageglobals.logger.disabled = True
+
 #: NIfTI header extension code used for the label-name JSON (6 = "comment").
 JSON_ECODE = 6
 

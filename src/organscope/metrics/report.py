@@ -201,7 +201,7 @@ def evaluate_dirs(pred_dir: str | Path, ref_dir: str | Path, *, dataset_json: st
             scores += _evaluate_case(cid, pred_path, ref_path, ds, ds_cases.get(cid), wanted, tolerance_mm)
         except InputError as e:
             errors[cid] = str(e)
-    if not scores and errors and all(e.startswith(NOT_LABELS) for e in errors.values()):
+    if not scores and errors and len(errors) == len(pairs):  # nothing could be scored: one sentence, exit 2
         first = next(iter(errors.values()))
         more = f" (and {len(errors) - 1} more case(s))" if len(errors) > 1 else ""
         raise InputError(first.rstrip(".") + more + ".")
