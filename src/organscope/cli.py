@@ -477,10 +477,12 @@ def _raise_terminated(signum, frame):
 def install_signal_handlers() -> dict:
     """SIGTERM and SIGHUP -> Terminated (SIGINT already raises KeyboardInterrupt); returns the old handlers."""
     old = {}
-    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
-        if sig is not None:
-            with contextlib.suppress(ValueError, OSError):  # not the main thread: leave the handlers alone
-                old[sig] = signal.signal(sig, _raise_terminated)
+    wanted = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: _raise_terminated}
+    if hasattr(signal, "SIGHUP"):
+        wanted[signal.SIGHUP] = _raise_terminated
+    for sig, handler in wanted.items():
+        with contextlib.suppress(ValueError, OSError):  # not the main thread: leave the handlers alone
+            old[sig] = signal.signal(sig, handler)  # SIGINT too: a background job starts with it ignored
     return old
 
 
