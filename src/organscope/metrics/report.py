@@ -201,10 +201,6 @@ def evaluate_dirs(pred_dir: str | Path, ref_dir: str | Path, *, dataset_json: st
             scores += _evaluate_case(cid, pred_path, ref_path, ds, ds_cases.get(cid), wanted, tolerance_mm)
         except InputError as e:
             errors[cid] = str(e)
-    if not scores and errors and len(errors) == len(pairs):  # nothing could be scored: one sentence, exit 2
-        first = next(iter(errors.values()))
-        more = f" (and {len(errors) - 1} more case(s))" if len(errors) > 1 else ""
-        raise InputError(first.rstrip(".") + more + ".")
     missing = tuple(cid for cid in refs if cid not in preds)
     return EvaluationReport(tuple(scores), float(tolerance_mm), errors, missing)
 
@@ -266,6 +262,10 @@ def main_evaluate(pred_dir: str | Path, ref_dir: str | Path, *, out_prefix: str 
     check_writable(*outputs)
     check_not_input(outputs, [p for d in (pred_dir, ref_dir) if Path(d).is_dir() for p in Path(d).iterdir()])
     report = evaluate_dirs(pred_dir, ref_dir, dataset_json=dataset_json, tolerance_mm=tolerance_mm, organs=organs)
+    if report.errors and not report.scores:  # nothing could be scored: one sentence, exit 2, no files
+        first = next(iter(report.errors.values()))
+        more = f" (and {len(report.errors) - 1} more case(s))" if len(report.errors) > 1 else ""
+        raise InputError(first.rstrip(".") + more + ".")
     report.to_csv(f"{prefix}.csv")
     report.to_json(f"{prefix}.json")
     print(report.table())
