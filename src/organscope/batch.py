@@ -139,16 +139,38 @@ def output_paths(out_dir: Path, name: str, extras: set[str]) -> OutputPaths:
                        **{k: out_dir / f"{name}{s}" for k, s in EXTRA_OUTPUTS.items() if k in extras})
 
 
-def _missing(targets: OutputPaths) -> OutputPaths:
-    """`targets` without the outputs that already exist (the label map counts only with its .json)."""
+def _complete(key: str, path: Path) -> bool:
+    """True if an existing output is readable and whole: a label map (with its .json) that loads, a JSON that
+    parses, a PNG/DICOM with its end; anything else (truncated by a crash of an older version) is redone."""
     from .io import sidecar_path
 
-    kept = {}
-    for key, path in targets.wanted().items():
-        done = path.exists() and (key != "labels" or sidecar_path(path).exists())
-        if not done:
-            kept[key] = path
-    return OutputPaths(**kept)
+    if not path.exists():
+        return False
+    try:
+        if key == "labels":
+            from .io import load_labels
+
+            if not sidecar_path(path).is_file():
+                return False
+            load_labels(path)
+        elif path.suffix == ".json":
+            import json
+
+            json.loads(path.read_text())
+        elif path.suffix == ".png":
+            return path.read_bytes()[-8:] == b"IEND\xaeB`\x82"
+        elif path.suffix == ".dcm":
+            import pydicom
+
+            pydicom.dcmread(path)
+        return path.is_dir() or path.stat().st_size > 0
+    except Exception:  # any failure to read it back means: not done
+        return False
+
+
+def _missing(targets: OutputPaths) -> OutputPaths:
+    """`targets` without the outputs that already exist and read back whole (the label map only with its .json)."""
+    return OutputPaths(**{key: path for key, path in targets.wanted().items() if not _complete(key, path)})
 
 
 def plan(scans: list[Path], out_dir: Path, extras: set[str], options: SegmentOptions = SegmentOptions()
@@ -204,13 +226,49 @@ def _run_local(jobs: list[ScanJob], n_workers: int, on_result) -> None:
     from concurrent.futures.process import BrokenProcessPool
 
     # spawn, not fork: the parent may already run ONNX Runtime / numba threads
-    with ProcessPoolExecutor(max_workers=n_workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    pool = ProcessPoolExecutor(max_workers=n_workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init)
+    try:
         futures = {pool.submit(run_scan, job): job for job in jobs}
         for fut in as_completed(futures):
             try:
                 on_result(fut.result())
             except BrokenProcessPool:
                 on_result(ScanResult(futures[fut].scan, False, "the worker process died (out of memory?)", 0.0))
+    except BaseException:  # Ctrl-C or SIGTERM in the parent: stop the workers (each removes its staged files)
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in processes:
+            proc.terminate()
+        for proc in processes:
+            proc.join(30)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _check_scheduler(address: str) -> None:
+    """InputError unless a Dask scheduler answers at `address` (the cluster extra must be installed)."""
+    try:
+        from distributed import Client
+    except ImportError as exc:
+        raise OrganscopeError(f"--scheduler needs the cluster extra ({exc}); install it with "
+                              "pip install 'organscope[cluster]'.") from None
+    try:
+        Client(address, timeout="20s").close()
+    except (OSError, TimeoutError, ValueError) as e:
+        raise InputError(f"Cannot reach the Dask scheduler at {address} ({type(e).__name__}); check the "
+                         "address (e.g. tcp://host:8786) and that the scheduler is running.") from None
+
+
+def _worker_init() -> None:
+    """In each local worker: SIGTERM -> an exception, so that a run stopped half-way removes its staged files."""
+    import signal
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops the workers
 
 
 def _run_dask(jobs: list[ScanJob], address: str, on_result) -> None:
@@ -262,7 +320,12 @@ def run_batch(spec: str | os.PathLike, out_dir: str | os.PathLike, extras: set[s
     if jobs is not None and jobs < 1:
         raise InputError(f"--jobs must be at least 1, got {jobs}.")
     scans = find_scans(spec)
+    for scan in scans:
+        if out.resolve() in (scan.resolve(), scan.parent.resolve()):
+            raise InputError(f"-o {out} is the folder of the input scans; write the outputs to another folder.")
     todo, done, no_seg = plan(scans, out, set(extras), options)
+    if todo and scheduler:
+        _check_scheduler(scheduler)  # before the output folder is made: an unreachable cluster leaves nothing
     if not out.exists():
         if not out.parent.is_dir():
             raise InputError(f"Cannot create the output folder {out}: {out.parent} does not exist.")
@@ -320,9 +383,9 @@ def single_targets(output: str | os.PathLike, asked: dict[str, str]) -> OutputPa
     suffix = _volume_suffix(out)
     stem = out.name[: -len(suffix)] if suffix else out.stem
     paths = {k: Path(v) if v else out.with_name(stem + EXTRA_OUTPUTS[k]) for k, v in asked.items()}
-    for path in [out, *paths.values()]:
-        if not path.parent.is_dir():
-            raise InputError(f"Cannot write {path}: the folder {path.parent} does not exist.")
+    from .io.atomic import check_writable
+
+    check_writable(out, *paths.values())
     return OutputPaths(labels=out, **paths)
 
 

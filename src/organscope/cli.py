@@ -9,11 +9,15 @@ the training pipelines). Every OrganscopeError, and every bad option value, beco
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
+import os
 import re
+import signal
 import sys
+import warnings
 from pathlib import Path
 
 from .errors import InputError, OrganscopeError
@@ -187,6 +191,11 @@ def cmd_locate(args) -> int:
     from .io import load_volume, write_text_atomic
     from .localize import locations_to_json
 
+    if args.output:
+        from .io import check_not_input, check_writable
+
+        check_not_input([args.output], [args.scan])
+        check_writable(args.output)
     vol = load_volume(args.scan)
     timings: dict = {}
     options = {"level_mm": args.level_mm} if args.localizer == "sparse_grid" else {}
@@ -452,20 +461,83 @@ def _unrecognized(argv: list[str], extra: list[str]) -> str:
                 "sees it, e.g. -i 'scans/*.nii.gz'")
     return message
 
+class Terminated(BaseException):
+    """SIGTERM (or SIGHUP), raised in the main thread so that every `except BaseException` clean-up runs: staged
+    outputs are removed and files that were there before are kept, as on Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(signum)
+
+
+def install_signal_handlers() -> dict:
+    """SIGTERM and SIGHUP -> Terminated (SIGINT already raises KeyboardInterrupt); returns the old handlers."""
+    old = {}
+    wanted = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: _raise_terminated}
+    if hasattr(signal, "SIGHUP"):
+        wanted[signal.SIGHUP] = _raise_terminated
+    for sig, handler in wanted.items():
+        with contextlib.suppress(ValueError, OSError):  # not the main thread: leave the handlers alone
+            old[sig] = signal.signal(sig, handler)  # SIGINT too: a background job starts with it ignored
+    return old
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    text = " ".join(str(message).split())
+    print(f"organscope: warning: {text}", file=sys.stderr if file is None else file)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
 def main(argv=None) -> int:
     argv = _join_negative_points(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
         parser.error(_unrecognized(argv, extra))
+    old_handlers = install_signal_handlers()
+    old_show = warnings.showwarning
+    if warnings.showwarning is _ORIGINAL_SHOWWARNING:  # not when a test records warnings
+        warnings.showwarning = _one_line_warning
     try:
         return int(args.func(args) or 0)
     except OrganscopeError as exc:
-        print(f"organscope: error: {exc}", file=sys.stderr)
+        print(f"organscope: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("organscope: interrupted", file=sys.stderr)
+        print("organscope: interrupted; no partial output was left", file=sys.stderr)
         return 130
+    except Terminated as exc:
+        print("organscope: terminated; no partial output was left", file=sys.stderr)
+        return 128 + exc.signum
+    except MemoryError:
+        print("organscope: error: out of memory; the scan is too large for this machine (try --threads 1 or a "
+              "machine with more memory).", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"organscope: error: cannot access{where}: {exc.strerror or type(exc).__name__}.", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a bug: still one line, with the traceback only on request
+        if os.environ.get("ORGANSCOPE_DEBUG"):
+            raise
+        print(f"organscope: error: unexpected {type(exc).__name__}: {_one_line(exc)[:300]} (a bug in organscope: "
+              "run again with ORGANSCOPE_DEBUG=1 for the traceback and report it).", file=sys.stderr)
+        return 2
+    finally:
+        warnings.showwarning = old_show
+        for sig, handler in old_handlers.items():
+            with contextlib.suppress(ValueError, OSError, TypeError):
+                signal.signal(sig, handler)
+
+
+_ORIGINAL_SHOWWARNING = warnings.showwarning
 
 if __name__ == "__main__":
     sys.exit(main())

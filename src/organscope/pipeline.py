@@ -11,7 +11,6 @@ one `outputs.OutputPaths`.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -120,31 +119,39 @@ def _load(path, series_uid: str | None = None) -> Volume:
 
 
 def _check_not_input(scan, targets: "OutputPaths") -> None:
-    """InputError if an output (or the label map's .json) would replace the input scan."""
-    from .errors import InputError
-    from .io import sidecar_path
+    """InputError if an output (or the label map's .json) would replace the input scan, or one of the files of an
+    input DICOM folder, or the folder itself: through a link, another spelling or a hard link too."""
+    from .io import check_not_input, sidecar_path
 
-    src = Path(scan).resolve()
+    src = Path(scan)
+    inputs = [src]
+    if src.is_dir():
+        inputs += [f for f in src.iterdir() if f.is_file()]
+    elif src.name.lower().endswith((".mhd", ".nhdr")):
+        inputs += [f for f in src.parent.iterdir() if f.is_file() and f.suffix.lower() in (".raw", ".gz", ".zraw")]
     paths = list(targets.wanted().values()) + ([sidecar_path(targets.labels)] if targets.labels else [])
-    for path in paths:
-        if Path(path).resolve() == src:
-            raise InputError(f"{path} would overwrite the input {scan}; write the outputs somewhere else.")
+    check_not_input(paths, inputs)
 
 
 def _write_all_or_none(ct: Volume, seg: Segmentation, targets: "OutputPaths", options: SegmentOptions) -> list[Path]:
-    from .io import sidecar_path
+    """Stage every output under a hidden name next to its target, then move them all into place (io.commit). On
+    any failure, or a signal turned into an exception, nothing new is left and the files that were there before
+    are kept as they were."""
+    from dataclasses import replace
+
+    from .io import commit, remove_path, sidecar_path, staged_path
     from .outputs import write_outputs
 
-    paths = list(targets.wanted().values())
+    wanted = targets.wanted()
+    staged = {key: staged_path(path) for key, path in wanted.items()}
+    pairs = [(staged[key], Path(wanted[key])) for key in wanted]
     if targets.labels is not None:
-        paths.append(sidecar_path(targets.labels))
-    new = [p for p in map(Path, paths) if not p.exists()]
+        pairs.append((sidecar_path(staged["labels"]), sidecar_path(targets.labels)))
     try:
-        return write_outputs(ct, seg, targets, engine=options.engine, model=options.model)
+        write_outputs(ct, seg, replace(targets, **staged), engine=options.engine, model=options.model)
+        commit(pairs)
     except BaseException:
-        for p in new:  # each writer is atomic, so what exists now is a complete output of this run
-            if p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-            elif p.exists():
-                p.unlink()
+        for tmp, _ in pairs:
+            remove_path(tmp)
         raise
+    return [Path(wanted[key]) for key in wanted]

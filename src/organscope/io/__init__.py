@@ -4,6 +4,7 @@
     load_labels(path) -> Volume            a label map, names (if a sidecar exists) in meta["label_names"]
     save_labels(grid, labels, path, names) uint8/uint16 map on grid's exact affine + x.json sidecar
     save_volume(volume, path)              .nii, .nii.gz or .nrrd
+    Limits, default_limits()               caps on voxels and decompressed bytes that every reader checks first
     atomic_paths(*targets)                 temp paths to write, each renamed onto its target on success
     write_text_atomic(path, text)          one text file, complete or absent
 
@@ -21,7 +22,9 @@ import numpy as np
 from ..errors import InputError
 from ..volume import Volume
 from ._common import sidecar_path
-from .atomic import atomic_paths, current_umask, temp_dir_beside, write_text_atomic
+from .atomic import (atomic_paths, check_not_input, check_writable, commit, current_umask, remove_path, staged_path, temp_dir_beside,
+                     write_text_atomic)
+from .limits import Limits, default_limits
 from .validate import validate_ct
 
 #: Label value -> organ name (snake_case); 0 is background.
@@ -30,7 +33,7 @@ LabelNames = Mapping[int, str]
 __all__ = [
     "LabelNames", "load_volume", "load_labels", "save_labels", "save_volume", "read_label_names",
     "validate_ct", "sidecar_path", "volume_format", "atomic_paths", "write_text_atomic", "temp_dir_beside",
-    "current_umask",
+    "current_umask", "Limits", "default_limits", "staged_path", "commit", "remove_path", "check_not_input", "check_writable",
 ]
 
 _SUFFIXES = {".nii.gz": "nifti", ".nii": "nifti", ".nrrd": "nrrd", ".nhdr": "nrrd", ".mha": "metaimage",
@@ -58,29 +61,36 @@ def volume_format(path: str | os.PathLike) -> str:
     )
 
 
-def _read(path: str | os.PathLike, series_uid: str | None) -> Volume:
+def _read(path: str | os.PathLike, series_uid: str | None, *, limits: Limits | None = None,
+          allow_external: bool = True, allowed_dir: str | os.PathLike | None = None) -> Volume:
     fmt = volume_format(path)
-    if fmt == "nifti":
-        from .nifti import read_nifti as reader
-    elif fmt == "nrrd":
-        from .nrrd import read_nrrd as reader
-    elif fmt == "metaimage":
-        from .metaimage import read_metaimage as reader
-    else:
+    if fmt == "dicom":
         from .dicom import read_dicom_series
 
-        return read_dicom_series(path, series_uid=series_uid)
+        return read_dicom_series(path, series_uid=series_uid, limits=limits)
     if series_uid is not None:
         raise InputError(f"series_uid= applies to DICOM input only, but {path} is a {fmt} file.")
-    return reader(path)
+    if fmt == "nifti":
+        from .nifti import read_nifti
+
+        return read_nifti(path, limits=limits)
+    if fmt == "nrrd":
+        from .nrrd import read_nrrd as reader
+    else:
+        from .metaimage import read_metaimage as reader
+    return reader(path, limits=limits, allow_external=allow_external, allowed_dir=allowed_dir)
 
 
-def load_volume(path: str | os.PathLike, *, series_uid: str | None = None) -> Volume:
+def load_volume(path: str | os.PathLike, *, series_uid: str | None = None, limits: Limits | None = None,
+                allow_external: bool = True, allowed_dir: str | os.PathLike | None = None) -> Volume:
     """Read a CT volume (RAS affine) and check that it is a plausible CT in HU.
 
-    `series_uid` picks one series when a DICOM folder holds several.
+    `series_uid` picks one series when a DICOM folder holds several. `limits` caps voxels and decompressed bytes
+    (default: `limits.default_limits()`), checked before anything is allocated. A MetaImage/NRRD header that keeps
+    its data in a separate file is refused with allow_external=False (uploads); otherwise that file must lie in
+    `allowed_dir` if given, else in the header's own folder (an absolute path or `..` leaving it is refused).
     """
-    volume = _read(path, series_uid)
+    volume = _read(path, series_uid, limits=limits, allow_external=allow_external, allowed_dir=allowed_dir)
     validate_ct(volume, source=_source(volume, path))
     return volume
 
@@ -89,9 +99,10 @@ def _source(volume: Volume, path) -> str:
     return f"The DICOM series in {path}" if volume.meta.get("format") == "dicom" else str(path)
 
 
-def load_labels(path: str | os.PathLike) -> Volume:
+def load_labels(path: str | os.PathLike, *, limits: Limits | None = None, allow_external: bool = True,
+                allowed_dir: str | os.PathLike | None = None) -> Volume:
     """Read a label map; its sidecar names, if any, go to meta["label_names"] ({int: name})."""
-    volume = _read(path, None)
+    volume = _read(path, None, limits=limits, allow_external=allow_external, allowed_dir=allowed_dir)
     arr = volume.array
     if not np.issubdtype(arr.dtype, np.integer):
         if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.round(arr)):

@@ -75,3 +75,27 @@ def sidecar_path(path: str | os.PathLike) -> Path:
         if name.lower().endswith(ext):
             return path.with_name(name[: -len(ext)] + ".json")
     return path.with_suffix(".json")
+
+
+def external_data_path(header_path: str | os.PathLike, name: str, source: str, *, allow_external: bool = True,
+                       allowed_dir: str | os.PathLike | None = None) -> Path:
+    """The separate data file `name` that a MetaImage/NRRD header at `header_path` refers to, checked.
+
+    allow_external=False refuses any separate data file (uploads: only the header was given). Otherwise the file
+    must lie, after resolving links, inside `allowed_dir` if given, else inside the header's own folder: an
+    absolute path or a `..` that leaves it is refused with one sentence."""
+    if not allow_external:
+        raise InputError(f"{source} keeps its voxel data in a separate file ({name}), which is not accepted here; "
+                         "give a single-file .mha or .nrrd instead.")
+    base = Path(header_path).parent
+    given = Path(name)
+    target = given if given.is_absolute() else base / given
+    root = Path(allowed_dir if allowed_dir is not None else base).resolve()
+    real = target.resolve()
+    if not real.is_relative_to(root):
+        how = "an absolute path" if given.is_absolute() else "a relative path"
+        raise InputError(f"{source} names its data file {name!r}, {how} that points outside {root}; keep the data "
+                         "file in the header's folder, or save the volume as a single-file .mha or .nrrd.")
+    if not real.is_file():
+        raise InputError(f"{source} refers to the data file {target}, which does not exist.")
+    return real

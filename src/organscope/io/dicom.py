@@ -17,6 +17,7 @@ from pydicom.errors import InvalidDicomError
 from ..errors import DicomSeriesError, InputError
 from ..volume import Volume
 from ._common import lps_to_ras, make_volume
+from .limits import Limits, check_voxels, default_limits
 
 #: A step this many times the median step means slices are missing.
 GAP_FACTOR = 1.5
@@ -69,9 +70,12 @@ def find_series(folder: str | os.PathLike) -> list[SeriesInfo]:
     ]
 
 
-def read_dicom_series(path: str | os.PathLike, *, series_uid: str | None = None) -> Volume:
-    """Read the CT series in a folder (or the series of one DICOM file, from its folder)."""
+def read_dicom_series(path: str | os.PathLike, *, series_uid: str | None = None, limits: Limits | None = None
+                      ) -> Volume:
+    """Read the CT series in a folder (or the series of one DICOM file, from its folder). The series' size
+    (rows x columns x slices) is checked against `limits` before the pixel data is read."""
     path = Path(path)
+    limits = limits or default_limits()
     if path.is_file():
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -86,7 +90,11 @@ def read_dicom_series(path: str | os.PathLike, *, series_uid: str | None = None)
     series = _pick_series(path, find_series(path), series_uid)
     if series.modality != "CT":
         warnings.warn(f"The DICOM series in {path} has modality {series.modality}, not CT.", stacklevel=3)
-    datasets = [pydicom.dcmread(f) for f in series.files]
+    _check_no_broken_slices(path, series)
+    first = pydicom.dcmread(series.files[0], stop_before_pixels=True)
+    check_voxels((_int_tag(first, "Rows", path), _int_tag(first, "Columns", path), len(series.files)), 4,
+                 f"The DICOM series in {path}", limits)
+    datasets = [_read_slice(f, path) for f in series.files]
     _check_consistent(datasets, path)
     order, slice_vec = _sort_and_check_positions(datasets, path)
     datasets = [datasets[k] for k in order]
@@ -99,6 +107,50 @@ def read_dicom_series(path: str | os.PathLike, *, series_uid: str | None = None)
             "source_files": [str(ds.filename) for ds in datasets],
             "sop_instance_uids": [sop_instance_uid(ds) for ds in datasets]}
     return make_volume(array, affine, meta, f"The DICOM series in {path}")
+
+
+def _check_no_broken_slices(folder: Path, series: SeriesInfo) -> None:
+    """DicomSeriesError if a DICOM file of the folder (the 'DICM' mark) cannot be read, or belongs to the series
+    but lacks its geometry: a truncated slice would otherwise be left out silently."""
+    chosen = set(series.files)
+    for f in sorted(folder.iterdir()):
+        if f in chosen or not f.is_file() or f.name.startswith("."):
+            continue
+        try:
+            with open(f, "rb") as fh:
+                if fh.read(132)[128:] != b"DICM":
+                    continue
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+            broken = str(ds.get("SeriesInstanceUID", "") or "") in ("", series.uid)  # every DICOM object has one
+        except (InvalidDicomError, OSError, ValueError, EOFError, TypeError, KeyError, AttributeError):
+            broken = True
+        if broken:
+            raise DicomSeriesError(f"The slice {f.name} in {folder} cannot be read completely; the file is "
+                                   "truncated or corrupt: re-export the series (or move the file away).")
+
+
+def _int_tag(ds, tag: str, folder: Path) -> int:
+    try:
+        return int(ds.get(tag))
+    except (TypeError, ValueError):
+        raise DicomSeriesError(f"The DICOM series in {folder} has a slice without a usable {tag} "
+                               f"({Path(ds.filename).name}); the file is truncated or corrupt.") from None
+
+
+def _read_slice(f: Path, folder: Path):
+    """One slice with its pixel data; DicomSeriesError naming the file if it is truncated or unreadable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom's notes on odd files: the checks below say what matters
+            ds = pydicom.dcmread(f)
+    except (InvalidDicomError, OSError, ValueError, EOFError, TypeError, KeyError, AttributeError) as e:
+        raise DicomSeriesError(f"The slice {f.name} in {folder} cannot be read ({type(e).__name__}); the file is "
+                               "truncated or corrupt: re-export the series.") from None
+    missing = [t for t in (*GEOMETRY_TAGS, "PixelData") if t not in ds]
+    if missing:
+        raise DicomSeriesError(f"The slice {f.name} in {folder} lacks {', '.join(missing)}; the file is truncated "
+                               "or corrupt: re-export the series.")
+    return ds
 
 
 def sop_instance_uid(ds) -> str:
@@ -237,8 +289,11 @@ def _sort_and_check_positions(datasets: list, folder: Path) -> tuple[np.ndarray,
         )
     expected = float(np.median(steps))
     spacing_tag = float(datasets[0].get("SpacingBetweenSlices", 0) or 0)
+    thickness = float(datasets[0].get("SliceThickness", 0) or 0)
     if steps.size < 3 and spacing_tag > 0:
         expected = spacing_tag
+    elif steps.size < 3 and thickness > 0:  # too few steps for a median: slices are rarely farther apart
+        expected = min(expected, thickness)
     gaps = np.flatnonzero(steps > GAP_FACTOR * expected)
     if gaps.size:
         k = int(gaps[0])
@@ -268,11 +323,18 @@ def _pixels(datasets: list, folder: Path) -> np.ndarray:
             raise DicomSeriesError(f"The DICOM series in {folder} is not single-frame greyscale, which is not "
                                    "supported (convert it with dcm2niix).")
         try:
-            pix = ds.pixel_array
-        except (RuntimeError, NotImplementedError, ValueError, AttributeError) as e:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                pix = ds.pixel_array
+            if pix.shape != stack.shape[1:]:
+                raise ValueError(f"{pix.shape[-2:]} pixels where Rows x Columns says {stack.shape[1:]}")
+        except (RuntimeError, NotImplementedError, ValueError, AttributeError, KeyError, TypeError) as e:
+            syntax = getattr(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None), "name", "unknown")
+            hint = ("install pylibjpeg and pylibjpeg-openjpeg" if isinstance(e, (RuntimeError, NotImplementedError))
+                    else "the file is truncated or corrupt: re-export the series")
             raise DicomSeriesError(
                 f"The pixel data of {Path(ds.filename).name} in {folder} cannot be decoded (transfer syntax "
-                f"{ds.file_meta.TransferSyntaxUID.name}: {e}); install pylibjpeg and pylibjpeg-openjpeg."
+                f"{syntax}: {' '.join(str(e).split())[:150]}); {hint}."
             ) from None
         slope = float(ds.get("RescaleSlope", 1) or 1)
         inter = float(ds.get("RescaleIntercept", 0) or 0)

@@ -14,7 +14,8 @@ import numpy as np
 
 from ..errors import GeometryError, InputError
 from ..volume import Volume
-from ._common import lps_to_ras, make_volume
+from ._common import external_data_path, lps_to_ras, make_volume
+from .limits import Limits, check_voxels, default_limits
 
 ELEMENT_TYPES = {
     "MET_CHAR": "i1", "MET_UCHAR": "u1", "MET_SHORT": "i2", "MET_USHORT": "u2",
@@ -24,10 +25,15 @@ ELEMENT_TYPES = {
 MAX_HEADER_BYTES = 1 << 16
 
 
-def read_metaimage(path: str | os.PathLike) -> Volume:
-    """Read a .mha or .mhd MetaImage; array axis i is the fastest-varying axis of the file."""
+def read_metaimage(path: str | os.PathLike, *, limits: Limits | None = None, allow_external: bool = True,
+                   allowed_dir: str | os.PathLike | None = None) -> Volume:
+    """Read a .mha or .mhd MetaImage; array axis i is the fastest-varying axis of the file.
+
+    DimSize is checked against `limits` before the data is read; an ElementDataFile other than LOCAL is checked
+    by `external_data_path` (allow_external, allowed_dir)."""
     path = Path(path)
     source = str(path)
+    limits = limits or default_limits()
     header, data_offset = _read_header(path, source)
     dims = _ints(header, "DimSize", source)
     ndims = _ints(header, "NDims", source, [len(dims)])[0]
@@ -40,7 +46,13 @@ def read_metaimage(path: str | os.PathLike) -> Volume:
         raise InputError(f"{source} has the unsupported ElementType '{etype}'.")
     msb = _bool(header.get("ElementByteOrderMSB", header.get("BinaryDataByteOrderMSB", "False")))
     dtype = np.dtype(ELEMENT_TYPES[etype]).newbyteorder(">" if msb else "<")
-    data = _read_data(path, header, data_offset, dims, dtype, source)
+    check_voxels(dims, dtype.itemsize, source, limits)
+    external = {"allow_external": allow_external, "allowed_dir": allowed_dir}
+    try:
+        data = _read_data(path, header, data_offset, dims, dtype, source, external)
+    except (OSError, ValueError, MemoryError) as e:
+        raise InputError(f"Could not read the data of {source} ({type(e).__name__}); the file is corrupt or "
+                         "truncated.") from None
     affine = lps_to_ras(_lps_affine(header, source))
     meta = {"source": source, "format": "metaimage", "anatomical_orientation": header.get("AnatomicalOrientation")}
     return make_volume(data, affine, meta, source)
@@ -68,21 +80,22 @@ def _read_header(path: Path, source: str) -> tuple[dict[str, str], int]:
     raise InputError(f"{source} is not a MetaImage file (no 'ElementDataFile' line in a text header).")
 
 
-def _read_data(path: Path, header: dict, offset: int, dims: list[int], dtype: np.dtype, source: str) -> np.ndarray:
+def _read_data(path: Path, header: dict, offset: int, dims: list[int], dtype: np.dtype, source: str,
+               external: dict) -> np.ndarray:
     """Voxel data as an (x, y, z) array, x fastest as stored."""
     data_file = header["ElementDataFile"]
     if data_file.upper() != "LOCAL":
         if data_file.upper().startswith("LIST") or "%" in data_file or " " in data_file:
             raise InputError(f"{source} splits its data over several files, which is not supported.")
-        path, offset = path.parent / data_file, _ints(header, "HeaderSize", source, [0])[0]
-        if not path.is_file():
-            raise InputError(f"{source} refers to the data file {path}, which does not exist.")
-    n_bytes = int(np.prod(dims)) * dtype.itemsize
+        path = external_data_path(path, data_file, source, **external)
+        offset = _ints(header, "HeaderSize", source, [0])[0]
+    n_bytes = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
     if offset < 0:  # HeaderSize = -1: the data is the last n_bytes of the file
         offset = max(path.stat().st_size - n_bytes, 0)
     if _bool(header.get("CompressedData", "False")):
         try:
-            raw = zlib.decompressobj(wbits=47).decompress(path.read_bytes()[offset:])  # zlib or gzip
+            # zlib or gzip, never inflated beyond what DimSize declares (a compression bomb stops there)
+            raw = zlib.decompressobj(wbits=47).decompress(path.read_bytes()[offset:], n_bytes)
         except zlib.error:
             raise InputError(f"{source} has corrupt compressed data.") from None
         if len(raw) < n_bytes:

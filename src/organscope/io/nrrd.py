@@ -14,7 +14,8 @@ import numpy as np
 from ..errors import GeometryError, InputError
 from ..volume import Volume
 from .atomic import atomic_paths
-from ._common import make_volume, ras_to_lps, sidecar_path, wrap_write_error
+from ._common import external_data_path, make_volume, ras_to_lps, sidecar_path, wrap_write_error
+from .limits import Limits, check_bytes, check_voxels, default_limits
 
 #: NRRD 'space' values tied to the patient, and the signs that take their x, y, z to RAS.
 SPACE_TO_RAS_SIGNS = {
@@ -26,22 +27,66 @@ SPACE_TO_RAS_SIGNS = {
     "lps": (-1.0, -1.0, 1.0),
 }
 
-READ_ERRORS = (pynrrd.NRRDError, gzip.BadGzipFile, zlib.error, EOFError, OSError, ValueError, KeyError, TypeError)
+READ_ERRORS = (pynrrd.NRRDError, gzip.BadGzipFile, zlib.error, EOFError, OSError, ValueError, KeyError, TypeError,
+               OverflowError, MemoryError, IndexError)
 
 
-def read_nrrd(path: str | os.PathLike) -> Volume:
-    """Read a .nrrd or .nhdr file; array axis i follows the first 'space directions' vector."""
+def read_nrrd(path: str | os.PathLike, *, limits: Limits | None = None, allow_external: bool = True,
+              allowed_dir: str | os.PathLike | None = None) -> Volume:
+    """Read a .nrrd or .nhdr file; array axis i follows the first 'space directions' vector.
+
+    The header's sizes are checked against `limits` before the data is read; a 'data file' in the header is
+    checked by `external_data_path` (allow_external, allowed_dir)."""
     source = str(path)
+    limits = limits or default_limits()
     try:
-        data, header = pynrrd.read(source, index_order="F")
+        with open(source, "rb") as fh:
+            header = pynrrd.read_header(fh)
+            sizes = [int(v) for v in np.atleast_1d(header.get("sizes", []))]
+            dtype = pynrrd.reader._determine_datatype(header)
+            check_voxels(sizes, dtype.itemsize, source, limits)
+            data_file = header.get("datafile", header.get("data file"))
+            if data_file is not None:
+                name = str(data_file)
+                if name.upper().startswith("LIST") or " " in name.strip() or "%" in name:
+                    raise InputError(f"{source} splits its data over several files, which is not supported.")
+                header = dict(header)
+                header.pop("datafile", None)
+                header["data file"] = str(external_data_path(source, name, source, allow_external=allow_external,
+                                                              allowed_dir=allowed_dir))
+                data = _read_data(header, None, source, sizes, dtype, limits)
+            else:
+                data = _read_data(header, fh, source, sizes, dtype, limits)
     except READ_ERRORS as e:
         raise InputError(
             f"Could not read {source} as an NRRD volume: the file is not NRRD or is corrupt/truncated "
             f"({type(e).__name__})."
         ) from None
-    data, affine = _geometry(data, header, source)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        data, affine = _geometry(data, header, source)
     meta = {"source": source, "format": "nrrd", "space": header.get("space")}
     return make_volume(data, affine, meta, source)
+
+
+def _read_data(header: dict, fh, source: str, sizes: list[int], dtype: np.dtype, limits: Limits) -> np.ndarray:
+    """The voxel data; gzip data is inflated here with a cap (never more than the header declares)."""
+    skips = int(header.get("lineskip", header.get("line skip", 0)) or 0) or \
+        int(header.get("byteskip", header.get("byte skip", 0)) or 0)
+    if str(header.get("encoding", "")).lower() not in ("gzip", "gz") or skips:
+        return pynrrd.read_data(header, fh, source, index_order="F")
+    n_bytes = int(np.prod(sizes, dtype=np.int64)) * dtype.itemsize
+    if fh is None:
+        with open(header["data file"], "rb") as f:
+            compressed = f.read()
+    else:
+        compressed = fh.read()
+    d = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib
+    raw = d.decompress(compressed, n_bytes)
+    if len(raw) < n_bytes:
+        raise EOFError(f"{len(raw)} of {n_bytes} data bytes")
+    check_bytes(len(raw), source, limits)
+    return np.frombuffer(raw, dtype=dtype, count=n_bytes // dtype.itemsize).reshape(sizes, order="F")
 
 
 def _geometry(data: np.ndarray, header: dict, source: str) -> tuple[np.ndarray, np.ndarray]:

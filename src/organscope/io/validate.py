@@ -24,9 +24,20 @@ def validate_ct(volume: Volume, *, source: str = "The volume") -> None:
         raise InputError(f"{source} is 2D (shape {arr.shape}): organscope needs a CT volume with several slices.")
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise InputError(f"{source} holds {arr.dtype} values; a CT volume holds integer or float HU values.")
+    if arr.dtype.itemsize == 1:  # bool, int8, uint8: 256 values at most, while CT spans air to bone
+        raise InputError(
+            f"{source} holds 8-bit values ({arr.dtype}: {int(arr.min())} to {int(arr.max())}), which cannot be "
+            "Hounsfield units (air -1000 to bone +1000 and more); it is a photo, a mask or a rescaled image "
+            "(HU/10?): give the CT in HU (int16 or float)."
+        )
     if np.issubdtype(arr.dtype, np.floating):
         _check_finite(arr, source)
     lo, hi = float(arr.min()), float(arr.max())
+    if lo < hi and -128 <= lo <= MAX_LOWEST_HU and hi <= 127:
+        raise InputError(
+            f"{source} has values only from {lo:g} to {hi:g}, too narrow a range for Hounsfield units (air is "
+            "-1000, bone several hundred); it looks rescaled (HU/10?): give the CT in HU."
+        )
     if lo == hi:
         raise InputError(f"{source} is constant (every voxel is {lo:g}); it holds no image.")
     if lo < MIN_PLAUSIBLE_HU or hi > MAX_PLAUSIBLE_HU:

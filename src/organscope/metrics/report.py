@@ -205,6 +205,32 @@ def evaluate_dirs(pred_dir: str | Path, ref_dir: str | Path, *, dataset_json: st
     return EvaluationReport(tuple(scores), float(tolerance_mm), errors, missing)
 
 
+#: Every "not a label map" message starts so (a run where every case fails so is refused as a whole).
+NOT_LABELS = "Not a label map:"
+#: More distinct values than this is an image, not a label map (TotalSegmentator has 117 classes).
+MAX_LABEL_VALUES = 1000
+
+
+def check_label_map(arr: np.ndarray, path: Path, what: str) -> None:
+    """InputError unless `arr` looks like a label map: integer values, none negative, few distinct ones (a CT in
+    HU given as the reference folder fails here instead of scoring 0.008)."""
+    arr = np.asarray(arr)
+    hint = f"the {what} {path.name} looks like an image (a CT scan?); give the folder of {what} label maps"
+    if arr.size == 0:
+        raise InputError(f"{NOT_LABELS} the {what} {path.name} is empty.")
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.round(arr)):
+            raise InputError(f"{NOT_LABELS} {hint} (it holds non-integer values).")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < 0:
+        raise InputError(f"{NOT_LABELS} {hint} (it holds negative values down to {lo:g}).")
+    if hi > 65535:
+        raise InputError(f"{NOT_LABELS} {hint} (it holds values up to {hi:g}).")
+    n = int(np.count_nonzero(np.bincount(arr.astype(np.int64, copy=False).ravel()))) if hi > MAX_LABEL_VALUES else 0
+    if n > MAX_LABEL_VALUES:
+        raise InputError(f"{NOT_LABELS} {hint} (it holds {n} distinct values).")
+
+
 def _evaluate_case(cid: str, pred_path: Path, ref_path: Path, ds: Dataset | None, case: Case | None,
                    wanted: set[str] | None, tolerance_mm: float) -> list[OrganScore]:
     ref_map = ds.label_map if ds is not None else _sidecar_map(ref_path)
@@ -213,7 +239,9 @@ def _evaluate_case(cid: str, pred_path: Path, ref_path: Path, ds: Dataset | None
                          f"{_sidecar(ref_path).name} with {{\"labels\": {{name: number}}}}.")
     pred_map = _sidecar_map(pred_path) or ref_map
     ref, ref_aff = read_nifti(ref_path)
+    check_label_map(ref, ref_path, "reference")
     pred, pred_aff = read_nifti(pred_path)
+    check_label_map(pred, pred_path, "prediction")
     if pred.shape != ref.shape or not np.allclose(pred_aff, ref_aff, atol=AFFINE_ATOL_MM):
         raise InputError(f"Prediction grid (shape {pred.shape}) differs from the reference grid (shape {ref.shape}) "
                          "or its affine; resample the prediction onto the reference grid.")
@@ -227,8 +255,17 @@ def main_evaluate(pred_dir: str | Path, ref_dir: str | Path, *, out_prefix: str 
                   organs: Sequence[str] | None = None) -> int:
     """`organscope evaluate`: print the table, write `<out_prefix>.csv` and `.json`
     (default `PRED_DIR/evaluation`). Returns the exit status: 0, or 1 if some case had an error."""
-    report = evaluate_dirs(pred_dir, ref_dir, dataset_json=dataset_json, tolerance_mm=tolerance_mm, organs=organs)
+    from ..io import check_not_input, check_writable
+
     prefix = Path(out_prefix) if out_prefix is not None else Path(pred_dir) / "evaluation"
+    outputs = [Path(f"{prefix}.csv"), Path(f"{prefix}.json")]
+    check_writable(*outputs)
+    check_not_input(outputs, [p for d in (pred_dir, ref_dir) if Path(d).is_dir() for p in Path(d).iterdir()])
+    report = evaluate_dirs(pred_dir, ref_dir, dataset_json=dataset_json, tolerance_mm=tolerance_mm, organs=organs)
+    if report.errors and not report.scores:  # nothing could be scored: one sentence, exit 2, no files
+        first = next(iter(report.errors.values()))
+        more = f" (and {len(report.errors) - 1} more case(s))" if len(report.errors) > 1 else ""
+        raise InputError(first.rstrip(".") + more + ".")
     report.to_csv(f"{prefix}.csv")
     report.to_json(f"{prefix}.json")
     print(report.table())

@@ -123,6 +123,11 @@ def _segment_description(number: int, name: str, engine: str):
     return desc
 
 
+#: Type-2 attributes (present, maybe empty) of the patient and study that highdicom copies from the source images.
+TYPE2_SOURCE_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                     "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
 def write_dicom_seg(seg: Segmentation, ct: Volume, path: str | os.PathLike, *, engine: str = "sparse") -> int:
     """Atomically write `seg` (a label map on `ct`'s grid) as a DICOM-SEG referencing `ct`'s DICOM series.
 
@@ -148,9 +153,17 @@ def write_dicom_seg(seg: Segmentation, ct: Volume, path: str | os.PathLike, *, e
     sources = _read_sources(ct)
     frames = np.stack([lut[labels[frame_index(ds, ct)]] for ds in sources])
     descriptions = [_segment_description(n, seg.names[v], engine) for n, v in enumerate(present, start=1)]
-    with warnings.catch_warnings():  # highdicom's remarks on the source's patient name etc. are not ours
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"highdicom\.")
-        dcm = _build(hd, sources, frames, descriptions, engine, __version__)
+    for ds in sources:  # anonymised series lack type-2 patient/study attributes that highdicom copies
+        for tag in TYPE2_SOURCE_TAGS:
+            if tag not in ds:
+                setattr(ds, tag, "")
+    try:
+        with warnings.catch_warnings():  # highdicom's remarks on the source's patient name etc. are not ours
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"highdicom\.")
+            dcm = _build(hd, sources, frames, descriptions, engine, __version__)
+    except (AttributeError, ValueError, TypeError, KeyError) as e:
+        raise InputError(f"The DICOM-SEG cannot be built from the source series ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:150]}); the series lacks attributes DICOM-SEG copies.") from None
     try:
         with atomic_paths(path) as (tmp,):
             dcm.save_as(tmp)
