@@ -13,8 +13,26 @@ SCAN = sorted((Path(__file__).parent / "data" / "openkbp" / "images").glob("*.ni
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
+def _wait_for_handlers(pid: int, timeout_s: float = 60.0) -> None:
+    """Wait until the CLI has installed its SIGTERM handler (bit 15 of SigCgt in /proc/PID/status): a signal
+    during the interpreter's start-up, before organscope runs, is Python's default behaviour, not organscope's."""
+    status = Path(f"/proc/{pid}/status")
+    if not status.exists():  # not Linux: fall back to the plain delay
+        return
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        try:
+            caught = next(int(line.split()[1], 16) for line in status.read_text().splitlines()
+                          if line.startswith("SigCgt:"))
+        except (OSError, StopIteration):
+            return
+        if caught & (1 << (signal.SIGTERM - 1)):
+            return
+        time.sleep(0.01)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-@pytest.mark.parametrize("delay_s", [0.5, 1.5, 2.5])  # the run takes several seconds with one thread
+@pytest.mark.parametrize("delay_s", [0.1, 1.0, 2.0])  # after the handlers are in; the run takes several seconds
 def test_kill_leaves_nothing_new(tmp_path, sig, delay_s):
     out = tmp_path / "seg.nii.gz"
     old = tmp_path / "seg.statistics.json"
@@ -23,6 +41,7 @@ def test_kill_leaves_nothing_new(tmp_path, sig, delay_s):
     proc = subprocess.Popen([sys.executable, "-m", "organscope.cli", "segment", "-i", str(SCAN), "-o", str(out),
                              "--statistics", "--preview", "--masks", "--no-progress", "--threads", "1"],
                             env=env, stderr=subprocess.PIPE, text=True)
+    _wait_for_handlers(proc.pid)
     time.sleep(delay_s)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
