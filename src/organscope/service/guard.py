@@ -241,10 +241,10 @@ def check_path(path: Path, allowed: Path, *, shown: str, max_voxels: int) -> Non
     def data_file_ok(candidate: Path, text: str) -> Path:
         resolved = inside(candidate, allowed)
         if resolved is None:
-            raise Refused(f"{shown} names the data file {text!r}, which is outside the directory this server may "
-                          "read; keep the header and its data file together inside that directory.")
+            raise Refused(f"{shown} names a data file outside the directory this server may read; keep the header "
+                          "and its data file together inside that directory.")
         if not resolved.is_file():
-            raise InputError(f"{shown} names the data file {text!r}, which does not exist.")
+            raise InputError(f"{shown} names a data file that does not exist; keep it beside the header.")
         return resolved
 
     if path.is_dir() or not path.name.lower().endswith((".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")):
