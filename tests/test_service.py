@@ -28,6 +28,7 @@ from organscope.service.app import create_app  # noqa: E402
 DATA = Path(osc.__file__).resolve().parent / "data"
 SCAN = DATA / "okbp_validation_222.nii.gz"
 SHIPPED = MODELS_DIR / f"{DEFAULT_MODEL}.onnx"
+LOCAL = "http://127.0.0.1"  # the service answers loopback Host names only
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
@@ -49,7 +50,7 @@ def allowed(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(allowed):
-    with TestClient(create_app(allowed_dir=allowed, max_upload_mb=8, max_scans=3)) as c:
+    with TestClient(create_app(allowed_dir=allowed, max_upload_mb=8, max_scans=3), base_url=LOCAL) as c:
         yield c
 
 
@@ -96,7 +97,7 @@ def test_open_outside_allowed_dir_is_refused(client, allowed, path):
 def test_open_missing_file_and_path_opening_off(client, tmp_path):
     r = client.post("/api/scans/open", json={"path": "nope.nii.gz"})
     assert r.status_code == 400 and "does not exist" in detail(r)
-    with TestClient(create_app(allowed_dir=None)) as c:
+    with TestClient(create_app(allowed_dir=None), base_url=LOCAL) as c:
         r = c.post("/api/scans/open", json={"path": str(SCAN)})
         assert r.status_code == 403 and "--allow-dir" in detail(r)
 
@@ -111,7 +112,7 @@ def test_upload_opens_scan(client, volume):
 
 def test_upload_over_cap_is_413(tmp_path):
     data = SCAN.read_bytes()  # ~390 kB
-    with TestClient(create_app(max_upload_mb=0.25)) as c:
+    with TestClient(create_app(max_upload_mb=0.25), base_url=LOCAL) as c:
         r = c.post("/api/scans/upload", files={"file": ("scan.nii.gz", data, "application/gzip")})
         assert r.status_code == 413
         assert "larger than this server's limit of 0.25 MB" in detail(r)
@@ -137,7 +138,7 @@ def test_upload_bad_files(client):
 
 
 def test_lru_closes_least_recently_used(allowed):
-    with TestClient(create_app(allowed_dir=allowed, max_scans=2)) as c:
+    with TestClient(create_app(allowed_dir=allowed, max_scans=2), base_url=LOCAL) as c:
         ids = [c.post("/api/scans/open", json={"path": "scan.nii.gz"}).json()["id"] for _ in range(2)]
         assert c.get(f"/api/scans/{ids[0]}").status_code == 200  # ids[0] is now the most recently used
         third = c.post("/api/scans/open", json={"path": "scan.nii.gz"}).json()["id"]
@@ -357,7 +358,7 @@ def test_unknown_engine_or_organ_is_refused_with_one_sentence(client, scan_id):
 
 @pytest.mark.skipif(not (MODELS_DIR / "cnn3d_openkbp.onnx").exists(), reason="no shipped cnn3d model")
 def test_a_server_segmenting_with_cnn3d_queries_with_the_default_query_engine(allowed, volume):
-    with TestClient(create_app(allowed_dir=allowed, engine="cnn3d")) as c:
+    with TestClient(create_app(allowed_dir=allowed, engine="cnn3d"), base_url=LOCAL) as c:
         health = c.get("/api/health").json()
         assert health["engine"] == "cnn3d" and health["query_engine"] == "sparse"
         sid = c.post("/api/scans/open", json={"path": "scan.nii.gz"}).json()["id"]

@@ -276,6 +276,7 @@ def cmd_serve(args) -> int:
         import uvicorn
 
         from .service.app import create_app
+        from .service.security import LOOPBACK_HOSTS
     except ImportError as exc:
         raise OrganscopeError(f"organscope serve needs the serve extra ({exc}); install it with "
                               "pip install 'organscope[serve]'.") from None
@@ -283,13 +284,25 @@ def cmd_serve(args) -> int:
         raise InputError(f"--port must be 0..65535, got {args.port}.")
     if args.max_upload_mb <= 0:
         raise InputError(f"--max-upload-mb must be positive, got {args.max_upload_mb:g}.")
+    import os
+
+    token = args.token if args.token is not None else os.environ.get("ORGANSCOPE_TOKEN")
+    if token is not None and len(token.strip()) < 16:
+        raise InputError("--token must be at least 16 characters; use a long random string (e.g. from "
+                         "python -c 'import secrets; print(secrets.token_urlsafe())').")
+    loopback = args.host.strip("[]").lower() in LOOPBACK_HOSTS
+    if not loopback and token is None:
+        raise InputError(f"Listening on {args.host} lets other machines reach this server, so it needs "
+                         "--token TOKEN (clients send 'Authorization: Bearer TOKEN'); or listen on 127.0.0.1.")
+    hosts = list(args.allowed_host)
+    if not loopback and args.host not in ("0.0.0.0", "::"):
+        hosts.append(args.host)  # the address it listens on is a name clients use
     app = create_app(allowed_dir=args.allow_dir, max_upload_mb=args.max_upload_mb, max_scans=args.max_scans,
-                     preload=args.scan)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"organscope: warning: listening on {args.host}: other machines can reach this server, which "
-              "has no authentication.", file=sys.stderr)
+                     preload=args.scan, max_voxels=args.max_voxels, max_jobs=args.max_jobs, allowed_hosts=hosts,
+                     token=token)
     host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"organscope: viewer at http://{host}:{args.port}/ , API description at /docs", file=sys.stderr)
+    fragment = "#token=TOKEN" if token else ""
+    print(f"organscope: viewer at http://{host}:{args.port}/{fragment} , API description at /docs", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
@@ -426,6 +439,17 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--max-upload-mb", type=float, default=512, metavar="N", help="upload size limit (default 512)")
     v.add_argument("--max-scans", type=_positive_int, default=4, metavar="N",
                    help="scans kept open in memory, least recently used closed first (default 4)")
+    v.add_argument("--max-voxels", type=_positive_int, default=512 * 512 * 1024, metavar="N",
+                   help="largest scan in voxels, checked in the header before reading (default 268435456 = "
+                        "512x512x1024)")
+    v.add_argument("--max-jobs", type=_positive_int, default=4, metavar="N",
+                   help="segmentations queued or running at once; more are refused with 429 (default 4)")
+    v.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a Host name the server answers to besides localhost, 127.0.0.1 and [::1] (repeatable)")
+    v.add_argument("--token", default=None, metavar="TOKEN",
+                   help="require 'Authorization: Bearer TOKEN' on the API (needed when --host is not loopback); "
+                        "the viewer takes it from its URL: http://HOST:PORT/#token=TOKEN (default: the "
+                        "ORGANSCOPE_TOKEN environment variable, which other users cannot see in ps)")
     v.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="server log level (default: info)")
     v.set_defaults(func=cmd_serve)

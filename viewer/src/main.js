@@ -30,8 +30,23 @@ function status (text, isError = false) {
   el.classList.toggle('error', isError)
 }
 
+// With `organscope serve --token TOKEN` the viewer is opened at /#token=TOKEN: the fragment never reaches a
+// server or a log; it is kept for this tab (sessionStorage), removed from the address bar, and sent as
+// `Authorization: Bearer TOKEN` with every API request and scan download.
+const TOKEN_KEY = 'organscope-token'
+function readToken () {
+  const m = location.hash.match(/(?:^#|&)token=([^&]+)/)
+  if (m) {
+    sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1]))
+    history.replaceState(null, '', location.pathname + location.search)
+  }
+  return sessionStorage.getItem(TOKEN_KEY)
+}
+const token = readToken()
+const authHeaders = () => (token ? { Authorization: `Bearer ${token}` } : {})
+
 async function api (path, options = {}) {
-  const res = await fetch(`api/${path}`, options)
+  const res = await fetch(`api/${path}`, { ...options, headers: { ...authHeaders(), ...(options.headers || {}) } })
   const isJson = (res.headers.get('content-type') || '').includes('application/json')
   const body = isJson ? await res.json() : null
   if (!res.ok) {
@@ -67,7 +82,7 @@ async function loadScan (scanId) {
   clearLegend()
   $('segment-button').disabled = true
   status('Loading scan…')
-  await nv.loadVolumes([{ url: `api/scans/${scanId}/volume.nii.gz`, name: 'scan.nii.gz', colormap: 'gray', ...CT_WINDOW }])
+  await nv.loadVolumes([{ url: `api/scans/${scanId}/volume.nii.gz`, name: 'scan.nii.gz', colormap: 'gray', headers: authHeaders(), ...CT_WINDOW }])
   nv.setSliceType(nv.sliceTypeMultiplanar)
   $('segment-button').disabled = false
   document.body.dataset.scanLoaded = scanId
@@ -164,11 +179,11 @@ async function segment () {
       await sleep(250)
       job = await api(`jobs/${job.id}`)
     }
-    if (job.state !== 'done') throw new Error(job.error || 'The segmentation failed.')
+    if (job.state !== 'done') throw new Error(job.error || (job.state === 'cancelled' ? 'The segmentation was cancelled: its scan was closed.' : 'The segmentation failed.'))
     if (scanId !== state.scanId) return // the user switched scans meanwhile
     bar.value = 1
     status('Loading the label map…')
-    const overlay = await NVImage.loadFromUrl({ url: `api/jobs/${job.id}/labels.nii.gz`, name: 'labels.nii.gz', opacity: OVERLAY_OPACITY })
+    const overlay = await NVImage.loadFromUrl({ url: `api/jobs/${job.id}/labels.nii.gz`, name: 'labels.nii.gz', opacity: OVERLAY_OPACITY, headers: authHeaders() })
     overlay.setColormapLabel(labelColormap(job))
     if (state.overlay) nv.removeVolume(state.overlay)
     nv.addVolume(overlay)

@@ -16,8 +16,14 @@ Endpoints (all JSON under /api; the OpenAPI description is at /openapi.json, bro
     GET    /api/organs                     every class of the query model: label, name, display name, colour
     GET    /api/engines                    the engines: name, description, point queries, default
 
-Errors: one sentence in {"detail": ...}, with 400 (unusable input), 403 (path not allowed), 404 (unknown id),
-409 (result not ready), 413 (upload too large) or 422 (malformed request).
+Errors: one sentence in {"detail": ...}, with 400 (unusable input, or a Host the server does not answer to),
+401 (token missing), 403 (path not allowed), 404 (unknown id), 409 (result not ready), 413 (upload, request body
+or scan too large), 422 (malformed request) or 429 (segmentation queue full, with Retry-After).
+
+Safety (security.py, guard.py): only Host names on the allow-list are answered (loopback by default), the API
+needs `Authorization: Bearer TOKEN` when a token is set, request bodies and scan sizes are capped before anything
+is allocated, uploads must be self-contained files, every file opened by path (data files and DICOM slices
+included, symlinks resolved) lies inside the allowed directory, and every response carries security headers.
 """
 from __future__ import annotations
 
@@ -31,13 +37,20 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..errors import InputError, OrganscopeError
 from . import schemas as S
-from .store import UPLOAD_SUFFIXES, Forbidden, NotFound, NotReady, ScanStore
+from .guard import TooLarge
+from .security import Guard, SecurityMiddleware, allowed_host_set
+from .store import DEFAULT_MAX_JOBS, DEFAULT_MAX_VOXELS, UPLOAD_SUFFIXES, Busy, Forbidden, NotFound, NotReady, ScanStore
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+#: JSON request bodies larger than this are refused (413) before they are parsed.
+DEFAULT_MAX_BODY_MB = 4
+#: Seconds a client is asked to wait when the segmentation queue is full.
+RETRY_AFTER_S = 30
 NIFTI_TYPE = "application/gzip"
 
 
@@ -75,13 +88,21 @@ def engine_table(default: str) -> list[dict]:
 
 
 def create_app(*, allowed_dir: str | os.PathLike | None = None, max_upload_mb: float = 512,
-               engine: str | None = None, max_scans: int = 4, preload=(), viewer: bool = True) -> FastAPI:
+               engine: str | None = None, max_scans: int = 4, preload=(), viewer: bool = True,
+               max_voxels: int = DEFAULT_MAX_VOXELS, max_body_mb: float = DEFAULT_MAX_BODY_MB,
+               max_jobs: int = DEFAULT_MAX_JOBS, allowed_hosts=(), token: str | None = None) -> FastAPI:
     """The service app. `allowed_dir`: where scans may be opened by path (None: path opening is off);
-    `max_upload_mb`: upload size cap; `engine`: the segmentation engine when a request names none (the
-    registry's default if None; point queries use it if it answers them, else the default query engine);
+    `max_upload_mb`: upload size cap (the file as sent); `max_voxels`: scan size cap (declared in the header,
+    checked before reading, and of the result); `max_body_mb`: cap of any other request body; `max_jobs`:
+    segmentations queued or running at once (more get 429); `engine`: the segmentation engine when a request names
+    none (the registry's default if None; point queries use it if it answers them, else the default query engine);
     `max_scans`: open scans kept in memory (least recently used out); `preload`: scan paths opened at start
-    (trusted: the operator's own, not checked against allowed_dir)."""
-    store = ScanStore(engine=engine, max_scans=max_scans, allowed_dir=allowed_dir)
+    (trusted: the operator's own, not checked against allowed_dir); `allowed_hosts`: Host names answered besides
+    the loopback ones; `token`: if set, every /api request needs `Authorization: Bearer <token>`."""
+    if token is not None and not token.strip():
+        raise InputError("The token is empty; give a long random string, or no token.")
+    store = ScanStore(engine=engine, max_scans=max_scans, allowed_dir=allowed_dir, max_voxels=max_voxels,
+                      max_jobs=max_jobs)
     cap_bytes = int(max_upload_mb * 1024 * 1024)
     organs = organ_table(store.classes)
     engines = engine_table(store.engine_name)
@@ -95,16 +116,33 @@ def create_app(*, allowed_dir: str | os.PathLike | None = None, max_upload_mb: f
                   description="Which organ is where in a CT scan: point queries and segmentation on a CPU.")
     app.state.store = store
     app.state.max_upload_bytes = cap_bytes
+    app.add_middleware(SecurityMiddleware, guard=Guard(allowed_hosts=allowed_host_set(allowed_hosts), token=token,
+                                                       max_body_bytes=int(max_body_mb * 1024 * 1024)))
     for path in preload:
         store.open_path(path, check_allowed=False)
 
     # ---- errors: one sentence each -----------------------------------------------------------------------
-    status_of = [(Forbidden, 403), (NotFound, 404), (NotReady, 409), (UploadTooLarge, 413), (OrganscopeError, 400)]
+    status_of = [(Forbidden, 403), (NotFound, 404), (NotReady, 409), (UploadTooLarge, 413), (TooLarge, 413),
+                 (Busy, 429), (OrganscopeError, 400)]
 
     @app.exception_handler(OrganscopeError)
     async def _organscope_error(request: Request, exc: OrganscopeError):
         code = next(c for cls, c in status_of if isinstance(exc, cls))
-        return JSONResponse({"detail": str(exc)}, status_code=code)
+        headers = {"Retry-After": str(RETRY_AFTER_S)} if code == 429 else None
+        return JSONResponse({"detail": str(exc)}, status_code=code, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        text = exc.detail if isinstance(exc.detail, str) else "The request was refused."
+        if exc.status_code == 400 and text == "There was an error parsing the body":
+            text = "The request body could not be read; send a JSON object encoded as UTF-8."
+        text = text if text.endswith(".") else text + "."
+        return JSONResponse({"detail": text}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):  # no traceback, no server detail to the client
+        return JSONResponse({"detail": f"The server failed on this request ({type(exc).__name__}); the server's "
+                                       "log has the details."}, status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -121,7 +159,7 @@ def create_app(*, allowed_dir: str | os.PathLike | None = None, max_upload_mb: f
             text = text[:-1] + f" (and {len(errors) - 1} more problem(s))."
         return JSONResponse({"detail": text}, status_code=422)
 
-    err = {c: {"model": S.ErrorBody} for c in (400, 403, 404, 409, 413, 422)}
+    err = {c: {"model": S.ErrorBody} for c in (400, 401, 403, 404, 409, 413, 422, 429)}
 
     # ---- scans -------------------------------------------------------------------------------------------
     @app.get("/api/health")
@@ -131,7 +169,8 @@ def create_app(*, allowed_dir: str | os.PathLike | None = None, max_upload_mb: f
                 "query_engine": store.query_engine_name, "model": Path(model).stem if model else None,
                 "open_scans": len(store.list()),
                 "max_scans": store.max_scans, "path_opening": store.allowed_dir is not None,
-                "max_upload_mb": cap_bytes / (1024 * 1024)}
+                "max_upload_mb": cap_bytes / (1024 * 1024), "max_voxels": store.max_voxels,
+                "max_jobs": store.max_jobs}
 
     @app.get("/api/organs", response_model=list[S.OrganInfo])
     def list_organs():
@@ -261,7 +300,7 @@ async def _receive_upload(request: Request, cap_bytes: int) -> tuple[str, Path, 
     upload = form.get("file")
     if upload is None or isinstance(upload, str):
         raise InputError("The upload has no file in a field named 'file'.")
-    filename = Path(upload.filename or "").name
+    filename = _client_name(upload.filename or "")
     if not filename.lower().endswith(UPLOAD_SUFFIXES):
         await upload.close()
         raise InputError(f"Upload one scan file ending in {', '.join(UPLOAD_SUFFIXES)} (got {filename!r}); "
@@ -282,6 +321,12 @@ async def _receive_upload(request: Request, cap_bytes: int) -> tuple[str, Path, 
     finally:
         await upload.close()
     return tmpdir, data_path, filename
+
+
+def _client_name(name: str) -> str:
+    """The client's file name as the service shows it: its last part, printable, at most 200 characters."""
+    name = "".join(c for c in name.replace("\\", "/").rsplit("/", 1)[-1] if c.isprintable())
+    return name if len(name) <= 200 else name[:100] + "…" + name[-99:]
 
 
 def _rounded(value: float | None) -> float | None:

@@ -80,7 +80,7 @@ class JobInfo(BaseModel):
     id: str
     scan_id: str
     engine: str
-    state: Literal["queued", "running", "done", "failed"]
+    state: Literal["queued", "running", "done", "failed", "cancelled"]
     stage: str
     fraction: float
     error: str | None = None

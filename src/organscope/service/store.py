@@ -42,6 +42,20 @@ class NotReady(OrganscopeError):
     """A job's result was asked for before the job finished."""
 
 
+class Busy(OrganscopeError):
+    """The segmentation queue is full (429, with Retry-After)."""
+
+
+class JobCancelled(Exception):
+    """Raised from a job's progress callback once its scan was closed: stops the engine at its next report."""
+
+
+#: Longest path a client may send (characters), and the default caps of a store.
+MAX_PATH_CHARS = 4096
+DEFAULT_MAX_VOXELS = 512 * 512 * 1024
+DEFAULT_MAX_JOBS = 4
+
+
 @dataclass
 class Job:
     """One segmentation of one scan: its state and, once done, the label map."""
@@ -50,7 +64,7 @@ class Job:
     scan_id: str
     engine: str = ""
     organs: tuple[str, ...] | None = None   # the organ subset asked for (None: all the engine segments)
-    state: str = "queued"          # queued | running | done | failed
+    state: str = "queued"          # queued | running | done | failed | cancelled
     stage: str = "queued"
     fraction: float = 0.0
     error: str | None = None
@@ -60,9 +74,18 @@ class Job:
     present: tuple[int, ...] = ()   # label values in the label map (0 = background included if present)
     _labels_nifti: bytes | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def progress(self, stage: str, fraction: float) -> None:
+        if self._cancel.is_set():
+            raise JobCancelled
         self.stage, self.fraction = str(stage), float(min(max(fraction, 0.0), 1.0))
+
+    def cancel(self) -> None:
+        """A queued job will not run; a running one stops at its engine's next progress report."""
+        self._cancel.set()
+        if self.state == "queued":
+            self.state, self.stage = "cancelled", "cancelled"
 
     def labels_nifti(self) -> bytes:
         """The label map as .nii.gz bytes (written by organscope's own label writer, names in the header)."""
@@ -117,13 +140,17 @@ class ScanStore:
     """Open scans by id, least recently used first out when more than `max_scans` are open."""
 
     def __init__(self, *, engine: str | None = None, max_scans: int = 4,
-                 allowed_dir: str | os.PathLike | None = None):
+                 allowed_dir: str | os.PathLike | None = None, max_voxels: int = DEFAULT_MAX_VOXELS,
+                 max_jobs: int = DEFAULT_MAX_JOBS):
         from .. import api
         from ..engines.base import supports_query
         from ..engines.registry import DEFAULT_ENGINE
 
         self.engine_name = check_engine(engine or DEFAULT_ENGINE)  # the default segmentation engine
         self.max_scans = max(1, int(max_scans))
+        self.max_voxels = int(max_voxels)
+        self.max_jobs = max(1, int(max_jobs))   # queued + running segmentations; more are refused (429)
+        self._active_jobs = 0
         self.allowed_dir = Path(allowed_dir).resolve() if allowed_dir is not None else None
         if self.allowed_dir is not None and not self.allowed_dir.is_dir():
             raise InputError(f"The allowed directory {allowed_dir} does not exist or is not a folder.")
@@ -143,35 +170,85 @@ class ScanStore:
     # ---- scans ---------------------------------------------------------------------------------------
     def resolve_allowed(self, path: str) -> Path:
         """`path` (absolute, or relative to the allowed directory) resolved, if it lies inside the allowed
-        directory; Forbidden otherwise."""
+        directory; Forbidden otherwise (InputError for a path no file system could hold)."""
         if self.allowed_dir is None:
             raise Forbidden("Opening scans by path is switched off on this server; upload the file instead, "
                             "or restart it with --allow-dir DIR.")
-        p = Path(path).expanduser()
-        resolved = (p if p.is_absolute() else self.allowed_dir / p).resolve()
+        if "\x00" in path:
+            raise InputError("The path contains a NUL byte, which no file name can hold.")
+        if len(path) > MAX_PATH_CHARS:
+            raise InputError(f"The path is {len(path):,} characters long; this server takes paths of at most "
+                             f"{MAX_PATH_CHARS:,}.")
+        p = Path(path)
+        try:
+            resolved = (p if p.is_absolute() else self.allowed_dir / p).resolve()
+        except (OSError, RuntimeError, ValueError):
+            raise InputError("The path cannot be resolved (a name too long, or a symlink loop).") from None
         if not resolved.is_relative_to(self.allowed_dir):
-            raise Forbidden(f"{path} is outside the directory this server may read ({self.allowed_dir}).")
+            raise Forbidden("The path is outside the directory this server may read; give a path inside it "
+                            "(absolute, or relative to it).")
         return resolved
+
+    def shown(self, path: Path) -> str:
+        """How a path inside the allowed directory appears in messages: relative to it (never the server's
+        absolute paths)."""
+        try:
+            return str(path.relative_to(self.allowed_dir)) if self.allowed_dir is not None else path.name
+        except ValueError:
+            return path.name
 
     def open_path(self, path: str | os.PathLike, *, check_allowed: bool = True) -> ScanEntry:
         from ..io import load_volume
+        from .guard import Refused, check_path
 
-        resolved = self.resolve_allowed(str(path)) if check_allowed else Path(path)
-        return self.add(load_volume(resolved), name=resolved.name)
+        if not check_allowed:  # the operator's own scans, given on the command line
+            return self.add(load_volume(Path(path)), name=Path(path).name)
+        resolved = self.resolve_allowed(str(path))
+        shown = self.shown(resolved)
+        scrub = {str(resolved): shown, str(resolved.parent) + os.sep: "", str(self.allowed_dir) + os.sep: "",
+                 str(self.allowed_dir): "the allowed directory"}
+        try:
+            if not resolved.exists():
+                raise InputError(f"{shown} does not exist in the directory this server may read.")
+            check_path(resolved, self.allowed_dir, shown=shown, max_voxels=self.max_voxels)
+            return self.add(load_volume(resolved), name=resolved.name)
+        except Refused as exc:
+            raise Forbidden(str(_scrubbed(exc, scrub))) from None
+        except OrganscopeError as exc:
+            raise _scrubbed(exc, scrub) from None
+        except OSError as exc:
+            raise InputError(f"{shown} could not be read ({exc.strerror or type(exc).__name__}).") from None
 
     def open_upload(self, data_path: Path, filename: str) -> ScanEntry:
+        """An uploaded file (in a temporary folder): refused before any reader touches it if its header names
+        another file or declares more than the caps; messages name it by the client's file name."""
         from ..io import load_volume
+        from .guard import check_upload
 
-        return self.add(load_volume(data_path), name=filename)
+        scrub = {str(data_path): filename, str(data_path.parent) + os.sep: "", str(data_path.parent): "the upload"}
+        try:
+            check_upload(data_path, name=filename, max_voxels=self.max_voxels)
+            return self.add(load_volume(data_path), name=filename)
+        except OrganscopeError as exc:
+            raise _scrubbed(exc, scrub) from None
+        except OSError as exc:
+            raise InputError(f"{filename} could not be read ({exc.strerror or type(exc).__name__}).") from None
 
     def add(self, volume: Volume, *, name: str) -> ScanEntry:
+        if volume.array.size > self.max_voxels:
+            from .guard import TooLarge
+
+            raise TooLarge(f"{name} has {volume.array.size:,} voxels, more than this server's limit of "
+                           f"{self.max_voxels:,}; crop or resample the scan, or restart the server with a larger "
+                           "--max-voxels.")
         prepared = self.query_engine.prepare(volume)
         entry = ScanEntry(uuid.uuid4().hex[:12], name, volume, prepared)
         with self._lock:
             self._scans[entry.id] = entry
             while len(self._scans) > self.max_scans:
                 _, old = self._scans.popitem(last=False)
-                for job_id in old.jobs:
+                for job_id, job in old.jobs.items():
+                    job.cancel()
                     self._jobs.pop(job_id, None)
         return entry
 
@@ -179,7 +256,7 @@ class ScanStore:
         with self._lock:
             entry = self._scans.get(scan_id)
             if entry is None:
-                raise NotFound(f"No open scan has id {scan_id!r}; open it again (at most {self.max_scans} "
+                raise NotFound(f"No open scan has id {_shown_id(scan_id)}; open it again (at most {self.max_scans} "
                                "scans stay open, least recently used first out).")
             self._scans.move_to_end(scan_id)
             return entry
@@ -188,8 +265,9 @@ class ScanStore:
         with self._lock:
             entry = self._scans.pop(scan_id, None)
             if entry is None:
-                raise NotFound(f"No open scan has id {scan_id!r}.")
-            for job_id in entry.jobs:
+                raise NotFound(f"No open scan has id {_shown_id(scan_id)}.")
+            for job_id, job in entry.jobs.items():  # queued ones never run, a running one stops at its next report
+                job.cancel()
                 self._jobs.pop(job_id, None)
 
     def list(self) -> list[ScanEntry]:
@@ -219,23 +297,45 @@ class ScanStore:
             select_organs(eng.classes[1:], options.organs, eng.name)
         job = Job(uuid.uuid4().hex[:12], scan_id, options.engine, options.organs)
         with self._lock:
+            if self._active_jobs >= self.max_jobs:
+                raise Busy(f"{self._active_jobs} segmentations are queued or running, this server's limit; try "
+                           "again when one has finished.")
+            self._active_jobs += 1
             entry.jobs[job.id] = job
             self._jobs[job.id] = scan_id
-        self._executor.submit(self._run, job, entry, options)
+        try:
+            self._executor.submit(self._run, job, entry, options)
+        except RuntimeError:  # the executor was shut down
+            with self._lock:
+                self._active_jobs -= 1
+            raise Busy("The server is shutting down; it takes no new segmentations.") from None
         return job
 
     def _run(self, job: Job, entry: ScanEntry, options) -> None:
+        try:
+            self._run_job(job, entry, options)
+        finally:
+            with self._lock:
+                self._active_jobs -= 1
+
+    def _run_job(self, job: Job, entry: ScanEntry, options) -> None:
         from ..pipeline import segment_volume
 
+        if job._cancel.is_set():  # its scan was closed while it waited: it never runs
+            job.state, job.stage, job.finished = "cancelled", "cancelled", time.time()
+            return
         job.state, job.stage = "running", "starting"
         try:
             with self._query_lock:
+                job.progress("starting", 0.0)  # a job cancelled while waiting for the lock stops here
                 job.segmentation = segment_volume(entry.volume, options, progress=job.progress)
             job.progress("counting organs", 1.0)
             counts = np.bincount(job.segmentation.labels.array.ravel(order="K"))
             job.present = tuple(int(v) for v in np.flatnonzero(counts))
             job.progress("done", 1.0)
             job.state = "done"
+        except JobCancelled:
+            job.state, job.stage, job.segmentation = "cancelled", "cancelled", None
         except OrganscopeError as exc:
             job.state, job.error = "failed", str(exc)
         except Exception as exc:  # an unexpected failure is reported on the job, not lost in a thread
@@ -248,11 +348,28 @@ class ScanStore:
             scan_id = self._jobs.get(job_id)
             entry = self._scans.get(scan_id) if scan_id else None
         if entry is None or job_id not in entry.jobs:
-            raise NotFound(f"No segmentation job has id {job_id!r} (or its scan was closed).")
+            raise NotFound(f"No segmentation job has id {_shown_id(job_id)} (or its scan was closed).")
         return entry.jobs[job_id]
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _shown_id(text: str) -> str:
+    """An id as quoted in a message: itself if it looks like one of ours, otherwise not echoed."""
+    return repr(text) if len(text) <= 32 and text.isascii() and text.isalnum() else "like that"
+
+
+def _scrubbed(exc: OrganscopeError, replacements: dict[str, str]) -> OrganscopeError:
+    """`exc` with the server's paths in its message replaced (longest first): a client sees the file name it
+    sent, or a path relative to the allowed directory."""
+    text = str(exc)
+    for old in sorted(replacements, key=len, reverse=True):
+        text = text.replace(old, replacements[old])
+    try:
+        return type(exc)(text)
+    except TypeError:
+        return InputError(text)
 
 
 def check_engine(name: str) -> str:
