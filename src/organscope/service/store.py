@@ -211,7 +211,8 @@ class ScanStore:
             if not resolved.exists():
                 raise InputError(f"{shown} does not exist in the directory this server may read.")
             check_path(resolved, self.allowed_dir, shown=shown, max_voxels=self.max_voxels)
-            return self.add(load_volume(resolved), name=resolved.name)
+            # the readers check again what they open: data files must lie inside the allowed directory
+            return self.add(load_volume(resolved, allowed_dir=self.allowed_dir), name=resolved.name)
         except Refused as exc:
             raise Forbidden(str(_scrubbed(exc, scrub))) from None
         except OrganscopeError as exc:
@@ -228,7 +229,7 @@ class ScanStore:
         scrub = {str(data_path): filename, str(data_path.parent) + os.sep: "", str(data_path.parent): "the upload"}
         try:
             check_upload(data_path, name=filename, max_voxels=self.max_voxels)
-            return self.add(load_volume(data_path), name=filename)
+            return self.add(load_volume(data_path, allow_external=False), name=filename)  # and the reader too
         except OrganscopeError as exc:
             raise _scrubbed(exc, scrub) from None
         except OSError as exc:
