@@ -205,3 +205,53 @@ def test_a_run_that_fails_half_way_leaves_no_new_output(tmp_path, phantom_files,
     with pytest.raises(InputError, match="no preview today"):
         run(phantom_files["RAS"], targets, SegmentOptions(model=str(synthetic_model_path), threads=1))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old.statistics.json"]
+
+
+def test_an_old_label_map_survives_when_its_json_cannot_be_written(capsys, tmp_path, phantom_files,
+                                                                   synthetic_model_path):
+    out = tmp_path / "x.nii.gz"
+    out.write_bytes(b"the old label map")
+    (tmp_path / "x.json").mkdir()  # the sidecar's place is taken by a folder holding a file: it cannot be replaced
+    (tmp_path / "x.json" / "keep.txt").write_text("keep")
+    rc, _, err = _run(capsys, "segment", "-i", phantom_files["RAS"], "-o", out, "--model", synthetic_model_path,
+                      "--no-progress")
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert out.read_bytes() == b"the old label map"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json", "x.nii.gz"]  # no temp file left
+
+
+def test_a_rerun_redoes_outputs_that_do_not_read_back_whole(tmp_path, phantom_files, synthetic_model_path):
+    from organscope.pipeline import SegmentOptions
+
+    d = tmp_path / "in"
+    d.mkdir()
+    shutil.copy(phantom_files["RAS"], d / "ras.nii.gz")
+    out = tmp_path / "out"
+    opts = SegmentOptions(model=str(synthetic_model_path), threads=1)
+    report = batch.run_batch(str(d), out, {"statistics", "preview"}, opts, jobs=1)
+    assert len(report.ok) == 1
+    jobs, done, _ = batch.plan(batch.find_scans(d), out, {"statistics", "preview"}, opts)
+    assert (jobs, done) == ([], [d / "ras.nii.gz"])  # complete: skipped
+    label_map = out / "ras.nii.gz"
+    label_map.write_bytes(label_map.read_bytes()[:200])  # truncated, as by a crash of an older version
+    png = out / "ras.preview.png"
+    png.write_bytes(png.read_bytes()[:-20])
+    (job,), done, _ = batch.plan(batch.find_scans(d), out, {"statistics", "preview"}, opts)
+    assert done == [] and set(job.targets.wanted()) == {"labels", "preview"}  # the statistics JSON is whole
+
+
+def test_an_unreachable_scheduler_makes_no_output_folder(capsys, tmp_path, phantom_files, synthetic_model_path):
+    pytest.importorskip("distributed")
+    import socket
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    d = tmp_path / "in"
+    d.mkdir()
+    shutil.copy(phantom_files["RAS"], d / "ras.nii.gz")
+    out = tmp_path / "out"
+    rc, _, err = _run(capsys, "segment", "-i", d, "-o", out, "--model", synthetic_model_path,
+                      "--scheduler", f"tcp://127.0.0.1:{port}", "--no-progress")
+    assert rc == 2 and "Cannot reach the Dask scheduler" in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
