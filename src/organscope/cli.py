@@ -29,6 +29,7 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"organscope: error: {message}\n")
 
+
 class _Formatter(argparse.HelpFormatter):
     """Keeps the line breaks of a help text (one line per engine), wrapping each line on its own."""
 
@@ -40,23 +41,20 @@ class _Formatter(argparse.HelpFormatter):
             out += [indent + parts[0]] + [indent + "  " + part for part in parts[1:]]
         return out
 
-def _threads(text: str) -> int:
+
+def _positive_int(text: str, *, what: str = "", hint: str = "") -> int:
     try:
         n = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"give a whole number of CPU threads, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"give a whole number{what}, got {text!r}") from None
     if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1 (leave it out to use every core), got {n}")
+        raise argparse.ArgumentTypeError(f"must be at least 1{hint}, got {n}")
     return n
 
-def _positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"give a whole number, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
+
+def _threads(text: str) -> int:
+    return _positive_int(text, what=" of CPU threads", hint=" (leave it out to use every core)")
+
 
 def _positive_mm(text: str) -> float:
     try:
@@ -67,10 +65,12 @@ def _positive_mm(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a positive number of millimetres, got {text!r}")
     return v
 
+
 def _engine_help(intro: str, names=None) -> str:
     from .engines.registry import ENGINE_INFO  # light: no engine is imported
 
     return intro + "\n" + "\n".join(f"  {n}: {ENGINE_INFO[n]}" for n in (names or ENGINE_INFO))
+
 
 def _progress_bar(enabled: bool):
     """A progress callback drawing a tqdm bar on stderr when it is a terminal (or when forced)."""
@@ -87,6 +87,7 @@ def _progress_bar(enabled: bool):
 
     return update, bar.close
 
+
 def _organ_list(text: str) -> list[str]:
     """Organ names separated by commas (spaces after the commas allowed: --organs 'parotid_left, mandible')."""
     names = [t.strip() for t in text.split(",") if t.strip()]
@@ -94,6 +95,7 @@ def _organ_list(text: str) -> list[str]:
         raise argparse.ArgumentTypeError(f"give organ names separated by commas, e.g. parotid_left,mandible; "
                                          f"got {text!r}")
     return names
+
 
 def _parse_point(text: str) -> list[float]:
     parts = text.replace(";", ",").split(",")
@@ -104,6 +106,7 @@ def _parse_point(text: str) -> list[float]:
     if len(values) != 3 or not all(math.isfinite(v) for v in values):
         raise InputError(f"A point must be three numbers 'x,y,z', got {text!r}.")
     return values
+
 
 def _read_points_csv(path: Path) -> list[list[float]]:
     if not path.exists():
@@ -127,17 +130,20 @@ def _read_points_csv(path: Path) -> list[list[float]]:
         raise InputError(f"{path} holds no points.")
     return rows
 
+
 def _asked_outputs(args) -> dict[str, str]:
     """{output: value given ('' for a bare flag)} of the optional outputs asked for on the command line."""
     from .batch import EXTRA_OUTPUTS  # option dest -> suffix added to the label map's name
 
     return {k: getattr(args, k) for k in EXTRA_OUTPUTS if getattr(args, k, None) is not None}
 
+
 def _segment_options(args):
     from .pipeline import SegmentOptions
 
     return SegmentOptions(engine=args.engine, model=args.model, threads=args.threads,
                           organs=None if args.organs is None else tuple(args.organs), priors=args.priors)
+
 
 def cmd_segment(args) -> int:
     from . import batch
@@ -162,6 +168,7 @@ def cmd_segment(args) -> int:
     print(f"{args.output}: {res.found()}; {t['total']:.2f} s{points}", file=sys.stderr)
     return 0
 
+
 def cmd_query(args) -> int:
     import numpy as np
 
@@ -185,6 +192,7 @@ def cmd_query(args) -> int:
         top = ", ".join(f"{a} {b:.2f}" for a, b in zip(tn, tp))
         print(f"{p[0]:8.1f} {p[1]:8.1f} {p[2]:8.1f}        {n:<16} {pr:6.3f}  {top}")
     return 0
+
 
 def cmd_locate(args) -> int:
     from .engines.registry import get_localizer
@@ -218,6 +226,7 @@ def cmd_locate(args) -> int:
     print(f"{timings['total']:.2f} s ({args.localizer}){extra}", file=sys.stderr)
     return 0
 
+
 def cmd_models(args) -> int:
     from .engines.registry import load_card
     from .modelcard import MODELS_DIR
@@ -238,6 +247,7 @@ def cmd_models(args) -> int:
         print(f"{card_path.stem}: engine={card.engine} organs={n_organs} trained={card.date} {score}")
     return 0
 
+
 def cmd_evaluate(args) -> int:
     from .metrics.report import main_evaluate
 
@@ -250,10 +260,12 @@ def cmd_evaluate(args) -> int:
     return main_evaluate(args.pred_dir, args.ref_dir, out_prefix=args.out_prefix, tolerance_mm=args.tolerance_mm,
                          dataset_json=args.dataset_json, organs=args.organs)
 
+
 def cmd_convert(args) -> int:
     from .convert import run_convert
 
     return run_convert(args.input, args.output, ct=args.ct, series_uid=args.series_uid, rois=args.rois)
+
 
 def cmd_train(args) -> int:
     try:
@@ -270,6 +282,7 @@ def cmd_train(args) -> int:
                               "pip install 'organscope[train]'.") from None
     budget = {"epochs": args.epochs} if args.engine == "sparse" else {"hours": args.hours}
     return run_pipeline(data=args.data, work=args.work, name=args.name, install=args.install, **budget)
+
 
 def cmd_serve(args) -> int:
     try:
@@ -305,6 +318,7 @@ def cmd_serve(args) -> int:
     print(f"organscope: viewer at http://{host}:{args.port}/{fragment} , API description at /docs", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
+
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
@@ -455,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=cmd_serve)
     return ap
 
+
 def _join_negative_points(argv: list[str]) -> list[str]:
     """`--point -10,5,3` would read as an option to argparse; make it `--point=-10,5,3`."""
     out: list[str] = []
@@ -474,6 +489,7 @@ def _join_negative_points(argv: list[str]) -> list[str]:
 
 _VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 
+
 def _unrecognized(argv: list[str], extra: list[str]) -> str:
     """argparse's "unrecognized arguments" with a hint for the two usual causes: a glob the shell expanded into
     several file names, and an organ list written with spaces after its commas."""
@@ -484,6 +500,7 @@ def _unrecognized(argv: list[str], extra: list[str]) -> str:
         return (message + "; the shell expanded a pattern into several files: quote the pattern so that organscope "
                 "sees it, e.g. -i 'scans/*.nii.gz'")
     return message
+
 
 class Terminated(BaseException):
     """SIGTERM (or SIGHUP), raised in the main thread so that every `except BaseException` clean-up runs: staged

@@ -9,6 +9,7 @@ for) and hands the composite engines their organ localisers, so no engine import
 from __future__ import annotations
 
 import os
+import importlib
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -48,21 +49,23 @@ def get_localizer(name: str = "sparse_grid", *, model=None, threads: int | None 
     raise ModelError(f"Unknown localiser {name!r}; available: {', '.join(LOCALIZER_INFO)}.")
 
 
+#: name -> (module of the package, class): what engine_class and card_class import, only when asked for
+_ENGINE_CLASSES = {"sparse": (".sparse", "SparseEngine"), "cnn3d": (".cnn3d", "Cnn3dEngine"),
+                   "slice2d": (".slice2d", "Slice2dEngine"), "cascade": (".cascade", "CascadeEngine")}
+_CARD_CLASSES = {"sparse": (".sparse.card", "SparseCard"), "cnn3d": (".cnn3d.card", "Cnn3dCard"),
+                 "slice2d": (".slice2d.card", "Slice2dCard"), "cascade": (".cascade.card", "CascadeCard"),
+                 "locate": ("..localize.heatmap_card", "HeatmapCard")}
+
+
+def _import(module: str, attr: str):
+    return getattr(importlib.import_module(module, __package__), attr)
+
+
 def engine_class(name: str) -> type:
     """The class of an engine (its module imported, no model loaded)."""
-    if name == "sparse":
-        from .sparse import SparseEngine
-        return SparseEngine
-    if name == "cnn3d":
-        from .cnn3d import Cnn3dEngine
-        return Cnn3dEngine
-    if name == "slice2d":
-        from .slice2d import Slice2dEngine
-        return Slice2dEngine
-    if name == "cascade":
-        from .cascade import CascadeEngine
-        return CascadeEngine
-    raise ModelError(f"Unknown engine {name!r}; available engines: {', '.join(ENGINE_INFO)}.")
+    if name not in _ENGINE_CLASSES:
+        raise ModelError(f"Unknown engine {name!r}; available engines: {', '.join(ENGINE_INFO)}.")
+    return _import(*_ENGINE_CLASSES[name])
 
 
 #: a card's `engine` field -> what reads it (the engines' names, and "locate" for the heat-map localiser)
@@ -71,22 +74,9 @@ CARD_KINDS = (*ENGINE_INFO, "locate")
 
 def card_class(engine: str) -> "type[ModelCard]":
     """The typed card class for a card's `engine` field (its module imported, no model loaded)."""
-    if engine == "sparse":
-        from .sparse.card import SparseCard
-        return SparseCard
-    if engine == "cnn3d":
-        from .cnn3d.card import Cnn3dCard
-        return Cnn3dCard
-    if engine == "slice2d":
-        from .slice2d.card import Slice2dCard
-        return Slice2dCard
-    if engine == "cascade":
-        from .cascade.card import CascadeCard
-        return CascadeCard
-    if engine == "locate":
-        from ..localize.heatmap_card import HeatmapCard
-        return HeatmapCard
-    raise ModelError(f"No model card kind {engine!r}; known: {', '.join(CARD_KINDS)}.")
+    if engine not in _CARD_CLASSES:
+        raise ModelError(f"No model card kind {engine!r}; known: {', '.join(CARD_KINDS)}.")
+    return _import(*_CARD_CLASSES[engine])
 
 
 def load_card(path: str | os.PathLike) -> "ModelCard":

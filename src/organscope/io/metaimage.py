@@ -34,7 +34,7 @@ def read_metaimage(path: str | os.PathLike, *, limits: Limits | None = None, all
     path = Path(path)
     source = str(path)
     limits = limits or default_limits()
-    header, data_offset = _read_header(path, source)
+    header, data_offset = read_header(path, source)
     dims = _ints(header, "DimSize", source)
     ndims = _ints(header, "NDims", source, [len(dims)])[0]
     if _ints(header, "ElementNumberOfChannels", source, [1])[0] != 1:
@@ -58,8 +58,9 @@ def read_metaimage(path: str | os.PathLike, *, limits: Limits | None = None, all
     return make_volume(data, affine, meta, source)
 
 
-def _read_header(path: Path, source: str) -> tuple[dict[str, str], int]:
-    """Key = value lines up to and including ElementDataFile; returns (header, byte offset after it)."""
+def read_header(path: Path, source: str) -> tuple[dict[str, str], int]:
+    """Key = value lines up to and including ElementDataFile; returns (header, byte offset after it). `source`
+    names the file in messages (the service names an upload by the client's file name)."""
     header: dict[str, str] = {}
     try:
         with open(path, "rb") as f:

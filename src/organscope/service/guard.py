@@ -66,25 +66,6 @@ def _nrrd_header(path: Path, name: str) -> tuple[dict[str, str], int]:
                 fields[key.strip().lower()] = value.strip()
 
 
-def _metaimage_header(path: Path, name: str) -> tuple[dict[str, str], int]:
-    """MetaImage `Key = Value` lines up to ElementDataFile, and the byte offset after it (as the reader reads it)."""
-    header: dict[str, str] = {}
-    with open(path, "rb") as fh:
-        while True:
-            line = fh.readline(4096)
-            if not line or fh.tell() > MAX_HEADER_BYTES:
-                break
-            key, sep, value = line.decode("latin-1").partition("=")
-            if not sep:
-                if line.strip():
-                    break
-                continue
-            header[key.strip()] = value.strip()
-            if key.strip() == "ElementDataFile":
-                return header, fh.tell()
-    raise InputError(f"{name} is not a MetaImage file (no 'ElementDataFile' line in a text header).")
-
-
 def _ints(text: str, what: str, name: str) -> list[int]:
     try:
         values = [int(v) for v in text.split()]
@@ -196,7 +177,9 @@ def _check_nrrd(path: Path, name: str, max_voxels: int, data_file_ok) -> None:
 
 
 def _check_metaimage(path: Path, name: str, max_voxels: int, data_file_ok) -> None:
-    header, offset = _metaimage_header(path, name)
+    from ..io.metaimage import read_header
+
+    header, offset = read_header(path, name)  # as the reader reads it
     data_file = header["ElementDataFile"]
     data_path = path
     if data_file.upper() != "LOCAL":
