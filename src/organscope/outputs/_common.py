@@ -27,3 +27,17 @@ def organ_display(name: str) -> tuple[str, tuple[int, int, int]]:
     hue = (zlib.crc32(name.encode()) % 1000) / 1000.0
     r, g, b = colorsys.hsv_to_rgb(hue, 0.6, 0.9)
     return name.replace("_", " ").capitalize(), (round(r * 255), round(g * 255), round(b * 255))
+
+
+def present_named_labels(seg, what: str) -> list[int]:
+    """The label values present in `seg` (all named), or InputError: nothing to write as `what`, or unnamed values."""
+    import numpy as np
+
+    labels = np.asarray(seg.labels.array)
+    present = [int(v) for v in np.unique(labels) if v > 0]
+    if not present:
+        raise InputError(f"No organ was found in the scan, so there is nothing to write as {what}.")
+    unnamed = [v for v in present if v not in seg.names]
+    if unnamed:
+        raise InputError(f"Label value(s) {unnamed} in the label map have no organ name.")
+    return present

@@ -17,7 +17,7 @@ import numpy as np
 from ..segmentation import Segmentation
 from ..errors import GeometryError, InputError
 from ..volume import Volume
-from ._common import check_same_grid, organ_display
+from ._common import check_same_grid, organ_display, present_named_labels
 
 #: Largest distance (in voxels) of a source pixel from a voxel centre of the label map's grid.
 GRID_TOLERANCE_VOX = 0.01
@@ -142,12 +142,7 @@ def write_dicom_seg(seg: Segmentation, ct: Volume, path: str | os.PathLike, *, e
     require_dicom_source(ct)
     check_same_grid(seg.labels, ct)
     labels = np.asarray(seg.labels.array)
-    present = [int(v) for v in np.unique(labels) if v > 0]
-    if not present:
-        raise InputError("No organ was found in the scan, so there is no segment to write as DICOM-SEG.")
-    unnamed = [v for v in present if v not in seg.names]
-    if unnamed:
-        raise InputError(f"Label value(s) {unnamed} in the label map have no organ name.")
+    present = present_named_labels(seg, "DICOM-SEG")
     lut = np.zeros(int(labels.max()) + 1, dtype=np.uint8 if len(present) < 256 else np.uint16)
     lut[present] = np.arange(1, len(present) + 1)
     sources = _read_sources(ct)

@@ -26,7 +26,7 @@ import numpy as np
 from ..segmentation import Segmentation
 from ..errors import InputError
 from ..volume import Volume
-from ._common import check_same_grid, organ_display
+from ._common import check_same_grid, organ_display, present_named_labels
 
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 #: Conventional SOP Class of the RT Referenced Study item (Detached Study Management).
@@ -121,12 +121,7 @@ def build_rtstruct(seg: Segmentation, ct: Volume, *, engine: str = "sparse", mod
     require_dicom_source(ct, "An RTSTRUCT")
     check_same_grid(seg.labels, ct)
     labels = np.asarray(seg.labels.array)
-    present = [int(v) for v in np.unique(labels) if v > 0]
-    if not present:
-        raise InputError("No organ was found in the scan, so there is no ROI to write as RTSTRUCT.")
-    unnamed = [v for v in present if v not in seg.names]
-    if unnamed:
-        raise InputError(f"Label value(s) {unnamed} in the label map have no organ name.")
+    present = present_named_labels(seg, "an RTSTRUCT")
     sources = _read_sources(ct)
     first = sources[0]
     for_uid = str(first.get("FrameOfReferenceUID", "") or "")
@@ -229,7 +224,8 @@ def write_rtstruct(seg: Segmentation, ct: Volume, path: str | os.PathLike, *, en
                    model: str | None = None, description: str | None = None) -> int:
     """Atomically write `seg` (on `ct`'s grid; `ct` read from a DICOM series) as an RTSTRUCT. Returns the
     number of ROIs written."""
-    from ..io._common import atomic_paths, wrap_write_error
+    from ..io import atomic_paths
+    from ..io._common import wrap_write_error
 
     ds = build_rtstruct(seg, ct, engine=engine, model=model, description=description)
     try:
