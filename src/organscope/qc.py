@@ -123,6 +123,7 @@ class QCResult:
 
     def to_dict(self) -> dict:
         return {"model_region": self.model_region, "scan": self.scan.to_dict(), "in_region": self.in_region,
+                "warning": self.warning(),
                 "keep_unverified": self.keep_unverified, "dropped": self.dropped(),
                 "unverified": self.unverified(), "cut_off": self.cut_off(),
                 "organs": {n: c.to_dict() for n, c in self.organs.items()}}
@@ -325,3 +326,11 @@ def model_region(engine) -> str | None:
     if card is None:
         card = getattr(getattr(engine, "model", None), "card", None)
     return getattr(card, "body_region", None)
+
+
+def query_region(engine, volume: Volume | None) -> tuple[str | None, RegionCheck | None]:
+    """(the model's region, the scan's) for point queries: None, None when either is unknown."""
+    region = model_region(engine)
+    if region is None or volume is None:
+        return region, None
+    return region, scan_region(volume)
