@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
+
 import numpy as np
 
 from .engines.base import ProgressFn, supports_query
@@ -35,20 +37,25 @@ def _volume(scan) -> Volume:
 
 
 def segment(scan, *, engine: str = DEFAULT_ENGINE, model: str | None = None, threads: int | None = None,
-            organs=None, priors: bool = False, progress: ProgressFn | None = None) -> Segmentation:
+            organs=None, priors: bool = False, progress: ProgressFn | None = None,
+            keep_unverified: bool = False) -> Segmentation:
     """Multi-organ label map of `scan` (path or Volume) on the scan's own grid and orientation.
     `organs` (names) restricts the result to those organs: engines with one model per organ (slice2d) run
     only those models; the others segment everything and keep only the chosen labels. `priors` applies the
-    anatomical-prior rules measured to raise this engine's validation Dice (postprocess.priors)."""
-    options = SegmentOptions(engine, model, threads, None if organs is None else tuple(organs), priors)
+    anatomical-prior rules measured to raise this engine's validation Dice (postprocess.priors). Organs failing
+    the anatomy check (organscope.qc) are left out unless `keep_unverified`; `seg.qc` says which and why."""
+    options = SegmentOptions(engine, model, threads, None if organs is None else tuple(organs), priors,
+                             keep_unverified)
     return segment_volume(_volume(scan), options, progress=progress)
 
 
 def query(scan, points, *, voxel: bool = False, engine: str = DEFAULT_ENGINE, model: str | None = None,
-          threads: int | None = None):
+          threads: int | None = None, keep_unverified: bool = False):
     """Organ, probability and top-3 at each point: world mm (RAS) by default, voxel indices if voxel=True.
     `scan` may be a path, a Volume, or a prepared scan from `engine().prepare(volume)` (fastest for many calls).
-    `engine` is any engine with the point-query capability (engines.base.PointQueryEngine)."""
+    `engine` is any engine with the point-query capability (engines.base.PointQueryEngine).
+    When the scan is outside the model's body region (`query_check`), every answer's organ is "unknown" (the
+    model's own pick stays in top3_names) unless `keep_unverified`."""
     eng = _engine(engine, model, threads)
     if not supports_query(eng):
         raise ModelError(f"The {engine} engine does not answer point queries; use one of "
@@ -58,7 +65,29 @@ def query(scan, points, *, voxel: bool = False, engine: str = DEFAULT_ENGINE, mo
     points = np.asarray(points, dtype=float)
     if voxel:
         _check_voxels(points, scan if isinstance(scan, Volume) else getattr(scan, "volume", None))
-    return eng.query(scan, points, voxel=voxel)
+    res = eng.query(scan, points, voxel=voxel)
+    region, check = _query_check(eng, scan)
+    if check is not None and not keep_unverified and check.region != region:
+        res = replace(res, names=tuple(UNKNOWN for _ in res.names))
+    return res
+
+
+UNKNOWN = "unknown"
+
+
+def _query_check(eng, scan):
+    from .qc import query_region
+
+    return query_region(eng, scan if isinstance(scan, Volume) else getattr(scan, "volume", None))
+
+
+def query_check(scan, *, engine: str = DEFAULT_ENGINE, model: str | None = None, threads: int | None = None):
+    """The anatomy check behind `query`'s answers: (the model's body region, the scan's `qc.RegionCheck`), the
+    scan's computed once per scan array. An answer is "unknown" when the two regions differ."""
+    eng = _engine(engine, model, threads)
+    if isinstance(scan, (str, os.PathLike)):
+        scan = _volume(scan)
+    return _query_check(eng, scan)
 
 
 def _check_voxels(points: np.ndarray, volume: Volume | None) -> None:
@@ -79,8 +108,10 @@ def _check_voxels(points: np.ndarray, volume: Volume | None) -> None:
 
 
 def save_segmentation(seg: Segmentation, path: str | os.PathLike) -> None:
-    """Write the label map (atomically) with a JSON sidecar of organ names."""
-    save_labels(seg.labels, seg.labels.array, path, {0: "background", **seg.names})
+    """Write the label map (atomically) with a JSON sidecar of organ names, confidence and the anatomy check."""
+    from .outputs import sidecar_extra
+
+    save_labels(seg.labels, seg.labels.array, path, {0: "background", **seg.names}, sidecar_extra(seg))
 
 
 def present_labels(seg: Segmentation) -> np.ndarray:

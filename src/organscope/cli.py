@@ -142,7 +142,20 @@ def _segment_options(args):
     from .pipeline import SegmentOptions
 
     return SegmentOptions(engine=args.engine, model=args.model, threads=args.threads,
-                          organs=None if args.organs is None else tuple(args.organs), priors=args.priors)
+                          organs=None if args.organs is None else tuple(args.organs), priors=args.priors,
+                          keep_unverified=getattr(args, "keep_unverified", False))
+
+def _qc_warning(labels_path) -> None:
+    """One warning line on stderr from the anatomy check written in the label map's .json, if it has one."""
+    from .io import sidecar_path
+
+    try:
+        doc = json.loads(sidecar_path(labels_path).read_text())
+    except (OSError, ValueError):
+        return
+    warning = (doc.get("qc") or {}).get("warning")
+    if warning:
+        print(f"organscope: warning: {warning}", file=sys.stderr)
 
 
 def cmd_segment(args) -> int:
@@ -166,6 +179,7 @@ def cmd_segment(args) -> int:
     t = res.timings_s
     points = f", {int(t['points_classified'])} points classified" if "points_classified" in t else ""
     print(f"{args.output}: {res.found()}; {t['total']:.2f} s{points}", file=sys.stderr)
+    _qc_warning(targets.labels)
     return 0
 
 
@@ -179,18 +193,30 @@ def cmd_query(args) -> int:
         points += _read_points_csv(Path(args.csv))
     if not points:
         raise InputError("Give at least one point with --point x,y,z or --csv FILE.")
-    res = api.query(args.scan, np.array(points), voxel=args.voxel, model=args.model, threads=args.threads)
+    scan = api.engine(model=args.model, threads=args.threads).prepare(api.load_volume(args.scan))
+    res = api.query(scan, np.array(points), voxel=args.voxel, model=args.model, threads=args.threads,
+                    keep_unverified=args.keep_unverified)
+    region, check = api.query_check(scan, model=args.model, threads=args.threads)
+    outside = check is not None and check.region != region
+    reason = f"the scan is not {region} CT ({check.reason})" if outside else None
     unit = "vox" if args.voxel else "mm"
     if args.json:
         out = [{"point": p, "unit": unit, "organ": n, "probability": round(float(pr), 4),
                 "top3": [{"organ": a, "probability": round(float(b), 4)} for a, b in zip(tn, tp)]}
+               | ({"status": "unverified" if args.keep_unverified else "unknown", "reason": reason} if outside else {})
                for p, n, pr, tn, tp in zip(points, res.names, res.probability, res.top3_names, res.top3_probability)]
         print(json.dumps({"points": out}, indent=1))
+        if outside:
+            print(f"organscope: warning: This scan does not look like {region} CT ({check.reason}); "
+                  f"{'answers are unverified' if args.keep_unverified else 'no organ is answered'}.", file=sys.stderr)
         return 0
     print(f"{'x':>8} {'y':>8} {'z':>8} ({unit})  {'organ':<16} {'p':>6}  top-3")
     for p, n, pr, tn, tp in zip(points, res.names, res.probability, res.top3_names, res.top3_probability):
         top = ", ".join(f"{a} {b:.2f}" for a, b in zip(tn, tp))
         print(f"{p[0]:8.1f} {p[1]:8.1f} {p[2]:8.1f}        {n:<16} {pr:6.3f}  {top}")
+    if outside:
+        print(f"organscope: warning: This scan does not look like {region} CT ({check.reason}); "
+              f"{'answers are unverified' if args.keep_unverified else 'no organ is answered'}.", file=sys.stderr)
     return 0
 
 
@@ -207,11 +233,19 @@ def cmd_locate(args) -> int:
     vol = load_volume(args.scan)
     timings: dict = {}
     options = {"level_mm": args.level_mm} if args.localizer == "sparse_grid" else {}
-    locs = get_localizer(args.localizer, threads=args.threads, **options).locate(vol, timings=timings)
+    localizer = get_localizer(args.localizer, threads=args.threads, **options)
+    locs = localizer.locate(vol, timings=timings)
+    from .localize.boxes import check_locations
+    from .qc import model_region
+
+    locs, warning = check_locations(locs, vol, model_region(localizer) or "head-and-neck",
+                                    keep_unverified=args.keep_unverified)
     doc = locations_to_json(locs)
     text = json.dumps(doc)
     if args.output:
         write_text_atomic(args.output, text + "\n")
+    if warning:
+        print(f"organscope: warning: {warning}", file=sys.stderr)
     if args.json:
         print(text)
         return 0
@@ -221,7 +255,7 @@ def cmd_locate(args) -> int:
             c = ", ".join(f"{v:.1f}" for v in loc.centroid_mm)
             print(f"{name:<16} {'yes':<8} {loc.confidence:5.2f}  {c:<26} {list(loc.box_voxels[0])}-{list(loc.box_voxels[1])}")
         else:
-            print(f"{name:<16} {'no':<8} {'':>5}")
+            print(f"{name:<16} {'no':<8} {'':>5}" + (f"  ({loc.reason})" if loc.reason else ""))
     extra = f", {int(timings['points_classified'])} points classified" if "points_classified" in timings else ""
     print(f"{timings['total']:.2f} s ({args.localizer}){extra}", file=sys.stderr)
     return 0
@@ -244,7 +278,8 @@ def cmd_models(args) -> int:
             score = f"validation_mean_dice={'n/a' if dice is None else f'{dice:.4f}'}"
             if "point_accuracy" in val:
                 score += f" point_accuracy={val['point_accuracy']:.4f}"
-        print(f"{card_path.stem}: engine={card.engine} organs={n_organs} trained={card.date} {score}")
+        print(f"{card_path.stem}: engine={card.engine} region={card.body_region or 'unstated'} organs={n_organs} "
+              f"({', '.join(card.organ_names)}) trained={card.date} {score}")
     return 0
 
 
@@ -352,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=organs_help + " (slice2d runs only their models; other engines keep only their labels)")
     s.add_argument("--priors", action="store_true",
                    help="apply the anatomical-prior rules measured to help this engine (post-processing)")
+    keep_help = ("keep organs that fail the anatomy check (scan outside the model's body region, implausible size "
+                 "or place), marked unverified in the label map's .json")
+    s.add_argument("--keep-unverified", action="store_true", help=keep_help)
     s.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: when stderr is a terminal)")
     s.add_argument("--statistics", nargs="?", const="", default=None, metavar="FILE.json",
@@ -381,6 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--model", default=None, help="sparse model name or path to an .onnx with its .json card "
                                                  "(default: the shipped one)")
     q.add_argument("--threads", type=_threads, default=None, metavar="N", help=threads_help)
+    q.add_argument("--keep-unverified", action="store_true",
+                   help="answer organs even in a scan outside the model's body region (marked unverified)")
     q.set_defaults(func=cmd_query)
 
     e = command("evaluate", "per-organ Dice/Jaccard/NSD/HD95 of label maps against references")
@@ -410,6 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     lo.add_argument("--level-mm", type=_positive_mm, default=8.0, metavar="MM",
                     help="grid step of the sparse_grid localiser in mm (default 8)")
     lo.add_argument("--threads", type=_threads, default=None, metavar="N", help=threads_help)
+    lo.add_argument("--keep-unverified", action="store_true",
+                    help="report organs even in a scan outside the model's body region (with the reason)")
     lo.set_defaults(func=cmd_locate)
 
     c = command("convert", "RTSTRUCT or DICOM-SEG + its CT -> label map; label map + CT -> RTSTRUCT")
@@ -425,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "by commas")
     c.set_defaults(func=cmd_convert)
 
-    m = command("models", "list the shipped models and their recorded accuracy")
+    m = command("models", "list the shipped models: body region, organs and recorded accuracy")
     m.set_defaults(func=cmd_models)
 
     trainable = ("sparse", "cnn3d", "cascade")

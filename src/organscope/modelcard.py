@@ -216,6 +216,15 @@ def _frozen(v):
     return v
 
 
+BODY_REGIONS = ("head-and-neck", "thorax", "abdomen", "pelvis", "whole-body")
+
+
+def _body_region(v) -> str:
+    if v not in BODY_REGIONS:
+        raise CardFieldError(f"must be one of {', '.join(BODY_REGIONS)}")
+    return v
+
+
 @dataclass(frozen=True)
 class ModelCard:
     """The fields every card has: where it was read from, the engine it is for, the whole document (read-only,
@@ -225,6 +234,9 @@ class ModelCard:
     raw: Mapping[str, Any] = field(repr=False, compare=False)
     engine: str | None = card_field(default=None)
     date: str | None = card_field(default=None)
+    #: the body region the model was trained on and covers ("head-and-neck" for the OpenKBP models); the anatomy
+    #: check (organscope.qc) refuses organs in scans of another region. None: not stated, no region check.
+    body_region: str | None = card_field(default=None, parse=_body_region)
 
     @classmethod
     def load(cls: type[C], path: str | os.PathLike) -> C:

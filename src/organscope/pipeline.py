@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
@@ -31,13 +31,15 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class SegmentOptions:
     """What to run on a scan: the engine (and its model, threads), an organ subset (names or aliases; None = all)
-    and the anatomical-prior clean-up measured for that engine."""
+    and the anatomical-prior clean-up measured for that engine. keep_unverified: keep the organs that fail the
+    anatomy check (`organscope.qc`) in the label map, marked in `Segmentation.qc`, instead of leaving them out."""
 
     engine: str = DEFAULT_ENGINE
     model: str | None = None
     threads: int | None = None
     organs: tuple[str, ...] | None = None
     priors: bool = False
+    keep_unverified: bool = False
 
     def __post_init__(self):
         if self.organs is not None:
@@ -59,16 +61,24 @@ def load_engine(options: SegmentOptions):
 
 def segment_volume(volume: Volume, options: SegmentOptions = SegmentOptions(), *,
                    progress: ProgressFn | None = None) -> Segmentation:
-    """Segment -> post-process: the label map of `volume` on its own grid with the options' organ subset and
-    priors. The priors' anchors may be organs the user did not ask for, so with priors everything is segmented
-    and the subset kept afterwards."""
+    """Segment -> post-process -> anatomy check: the label map of `volume` on its own grid with the options'
+    organ subset and priors, organs failing the anatomy check left out (unless options.keep_unverified) and the
+    check in `Segmentation.qc`. The priors' anchors may be organs the user did not ask for, so with priors
+    everything is segmented and the subset kept afterwards."""
+    from .qc import apply_qc, model_region
+
     eng = load_engine(options)
     if not options.priors:
-        return eng.segment(volume, organs=options.organs, progress=progress)
-    from .postprocess.priors import apply_priors
+        seg = eng.segment(volume, organs=options.organs, progress=progress)
+    else:
+        from .postprocess.priors import apply_priors
 
-    seg = apply_priors(eng.segment(volume, progress=progress), engine=eng.name)
-    return seg if options.organs is None else seg.keep(options.organs)
+        seg = apply_priors(eng.segment(volume, progress=progress), engine=eng.name)
+        seg = seg if options.organs is None else seg.keep(options.organs)
+    t0 = time.perf_counter()
+    seg = apply_qc(volume, seg, model_region=model_region(eng), keep_unverified=options.keep_unverified,
+                   engine=getattr(eng, "name", options.engine))
+    return replace(seg, timings_s={**seg.timings_s, "qc": time.perf_counter() - t0})
 
 
 @dataclass(frozen=True)

@@ -88,13 +88,16 @@ class Segmentation:
         the class the engine picked there, in (0, 1]; organs not present have none.
     probabilities: the class probabilities behind the labels on the engine's working grid, when the engine was
         asked for them (segment(..., probabilities=True)); with an organ subset, background + those organs.
-    timings_s: seconds per stage (and counters such as points_classified)."""
+    timings_s: seconds per stage (and counters such as points_classified).
+    qc: the anatomy check (`organscope.qc.QCResult`: the scan's body region, per organ verified or not with the
+        reasons, cut off or not), set by `pipeline.segment_volume`; None when not checked."""
 
     labels: Volume
     names: dict[int, str]
     timings_s: dict[str, float] = field(default_factory=dict)
     confidence: dict[str, float] = field(default_factory=dict)
     probabilities: ClassProbabilities | None = field(default=None, repr=False)
+    qc: object | None = field(default=None, repr=False)
 
     def present(self) -> list[str]:
         """Names of the organs with at least one voxel, in label order."""

@@ -128,9 +128,11 @@ def save_volume(volume: Volume, path: str | os.PathLike) -> None:
     _write(array, volume, path, sidecar=None)
 
 
-def save_labels(grid: Volume, labels: np.ndarray | Volume, path: str | os.PathLike, names: LabelNames) -> None:
+def save_labels(grid: Volume, labels: np.ndarray | Volume, path: str | os.PathLike, names: LabelNames,
+                extra: dict | None = None) -> None:
     """Atomically write `labels` on `grid`'s exact grid as uint8 (uint16 above 255), plus x.json with
-    {"labels": {"background": 0, name: value, ...}} next to it (also embedded in NIfTI headers)."""
+    {"labels": {"background": 0, name: value, ...}} next to it (also embedded in NIfTI headers); `extra` adds
+    keys to x.json (the anatomy check, confidence)."""
     arr = np.asarray(labels.array if isinstance(labels, Volume) else labels)
     if arr.shape != grid.shape:
         raise InputError(f"The label map's shape {arr.shape} does not match the grid {grid.shape}.")
@@ -144,6 +146,8 @@ def save_labels(grid: Volume, labels: np.ndarray | Volume, path: str | os.PathLi
         raise InputError(f"Label values must lie in 0..65535, got {lo:g}..{top:g}.")
     out = arr.astype(np.uint8 if top <= 255 else np.uint16, copy=False)
     sidecar = _sidecar(names, np.flatnonzero(np.bincount(out.ravel(order="K"))))
+    if extra:
+        sidecar = {**sidecar, **extra}
     _write(out, grid, path, sidecar=sidecar)
 
 

@@ -19,6 +19,7 @@ class OrganLocation:
     box_mm: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None
     box_voxels: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None
     confidence: float = 0.0
+    reason: str | None = None  # why a found organ is reported as not present (the anatomy check), or None
 
     def to_dict(self) -> dict:
         """The JSON form; an absent organ has null centroid and boxes."""
@@ -29,7 +30,7 @@ class OrganLocation:
             "box_mm": [[round(v, 2) for v in c] for c in self.box_mm] if present else None,
             "box_voxels": [[int(v) for v in c] for c in self.box_voxels] if present else None,
             "confidence": round(float(self.confidence), 4),
-        }
+        } | ({} if self.reason is None else {"reason": self.reason})
 
 
 def location(name: str, start, stop, centroid_vox, confidence: float, canonical: Canonical) -> OrganLocation:
@@ -48,3 +49,24 @@ def location(name: str, start, stop, centroid_vox, confidence: float, canonical:
 def locations_to_json(locations: dict[str, OrganLocation]) -> dict:
     """The `organscope locate --json` document: {"organs": {name: {...}}}."""
     return {"organs": {name: loc.to_dict() for name, loc in locations.items()}}
+
+
+def check_locations(locations: dict[str, OrganLocation], volume, model_region: str | None = "head-and-neck", *,
+                    keep_unverified: bool = False) -> tuple[dict[str, OrganLocation], str | None]:
+    """The anatomy check (organscope.qc) on a localiser's answer: in a scan outside the model's body region every
+    organ found is reported as not present, with the reason (kept, with the reason, if `keep_unverified`).
+    Returns the locations and the warning line (None when all passed)."""
+    from dataclasses import replace
+
+    from ..qc import scan_region
+
+    if model_region is None:
+        return locations, None
+    region = scan_region(volume)
+    if region.region == model_region:
+        return locations, None
+    reason = f"the scan is not {model_region} CT ({region.reason})"
+    out = {n: (replace(loc, present=keep_unverified, reason=reason) if loc.present else loc)
+           for n, loc in locations.items()}
+    what = "the organs reported are unverified" if keep_unverified else "no head-and-neck organ is reported"
+    return out, f"This scan does not look like {model_region} CT ({region.reason}); {what}."

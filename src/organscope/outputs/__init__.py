@@ -45,7 +45,8 @@ def write_outputs(ct: Volume, seg: Segmentation, targets: OutputPaths, *, engine
     if targets.labels is not None:
         from ..io import save_labels  # what api.save_segmentation does (outputs must not import the api)
 
-        save_labels(seg.labels, seg.labels.array, targets.labels, {0: "background", **seg.names})
+        save_labels(seg.labels, seg.labels.array, targets.labels, {0: "background", **seg.names},
+                    sidecar_extra(seg))
         written.append(targets.labels)
     if targets.statistics is not None:
         write_statistics(ct, seg, targets.statistics)
@@ -63,6 +64,18 @@ def write_outputs(ct: Volume, seg: Segmentation, targets: OutputPaths, *, engine
         write_rtstruct(seg, ct, targets.rtstruct, engine=engine, model=model)
         written.append(targets.rtstruct)
     return written
+
+
+def sidecar_extra(seg: Segmentation) -> dict:
+    """What the label map's .json carries beside the names: each organ's confidence (mean probability), the
+    organs touching the scan's border ("cut_off": their volumes are not whole) and the anatomy check
+    (`organscope.qc`): the scan's region and every organ found, kept or left out, with the reasons."""
+    qc = getattr(seg, "qc", None)
+    out: dict = {"confidence": {n: round(float(c), 4) for n, c in seg.confidence.items()}}
+    if qc is not None:
+        out["cut_off"] = qc.cut_off()
+        out["qc"] = qc.to_dict()
+    return out
 
 
 def write_dicom_seg(seg, ct, path, *, engine: str = "sparse") -> int:

@@ -27,6 +27,9 @@ class OrganStatistics:
     mean_hu: float
     sd_hu: float
     centroid_mm: tuple[float, float, float]  # world RAS mm
+    confidence: float | None = None  # mean probability of the engine's pick over the organ's voxels
+    cut_off: bool = False  # touches the scan's border: the volume is not the whole organ
+    status: str | None = None  # the anatomy check: verified / unverified (kept); None when not checked
 
 
 def voxel_volume_mm3(affine: np.ndarray) -> float:
@@ -50,13 +53,23 @@ def organ_statistics(ct: Volume, seg: Segmentation) -> list[OrganStatistics]:
     centre = np.stack([np.bincount(lab, weights=ix.astype(np.float64)) for ix in ijk], axis=1) / np.maximum(n, 1)[:, None]
     world = ct.voxel_to_world(centre[present])
     vox_ml = voxel_volume_mm3(ct.affine) / 1000.0
+    border = np.zeros(len(n), dtype=bool)  # label values on any face of the grid
+    arr = np.asarray(seg.labels.array)
+    for a in range(3):
+        for end in (0, -1):
+            vals = np.unique(np.take(arr, end, axis=a))
+            border[vals[vals < len(n)].astype(np.int64)] = True
+    qc = getattr(seg, "qc", None)
     out = []
     for row, v in enumerate(present):
         name = seg.names.get(int(v))
         if name is None:
             raise InputError(f"Label value {int(v)} in the label map has no organ name.")
+        conf = seg.confidence.get(str(name))
         out.append(OrganStatistics(int(v), str(name), int(n[v]), float(n[v] * vox_ml), float(mean[v]),
-                                   float(np.sqrt(var[v])), tuple(float(c) for c in world[row])))
+                                   float(np.sqrt(var[v])), tuple(float(c) for c in world[row]),
+                                   None if conf is None else round(float(conf), 4), bool(border[v]),
+                                   None if qc is None or name not in qc.organs else qc.organs[name].status))
     return out
 
 
@@ -69,9 +82,10 @@ def statistics_document(ct: Volume, seg: Segmentation) -> dict:
         "spacing_mm": [round(float(s), 6) for s in ct.spacing_mm],
         "voxel_volume_mm3": voxel_volume_mm3(ct.affine),
         "units": {"volume_ml": "ml", "mean_hu": "HU", "sd_hu": "HU (population sd)",
-                  "centroid_mm": "world RAS mm"},
+                  "centroid_mm": "world RAS mm", "confidence": "mean probability (0-1)",
+                  "cut_off": "touches the scan's border: the volume is not the whole organ"},
         "organs": [asdict(s) | {"centroid_mm": list(s.centroid_mm)} for s in stats],
-    }
+    } | ({} if getattr(seg, "qc", None) is None else {"qc": seg.qc.to_dict()})
 
 
 def write_statistics(ct: Volume, seg: Segmentation, path: str | os.PathLike) -> dict:

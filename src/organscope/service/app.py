@@ -27,6 +27,8 @@ included, symlinks resolved) lies inside the allowed directory, and every respon
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import contextlib
 import os
 import tempfile
@@ -224,6 +226,12 @@ def create_app(*, allowed_dir: str | os.PathLike | None = None, max_upload_mb: f
         if not np.isfinite(pts).all():
             raise InputError("Query points must be finite numbers.")
         entry, res = store.query(scan_id, pts, voxel=body.space == "voxel")
+        from ..qc import query_region  # the scan's body region: computed once per open scan
+
+        region, check = query_region(store.query_engine, entry.volume)
+        qc = None if check is None else {"model_region": region, **check.to_dict(), "in_region": check.region == region}
+        if qc is not None and not qc["in_region"]:
+            res = replace(res, names=tuple("unknown" for _ in res.names))
         world = entry.prepared.canonical.voxel_to_world(res.voxels)
         vox = np.rint(entry.volume.world_to_voxel(world)).astype(int).tolist()
         world = np.round(world, 3).tolist()
@@ -234,7 +242,7 @@ def create_app(*, allowed_dir: str | os.PathLike | None = None, max_upload_mb: f
                     "top3": [{"organ": a, "probability": b} for a, b in zip(tn, tp)]}
                    for p, v, w, n, lab, pr, tn, tp in zip(body.points, vox, world, res.names, labels, prob,
                                                          res.top3_names, top_p)]
-        return JSONResponse({"scan_id": scan_id, "space": body.space, "results": results})
+        return JSONResponse({"scan_id": scan_id, "space": body.space, "results": results, "qc": qc})
 
     # ---- segmentation jobs ------------------------------------------------------------------------------
     def job_info(job) -> dict:
@@ -245,8 +253,10 @@ def create_app(*, allowed_dir: str | os.PathLike | None = None, max_upload_mb: f
         if job.state == "done":  # label values and names of the engine that ran (engines may differ)
             seg = job.segmentation
             out["organs_found"] = [
-                {**organ_entry(v, seg.names[v]), "confidence": _rounded(seg.confidence.get(seg.names[v]))}
+                {**organ_entry(v, seg.names[v]), "confidence": _rounded(seg.confidence.get(seg.names[v])),
+                 "cut_off": seg.names[v] in seg.qc.cut_off() if getattr(seg, "qc", None) else None}
                 for v in job.present if v > 0 and v in seg.names]
+            out["qc"] = seg.qc.to_dict() if getattr(seg, "qc", None) is not None else None
         return out
 
     @app.post("/api/scans/{scan_id}/segment", response_model=S.JobInfo, responses=err, status_code=202)

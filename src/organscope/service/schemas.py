@@ -57,6 +57,8 @@ class QueryResponse(BaseModel):
     scan_id: str
     space: str
     results: list[PointAnswer]
+    qc: dict | None = Field(None, description="the anatomy check: the model's and the scan's body region; outside "
+                                              "the model's region every organ answer is 'unknown'")
 
 
 class SegmentRequest(BaseModel):
@@ -74,6 +76,7 @@ class EngineInfo(BaseModel):
 
 class FoundOrgan(OrganInfo):
     confidence: float | None = Field(None, description="mean probability over the organ's voxels, 0..1")
+    cut_off: bool | None = Field(None, description="touches the scan's border: its volume is not whole")
 
 
 class JobInfo(BaseModel):
@@ -86,6 +89,8 @@ class JobInfo(BaseModel):
     error: str | None = None
     seconds: float | None = None
     organs_found: list[FoundOrgan] | None = None
+    qc: dict | None = Field(None, description="the anatomy check (organscope.qc): scan region, per organ status, "
+                                              "reasons, cut off")
 
 
 class ErrorBody(BaseModel):
