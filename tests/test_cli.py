@@ -60,8 +60,9 @@ def test_segment_writes_labels_on_the_input_grid(capsys, tmp_path, phantom_files
     assert img.get_data_dtype() == np.uint8
     lab = np.asarray(img.dataobj)
     np.testing.assert_array_equal(lab, segmentations[name].labels.array)
-    assert json.loads((tmp_path / "out.json").read_text()) == {
-        "labels": {"background": 0, "bone": 1, "fat": 2, "below_bone": 3}}
+    sidecar = json.loads((tmp_path / "out.json").read_text())
+    assert sidecar["labels"] == {"background": 0, "bone": 1, "fat": 2, "below_bone": 3}
+    assert set(sidecar["confidence"]) == {"bone", "fat", "below_bone"} and sidecar["qc"]["dropped"] == []
     assert stdout == ""
     assert f"{out}: 3 organ(s) found (below_bone, bone, fat);" in err
     assert len(err.strip().splitlines()) == 1

@@ -3,7 +3,8 @@ training data says it can be? Core: imports no engine. Used by `pipeline.segment
 and service all get it), `api.query`, `organscope locate` and the service.
 
 Two checks, both against figures measured on the 170 OpenKBP training cases only (`data/organ_sizes_openkbp.json`,
-written by `localize.organ_sizes`; thresholds chosen on training cases, never the validation cases):
+written by `measure_anatomy` here and `localize.organ_sizes`; thresholds chosen on training cases, never the
+validation cases):
 
 1. The scan's body region (`scan_region`), from the body's cross-section along the superior axis: a head-and-neck
    scan holds the head or neck, whose axial cross-section is small (< 300 cm^2, against >= 300 cm^2 for every
@@ -12,8 +13,8 @@ written by `localize.organ_sizes`; thresholds chosen on training cases, never th
    tried: 0 mm). Cheap (the body mask on a ~4 mm grid), so the query path runs it once per prepared scan.
 2. Each organ found (`check_organs`): at least half the smallest volume seen in training (and 2 voxels), at
    most 1.5x the largest; its centroid's offset (R, A) from the body outline's centre at its level, and its
-   superior offset from the other organs found, within the training range plus a margin; its mean
-   probability (`Segmentation.confidence`) not below the lowest seen on training cases. An organ touching a
+   superior offset from the other organs found, within the training range plus a margin. (No threshold on the
+   organ's mean probability yet: `Segmentation.confidence` is reported, not used to drop.) An organ touching a
    border of the scan is marked "cut off" (its volume is not whole): the lower size limits do not apply to it.
 
 An organ that fails is "unverified": `apply_qc` removes it from the label map (and so from statistics, masks,
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -238,8 +240,7 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}"
 
 
-def _organ_reasons(name: str, g: OrganGeometry, conf: float | None, others: dict[str, OrganGeometry],
-                   ref: dict, min_confidence: float | None) -> list[str]:
+def _organ_reasons(name: str, g: OrganGeometry, others: dict[str, OrganGeometry], ref: dict) -> list[str]:
     r = ref.get(name)
     reasons: list[str] = []
     if g.voxels < 2:
@@ -265,8 +266,6 @@ def _organ_reasons(name: str, g: OrganGeometry, conf: float | None, others: dict
                <= pairs[o][1] + MARGIN_PAIR_MM]
         if 2 * len(bad) > len(checked):
             reasons.append(f"its height relative to {', '.join(bad)} is outside the training range")
-    if conf is not None and min_confidence is not None and conf < min_confidence:
-        reasons.append(f"mean probability {conf:.2f}, below any seen in training ({min_confidence:.2f})")
     return reasons
 
 
@@ -274,7 +273,7 @@ def check_organs(volume: Volume, labels: Volume, names: dict[int, str], confiden
                  model_region: str | None = HEAD_AND_NECK, region: RegionCheck | None = None,
                  dataset: str = "openkbp", engine: str | None = None) -> tuple[RegionCheck, dict[str, OrganCheck]]:
     """The region of the scan and each present organ's check (kept is left True: `apply_qc` decides)."""
-    from .localize.organ_sizes import organ_sizes, qc_thresholds
+    from .localize.organ_sizes import organ_sizes
 
     region = region or (scan_region(volume) if model_region is not None else RegionCheck("unknown", 0.0))
     can_lab, _ = labels.to_canonical()
@@ -283,14 +282,13 @@ def check_organs(volume: Volume, labels: Volume, names: dict[int, str], confiden
     body = body_mask_canonical(can_ct) if present else None
     geo = organ_geometry(can_lab.array, can_lab.affine, body, present)
     ref = organ_sizes(dataset) if model_region == HEAD_AND_NECK else {}
-    min_conf = qc_thresholds(dataset).get("min_confidence", {}).get(engine or "", None)
     out: dict[str, OrganCheck] = {}
     for name, g in geo.items():
         conf = confidence.get(name)
         reasons = []
         if model_region is not None and region.region != model_region and name not in KEPT_OUTSIDE_REGION:
             reasons.append(f"the scan is not {model_region} CT")
-        reasons += _organ_reasons(name, g, conf, geo, ref, None if min_conf is None else min_conf.get(name))
+        reasons += _organ_reasons(name, g, geo, ref)
         out[name] = OrganCheck(name, not reasons, tuple(reasons), g.volume_ml, g.voxels, conf, g.cut_off)
     return region, out
 
@@ -332,3 +330,50 @@ def query_region(engine, volume: Volume | None) -> tuple[str | None, RegionCheck
     if region is None or volume is None:
         return region, None
     return region, scan_region(volume)
+
+
+def measure_anatomy(data_root: Path, split: str = "train") -> dict:
+    """What the anatomy check (this module) compares against, per organ over a split (contoured organs only):
+    the smallest and largest volume, the largest box extent (R, A, S), the range of the centroid's (R, A)
+    offset from the body outline's centre at the organ's level, and the range of its centroid's height above
+    each other organ's (S, mm)."""
+    from .datasets import Dataset
+
+    ds = Dataset(data_root)
+    geo: dict[str, list] = {}
+    for case in ds.split(split):
+        lab = case.load_labels().to_canonical()[0]
+        body = body_mask_canonical(case.load_image().to_canonical()[0])
+        g = organ_geometry(lab.array, lab.affine, body, {n: ds.label_map.ids[n] for n in case.organs})
+        for name, og in g.items():
+            geo.setdefault(name, []).append((og, g))
+    out = {}
+    for name, rows in geo.items():
+        vol = [og.volume_ml for og, _ in rows]
+        ext = np.array([og.extent_mm for og, _ in rows])
+        off = np.array([og.body_offset_mm for og, _ in rows if og.body_offset_mm is not None])
+        pairs: dict[str, list[float]] = {}
+        for og, g in rows:
+            for other, o in g.items():
+                if other != name:
+                    pairs.setdefault(other, []).append(og.centroid_mm[2] - o.centroid_mm[2])
+        out[name] = {"volume_ml_min": round(float(min(vol)), 3), "volume_ml_max": round(float(max(vol)), 2),
+                     "extent_mm_max": [round(float(x), 1) for x in ext.max(0)],
+                     "body_offset_mm": [[round(float(off[:, a].min()), 1), round(float(off[:, a].max()), 1)]
+                                        for a in range(2)],
+                     "superior_offset_mm": {o: [round(float(min(v)), 1), round(float(max(v)), 1)]
+                                            for o, v in sorted(pairs.items())}}
+    return out
+
+
+if __name__ == "__main__":  # python -m organscope.qc DATA_DIR: (re)measure data/organ_sizes_openkbp.json
+    import json
+    import sys
+
+    from .localize.organ_sizes import DATA_DIR, measure
+
+    doc = measure(Path(sys.argv[1]))
+    for organ, extra in measure_anatomy(Path(sys.argv[1])).items():
+        doc["organs"][organ].update(extra)
+    (DATA_DIR / "organ_sizes_openkbp.json").write_text(json.dumps(doc, indent=1))
+    print(json.dumps(doc, indent=1))
