@@ -153,3 +153,24 @@ def test_cutting_the_field_of_view_to_280_mm_keeps_the_labels(engine):
         scores_whole.append(_dice(whole.labels.array == ids[organ], ref == v))
         scores_cut.append(_dice(part.labels.array == ids[organ], ref_cut == v))
     assert np.mean(scores_cut) >= np.mean(scores_whole) - 0.05, (scores_whole, scores_cut)
+
+
+@pytest.mark.parametrize("bad", [[4.0, 4.0], [[5.0, 3.0], 4.0, 2.5], [0.0, 4.0, 2.5], "4", [[4.0], 4.0, 2.5]])
+def test_a_card_spacing_is_checked(bad):
+    from organscope.engines.cnn3d.card import Cnn3dCard
+    from organscope.errors import ModelError
+
+    with pytest.raises(ModelError, match="spacing_mm"):
+        Cnn3dCard.from_dict({"engine": "cnn3d", "classes": ["background", "bone"], "spacing_mm": bad})
+
+
+def test_the_shipped_cards_name_their_spacing():
+    from organscope.engines.cascade.card import CascadeCard
+    from organscope.engines.cnn3d.card import Cnn3dCard
+    from organscope.localize.heatmap_card import HeatmapCard
+    from organscope.modelcard import MODELS_DIR
+
+    for cls, name in ((Cnn3dCard, "cnn3d"), (CascadeCard, "cascade"), (HeatmapCard, "heatmap")):
+        path = MODELS_DIR / f"{name}_openkbp.json"
+        if path.exists():
+            assert cls.load(path).spacing_mm == ((3.75, 4.9), (3.75, 4.9), (2.0, 3.0)), name

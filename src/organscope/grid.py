@@ -5,6 +5,11 @@
 Gaussian or 3rd-order spline cost a multiple and reduce to this at a 4x zoom-out), compiled with numba. `to_grid`
 puts a scan on a grid given as an argument over its whole field of view on the canonical RAS+ axes, and `from_grid`
 brings a label map back by nearest neighbour onto the input's grid and orientation.
+
+`to_spacing` is the physical-scale path (issue 13): the scan at a spacing in mm (a model card's `spacing_mm`, per
+axis fixed or a [lo, hi] range), padded with air to at least the network's grid or tiled by it with overlap
+(`run_tiled` merges the tiles' outputs), and `from_spacing` the way back, so organ scale no longer follows the
+field of view.
 """
 from __future__ import annotations
 

@@ -33,8 +33,8 @@ def _half_extents_mm(v) -> tuple[tuple[str, tuple[float, float, float]], ...]:
 class HeatmapCard(ModelCard):
     """organs: one heat-map per organ (the network's outputs); grid: the coarse grid of the heat-maps;
     input_grid: the grid the network reads (none: `grid`), a tile of the work grid; source_grid: the grid the scan
-    is resampled to first when the card has no spacing; spacing_mm: the canonical (x, y, z) spacing the scan is
-    resampled to, padded with air or tiled to input_grid (none, as in cards made before it: the field of view
+    is resampled to first when the card has no spacing; spacing_mm: the canonical (x, y, z) spacing (each a number or
+    a [lo, hi] range: grid.work_spacing) the scan is resampled to, padded with air or tiled to input_grid (none, as in cards made before it: the field of view
     stretched onto source_grid);
     windows_hu: the input channels; tau: the presence threshold; box_margin_mm: added to the mean organ extent
     when the card has no fitted half-extents; box_half_extent_mm: (organ, (x, y, z) mm) fitted per organ."""

@@ -49,8 +49,8 @@ def group_spec(name: str, spec) -> GroupSpec:
 
 @dataclass(frozen=True)
 class CascadeCard(ModelCard):
-    """grid: the smallest canonical work grid (voxels); spacing_mm: the canonical (x, y, z) spacing the scan is
-    resampled to before it is padded with air to at least the grid (none, as in cards made before it: the whole
+    """grid: the smallest canonical work grid (voxels); spacing_mm: the canonical (x, y, z) spacing (each a number or
+    a [lo, hi] range: grid.work_spacing) the scan is resampled to before it is padded with air to at least the grid (none, as in cards made before it: the whole
     field of view stretched onto the grid); windows_hu: the input channels; groups: the organ groups (card order);
     classes: background + organs in label order (none: the groups' order); margin_vox: grid voxels around a
     group's boxes; largest_component; mirror_tta: average with the left-right mirrored crop; localizer: what

@@ -18,10 +18,11 @@ N_BACKGROUND = 2  # the network's classes 0 (air) and 1 (body) are both backgrou
 @dataclass(frozen=True)
 class Cnn3dCard(ModelCard):
     """classes: background + organs (label values); network_classes: air, body + organs (the network's outputs);
-    grid: the network's tile (canonical voxels); spacing_mm: the canonical (x, y, z) spacing, each a number or a [lo, hi] range
-    (grid.work_spacing), the scan is resampled to before it is padded with air or tiled to the grid (none, as in cards made before it: the whole field of
-    view stretched onto the grid); windows_hu: the input channels; logit_offsets: one
-    per network class, added before the argmax; largest_component: keep each organ's largest component."""
+    grid: the network's tile (canonical voxels); spacing_mm: the canonical (x, y, z) spacing the scan is resampled
+    to, per axis a number or a [lo, hi] range (grid.work_spacing), before it is padded with air or tiled to the
+    grid (none, as in cards made before it: the whole field of view stretched onto the grid); windows_hu: the
+    input channels; logit_offsets: one per network class, added before the argmax; largest_component: keep each
+    organ's largest component."""
 
     classes: tuple[str, ...] = card_field(parse=names)
     network_classes: tuple[str, ...] | None = card_field(parse=names, default=None)
