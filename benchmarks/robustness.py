@@ -50,7 +50,10 @@ def validation_cases() -> list[dict]:
 
 
 def case_set(engine: str, condition: str, cases: list[dict]) -> list[dict]:
-    """All cases for native, and for the cuts of cnn3d and cascade; every third case otherwise."""
+    """All cases for native, and for the cuts of cnn3d and cascade; every third case otherwise (and for the table's
+    "native/3" column: native on those cases, to compare the subset's conditions with)."""
+    if condition == "native/3":
+        return cases[::3]
     if condition == "native" or (condition in CUT_MM and engine in ("cnn3d", "cascade")):
         return cases
     return cases[::3]
@@ -210,7 +213,8 @@ def table(cache: Path, tag: str, engines, conditions) -> str:
     cases = validation_cases()
     res_dir = cache / "scores" / tag
     lines = [f"[{tag}] validation mean Dice (mean over organs of per-organ means, contoured organs only); "
-             "n = cases scored", "engine    " + "".join(f"{c:>14s}" for c in conditions)]
+             "n = cases scored; native/3: native on every third case (the subset of the n=11 cells)",
+             "engine    " + "".join(f"{c:>14s}" for c in conditions)]
     widened = {}
     for e in engines:
         row = f"{e:10s}"
@@ -218,7 +222,7 @@ def table(cache: Path, tag: str, engines, conditions) -> str:
             per_organ: dict[str, list[float]] = {}
             n = 0
             for c in case_set(e, cond, cases):
-                f = res_dir / f"{e}_{cond}_{c['case']}.json"
+                f = res_dir / f"{e}_{cond.split('/')[0]}_{c['case']}.json"
                 if not f.exists():
                     continue
                 r = json.loads(f.read_text())
@@ -249,7 +253,10 @@ def main(argv=None) -> None:
     if args.table is None:
         run(args)
     for tag in (args.table.split(",") if args.table else [args.tag]):
-        print(table(Path(args.cache), tag, args.engines, args.conditions))
+        conds = list(args.conditions)
+        if "native" in conds:
+            conds.insert(conds.index("native") + 1, "native/3")
+        print(table(Path(args.cache), tag, args.engines, conds))
         print()
 
 
