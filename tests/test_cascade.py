@@ -94,7 +94,7 @@ def result(synthetic, scan):
 @needs_sparse
 def test_labels_are_bone_inside_the_located_group_crops_only(result, scan):
     eng, seg = result
-    hu, gmap = gridmod.to_grid(scan, eng.grid)
+    hu, gmap = eng.work_grid(scan)
     crops = eng.group_boxes(eng.locate(scan, hu, gmap), gmap, eng.classes[1:])
     assert set(crops) == {"midline", "face", "neck"}
     inside = np.zeros(eng.grid, bool)
@@ -114,7 +114,7 @@ def test_labels_are_bone_inside_the_located_group_crops_only(result, scan):
 @needs_sparse
 def test_an_organ_cut_out_of_the_scan_stays_absent(synthetic, scan, result):
     eng, _ = result
-    hu, gmap = gridmod.to_grid(scan, eng.grid)
+    hu, gmap = eng.work_grid(scan)
     larynx = eng.locate(scan, hu, gmap)["larynx"]
     low = larynx.box_voxels[1][2] + 5  # OpenKBP axis 2 runs superior -> inferior: keep what lies below the larynx
     cut = Volume(np.ascontiguousarray(scan.array[:, :, low:]),

@@ -5,6 +5,11 @@
 Gaussian or 3rd-order spline cost a multiple and reduce to this at a 4x zoom-out), compiled with numba. `to_grid`
 puts a scan on a grid given as an argument over its whole field of view on the canonical RAS+ axes, and `from_grid`
 brings a label map back by nearest neighbour onto the input's grid and orientation.
+
+`to_spacing` is the physical-scale path (issue 13): the scan at a spacing in mm (a model card's `spacing_mm`, per
+axis fixed or a [lo, hi] range), padded with air to at least the network's grid or tiled by it with overlap
+(`run_tiled` merges the tiles' outputs), and `from_spacing` the way back, so organ scale no longer follows the
+field of view.
 """
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from .geometry import Canonical, scale_affine
+from .geometry import Canonical, crop_affine, scale_affine
 from .volume import Volume
 
 
@@ -163,3 +168,154 @@ def from_grid(labels_grid: np.ndarray, gmap: GridMap, volume: Volume) -> Volume:
         idx.append(n_out - 1 - canon_idx[::-1] if flip < 0 else canon_idx)
     _expand_nearest(small, *idx, out)
     return volume.with_array(out)
+
+
+# --- physical spacing: the scan at a fixed spacing in mm, padded with air or tiled to a network's grid ---------
+
+#: what pads a scan outside its field of view: air, as outside the body
+AIR_HU = -1024.0
+#: work-grid sides beyond one tile are rounded up to this (the U-Nets halve the grid four times)
+ALIGN = 16
+
+
+@dataclass(frozen=True)
+class SpacingMap:
+    """How the canonical input grid maps onto a work grid at a fixed spacing, and the work grid onto tiles.
+
+    `inner` (a GridMap) is the scan resampled over its whole field of view to the card's spacing (each side
+    rounded to whole voxels, so the spacing is within half a voxel over the field of view of the card's);
+    the work grid is that grid padded with air by `pad_before` voxels (and up to `shape`) to at least one tile
+    and to a multiple of ALIGN beyond it; `tiles` are the starts of the tile_shape windows covering it, overlapping
+    where it is larger than one tile. Without a spacing (an old card) the inner grid is the tile itself: the
+    whole field of view stretched onto it, the behaviour before physical spacing."""
+
+    inner: GridMap
+    pad_before: tuple[int, int, int]
+    shape: tuple[int, int, int]
+    tile_shape: tuple[int, int, int]
+    tiles: tuple[tuple[int, int, int], ...]
+    spacing_mm: tuple[tuple[float, float], ...] | None  # the card's, per axis (lo, hi)
+
+    @property
+    def canonical(self) -> Canonical:
+        return self.inner.canonical
+
+    @property
+    def canonical_shape(self) -> tuple[int, int, int]:
+        return self.inner.canonical_shape
+
+    @property
+    def canonical_affine(self) -> np.ndarray:
+        return self.inner.canonical_affine
+
+    @property
+    def affine(self) -> np.ndarray:
+        """Work grid voxels -> RAS mm."""
+        return crop_affine(self.inner.grid_affine, -np.asarray(self.pad_before, float))
+
+    @property
+    def inner_slices(self) -> tuple[slice, slice, slice]:
+        return tuple(slice(p, p + n) for p, n in zip(self.pad_before, self.inner.grid_shape))
+
+    def crop_inner(self, array: np.ndarray) -> np.ndarray:
+        """The scan's own part of an array on the work grid (last three axes)."""
+        return array[(..., *self.inner_slices)]
+
+
+def tile_starts(n: int, tile: int, overlap: int) -> list[int]:
+    """Starts of windows of `tile` voxels covering [0, n) with at least `overlap` voxels shared by neighbours,
+    evenly spread, multiples of 2 (n and tile even) so a half-resolution output lines up."""
+    if n <= tile:
+        return [0]
+    k = int(np.ceil((n - overlap) / max(1, tile - overlap)))
+    starts = np.round(np.linspace(0, n - tile, k) / 2).astype(int) * 2
+    return sorted({int(s) for s in starts})
+
+
+def work_shape(inner_shape, tile_shape) -> tuple[int, int, int]:
+    """The work grid: at least one tile, each side beyond it rounded up to a multiple of ALIGN."""
+    return tuple(int(t) if n <= t else int(np.ceil(n / ALIGN) * ALIGN) for n, t in zip(inner_shape, tile_shape))
+
+
+def spacing_ranges(spacing_mm) -> tuple[tuple[float, float], ...]:
+    """Per canonical axis (lo, hi) mm from a spacing given per axis as one number (fixed) or [lo, hi]."""
+    return tuple((float(v), float(v)) if np.ndim(v) == 0 else (float(v[0]), float(v[1])) for v in spacing_mm)
+
+
+def work_spacing(volume: Volume, spacing_mm, tile_shape) -> np.ndarray:
+    """The spacing (canonical x, y, z mm) a scan is resampled to: per axis, its field of view over the tile
+    clipped to the axis's range (a fixed spacing is a range of one value), so a scan whose field of view spreads
+    over the tile at a spacing the network was trained at is not resampled at all, and any other at the range's
+    nearest end, whatever its field of view."""
+    can = volume.canonical()
+    extent = np.array(can.shape) * np.sqrt((can.affine[:3, :3] ** 2).sum(0))
+    lo, hi = np.array(spacing_ranges(spacing_mm)).T
+    return np.clip(extent / np.asarray(tile_shape, float), lo, hi)
+
+
+def spacing_map(volume: Volume, spacing_mm, tile_shape, *, overlap=(32, 32, 32)) -> SpacingMap:
+    """The SpacingMap of a scan at `spacing_mm` (canonical x, y, z, each a number or a [lo, hi] range, see
+    `work_spacing`; None: the field of view stretched onto `tile_shape`)."""
+    can = volume.canonical()
+    tile_shape = tuple(int(v) for v in tile_shape)
+    if spacing_mm is None:
+        inner_shape = tile_shape
+    else:
+        extent = np.array(can.shape) * np.sqrt((can.affine[:3, :3] ** 2).sum(0))
+        sp = work_spacing(volume, spacing_mm, tile_shape)
+        inner_shape = tuple(max(1, int(round(e / s))) for e, s in zip(extent, sp))
+    zoom = np.array(can.shape, dtype=float) / np.array(inner_shape, dtype=float)
+    inner = GridMap(can, inner_shape, scale_affine(can.affine, zoom))
+    shape = work_shape(inner_shape, tile_shape)
+    pad = tuple((w - n) // 2 for w, n in zip(shape, inner_shape))
+    starts = [tile_starts(w, t, o) for w, t, o in zip(shape, tile_shape, overlap)]
+    tiles = tuple((a, b, c) for a in starts[0] for b in starts[1] for c in starts[2])
+    return SpacingMap(inner, pad, shape, tile_shape, tiles, None if spacing_mm is None else spacing_ranges(spacing_mm))
+
+
+def to_spacing(volume: Volume, spacing_mm, tile_shape, *, overlap=(32, 32, 32),
+               pad_hu: float = AIR_HU) -> tuple[np.ndarray, SpacingMap]:
+    """HU (float32) on the canonical work grid at `spacing_mm` (the scan anti-aliased-resampled over its whole
+    field of view, padded with air to at least one `tile_shape` tile) and the SpacingMap back to the input's
+    grid. With spacing_mm None, exactly `to_grid(volume, tile_shape)`."""
+    smap = spacing_map(volume, spacing_mm, tile_shape, overlap=overlap)
+    can = smap.canonical
+    small = np.ascontiguousarray(can.view(resample(volume.array, can.to_input_order(smap.inner.grid_shape))))
+    if smap.shape == smap.inner.grid_shape:
+        return small, smap
+    work = np.full(smap.shape, pad_hu, np.float32)
+    work[smap.inner_slices] = small
+    return work, smap
+
+
+def run_tiled(x: np.ndarray, smap: SpacingMap, fn, *, reduce: str = "mean", whole_voxels: int = 0) -> np.ndarray:
+    """fn(x[..., tile]) -> (C, *tile / f) for every tile of the work grid (x: (..., *work shape)), merged onto
+    the work grid (divided by the same f): averaged where tiles overlap ("mean", for probabilities) or their
+    maximum ("max", for heat-maps). One tile, or a work grid of at most `whole_voxels` voxels (for a fully
+    convolutional network: no seams, and one run costs less than the overlapping tiles): fn(x) as it is."""
+    if (len(smap.tiles) == 1 and smap.shape == smap.tile_shape) or int(np.prod(smap.shape)) <= whole_voxels:
+        return fn(x)
+    out = count = None
+    for start in smap.tiles:
+        sl = tuple(slice(s, s + t) for s, t in zip(start, smap.tile_shape))
+        y = fn(np.ascontiguousarray(x[(..., *sl)]))
+        f = [t // n for t, n in zip(smap.tile_shape, y.shape[-3:])]
+        if out is None:
+            out = np.zeros((*y.shape[:-3], *(w // k for w, k in zip(smap.shape, f))), np.float32)
+            count = np.zeros(out.shape[-3:], np.float32) if reduce == "mean" else None
+            if reduce == "max":
+                out.fill(-np.inf)
+        dst = tuple(slice(s // k, s // k + n) for s, k, n in zip(start, f, y.shape[-3:]))
+        if reduce == "mean":
+            out[(..., *dst)] += y
+            count[dst] += 1.0
+        else:
+            np.maximum(out[(..., *dst)], y, out=out[(..., *dst)])
+    if reduce == "mean":
+        out /= np.maximum(count, 1.0)
+    return out
+
+
+def from_spacing(labels_work: np.ndarray, smap: SpacingMap, volume: Volume) -> Volume:
+    """Label map on the work grid -> label Volume on the input's own grid and orientation (nearest neighbour)."""
+    return from_grid(np.ascontiguousarray(smap.crop_inner(labels_work)), smap.inner, volume)

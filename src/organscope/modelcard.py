@@ -83,6 +83,24 @@ def positive_ints(n: int):
     return parse
 
 
+def spacings_mm(v) -> tuple:
+    """3 spacings in mm (canonical x, y, z), each a positive number (fixed) or [lo, hi] (a range, lo <= hi)."""
+    form = "must be 3 spacings in mm, each a positive number or [lo, hi]"
+    v = _sequence(v, form)
+    out = []
+    for x in v:
+        if _is_number(x) and math.isfinite(x) and x > 0:
+            out.append(float(x))
+            continue
+        if isinstance(x, (str, bytes, Mapping)) or not isinstance(x, Sequence) or len(x) != 2 or not all(
+                _is_number(y) and math.isfinite(y) and y > 0 for y in x) or x[0] > x[1]:
+            raise CardFieldError(form)
+        out.append((float(x[0]), float(x[1])))
+    if len(out) != 3:
+        raise CardFieldError(form)
+    return tuple(out)
+
+
 def finite_float(v) -> float:
     if not _is_number(v) or not math.isfinite(v):
         raise CardFieldError("must be a finite number")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ..intensity import DEFAULT_WINDOWS_HU
 from ..modelcard import (CardFieldError, ModelCard, card_field, finite_float, finite_floats, json_object, names,
-                         non_negative_float, positive_ints, windows_hu)
+                         non_negative_float, positive_ints, spacings_mm, windows_hu)
 
 #: the grid the shipped heat-map network reads the scan from (the cnn3d grid); a card names its own (`source_grid`)
 SOURCE_GRID = (128, 128, 128)
@@ -32,7 +32,10 @@ def _half_extents_mm(v) -> tuple[tuple[str, tuple[float, float, float]], ...]:
 @dataclass(frozen=True)
 class HeatmapCard(ModelCard):
     """organs: one heat-map per organ (the network's outputs); grid: the coarse grid of the heat-maps;
-    input_grid: the grid the network reads (none: `grid`); source_grid: the grid the scan is resampled to first;
+    input_grid: the grid the network reads (none: `grid`), a tile of the work grid; source_grid: the grid the scan
+    is resampled to first when the card has no spacing; spacing_mm: the canonical (x, y, z) spacing (each a number or
+    a [lo, hi] range: grid.work_spacing) the scan is resampled to, padded with air or tiled to input_grid (none, as in cards made before it: the field of view
+    stretched onto source_grid);
     windows_hu: the input channels; tau: the presence threshold; box_margin_mm: added to the mean organ extent
     when the card has no fitted half-extents; box_half_extent_mm: (organ, (x, y, z) mm) fitted per organ."""
 
@@ -40,6 +43,7 @@ class HeatmapCard(ModelCard):
     grid: tuple[int, int, int] = card_field(parse=positive_ints(3))
     input_grid: tuple[int, int, int] | None = card_field(parse=positive_ints(3), default=None)
     source_grid: tuple[int, int, int] = card_field(parse=positive_ints(3), default=SOURCE_GRID)
+    spacing_mm: tuple | None = card_field(parse=spacings_mm, default=None)
     windows_hu: tuple[tuple[float, float], ...] = card_field(parse=windows_hu, default=DEFAULT_WINDOWS_HU)
     tau: float = card_field(parse=finite_float, default=TAU)
     box_margin_mm: float = card_field(parse=non_negative_float, default=10.0)

@@ -22,7 +22,7 @@ import torch
 
 from ..datasets import Dataset
 from ..engines.cascade.groups import GROUPS, MARGIN_VOX
-from ..engines.cnn3d.preprocess import GRID, WINDOWS_HU
+from ..engines.cnn3d.preprocess import GRID, SPACING_MM, WINDOWS_HU
 from ..modelcard import MODELS_DIR
 from .cnn3d_data import N_SPECIAL
 from .cnn3d_net import Cnn3dNet, count_gflops, count_parameters
@@ -71,7 +71,7 @@ def finalize(runs: dict[str, Path], data_root: Path, out_dir: Path, name: str = 
         # label values as the other engines give them: the dataset's organ order
         "classes": ["background", *[ds.label_map.names[i] for i in sorted(ds.label_map.names)
                                     if any(ds.label_map.names[i] in g["organs"] for g in groups.values())]],
-        "grid": list(GRID), "windows_hu": [list(w) for w in WINDOWS_HU], "margin_vox": MARGIN_VOX,
+        "grid": list(GRID), "spacing_mm": [list(s) for s in SPACING_MM], "windows_hu": [list(w) for w in WINDOWS_HU], "margin_vox": MARGIN_VOX,
         "input": "per group, (1, 2, d, h, w) float32 (multiples of 16): a crop of the scan on the canonical RAS+ "
                  "128^3 grid around the group's located boxes, HU through two windows clipped to [0, 1]",
         "output": "per group, logits (1, 2 + group organs, d, h, w): air, body, the group's organs; softmax; "

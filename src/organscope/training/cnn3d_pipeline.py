@@ -18,7 +18,7 @@ import torch
 
 from ..datasets import Dataset
 from ..modelcard import MODELS_DIR
-from ..engines.cnn3d.preprocess import GRID, WINDOWS_HU
+from ..engines.cnn3d.preprocess import GRID, SPACING_MM, WINDOWS_HU
 from .cnn3d_net import Cnn3dNet, count_gflops, count_parameters
 from .cnn3d_data import N_SPECIAL
 from .engine_validation import score_engine
@@ -100,6 +100,7 @@ def finalize(run_dir: Path, data_root: Path, out_dir: Path, name: str = "cnn3d_o
         "classes": ["background", *organs],
         "network_classes": ["air", "body", *organs],
         "grid": list(GRID),
+        "spacing_mm": [list(s) for s in SPACING_MM],
         "input": "(1, 2, 128, 128, 128) float32: the scan on the canonical RAS+ 128^3 grid covering its field of "
                  "view, HU through two windows (level, width) clipped to [0, 1]",
         "windows_hu": [list(w) for w in WINDOWS_HU],

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..datasets import Dataset
-from ..engines.cnn3d.preprocess import GRID as INPUT_GRID, WINDOWS_HU
+from ..engines.cnn3d.preprocess import GRID as INPUT_GRID, SPACING_MM, WINDOWS_HU
 from ..grid import resample
 from ..intensity import windows
 from ..geometry import canonical_transform, oriented_affine, scale_affine
@@ -402,6 +402,7 @@ def main(argv=None):
     err = export(net, path, images.shape[1:])
     card = {"name": "heatmap_openkbp", "engine": "locate", "organs": meta["organs"], "grid": list(GRID),
             "input_grid": list(images.shape[1:]), "source_grid": list(images.shape[1:]),
+            "spacing_mm": [list(s) for s in SPACING_MM],
             "windows_hu": [list(w) for w in WINDOWS_HU],
             "sigma2_mm2": SIGMA2_MM2, "tau": TAU, "box_margin_mm": 10.0, "onnx_parity_max_abs_diff": err,
             "date": _dt.date.today().isoformat(),

@@ -10,7 +10,8 @@ import numpy as np
 from ...errors import ModelError
 from ...intensity import DEFAULT_WINDOWS_HU
 from ...modelcard import (CardFieldError, ModelCard, boolean, card_field, entry, finite_floats, named_entries, names,
-                          non_negative_int, offsets_array, one_of, positive_ints, text, windows_hu)
+                          non_negative_int, offsets_array, one_of, positive_ints, spacings_mm, text,
+                          windows_hu)
 from .groups import MARGIN_VOX
 
 LOCALIZERS = ("sparse_grid", "heatmap")
@@ -48,12 +49,15 @@ def group_spec(name: str, spec) -> GroupSpec:
 
 @dataclass(frozen=True)
 class CascadeCard(ModelCard):
-    """grid: the fixed canonical grid; windows_hu: the input channels; groups: the organ groups (card order);
+    """grid: the smallest canonical work grid (voxels); spacing_mm: the canonical (x, y, z) spacing (each a number or
+    a [lo, hi] range: grid.work_spacing) the scan is resampled to before it is padded with air to at least the grid (none, as in cards made before it: the whole
+    field of view stretched onto the grid); windows_hu: the input channels; groups: the organ groups (card order);
     classes: background + organs in label order (none: the groups' order); margin_vox: grid voxels around a
     group's boxes; largest_component; mirror_tta: average with the left-right mirrored crop; localizer: what
     finds the organ boxes; heatmap_model: the heat-map model it uses (none: the shipped one)."""
 
     grid: tuple[int, int, int] = card_field(parse=positive_ints(3))
+    spacing_mm: tuple | None = card_field(parse=spacings_mm, default=None)
     groups: tuple[GroupSpec, ...] = card_field(parse=named_entries(group_spec))
     windows_hu: tuple[tuple[float, float], ...] = card_field(parse=windows_hu, default=DEFAULT_WINDOWS_HU)
     classes: tuple[str, ...] | None = card_field(parse=names, default=None)

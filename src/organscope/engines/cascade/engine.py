@@ -1,6 +1,8 @@
 """The cascade engine (Navarro et al.'s localise-then-segment, Zhang et al.'s coarse-to-fine cascade):
 
-1. the scan on the cnn3d fixed grid (128^3 on the canonical RAS+ axes over its field of view);
+1. the scan at the card's spacing in mm on the canonical RAS+ axes (`spacing_mm`), padded with air to at least
+   the card's grid (128^3), whatever its field of view (a card without a spacing: the field of view stretched
+   onto the grid);
 2. organ boxes from a localiser: the sparse classifier's 8 mm grid (`engines.sparse.locate`, handed over by the registry) or the heat-map
    network (`localize.heatmap`), whichever the model card names (the one that measured better);
 3. per group of neighbouring organs (`groups.GROUPS`) with at least one organ found: a crop around the union of
@@ -51,6 +53,7 @@ class CascadeEngine:
         self.card = CascadeCard.load(self.card_path)
         self.groups: MappingProxyType[str, GroupSpec] = MappingProxyType({g.name: g for g in self.card.groups})
         self.grid = self.card.grid
+        self.spacing_mm = self.card.spacing_mm
         self.windows_hu = self.card.windows_hu
         self.classes: tuple[str, ...] = self.card.label_classes
         self.class_id = {o: i for i, o in enumerate(self.classes)}
@@ -76,7 +79,12 @@ class CascadeEngine:
         """Canonical names of the requested organs in the card's order (all when `organs` is None)."""
         return select_organs(self.classes[1:], organs, self.name)
 
-    def locate(self, volume: Volume, hu: np.ndarray, gmap: gridmod.GridMap, timings: dict | None = None):
+    def work_grid(self, volume: Volume) -> tuple[np.ndarray, gridmod.SpacingMap]:
+        """HU on the work grid (the card's spacing, padded with air to at least the grid) and its map."""
+        require_finite(volume)
+        return gridmod.to_spacing(volume, self.spacing_mm, self.grid)
+
+    def locate(self, volume: Volume, hu: np.ndarray, gmap: gridmod.SpacingMap, timings: dict | None = None):
         """Per organ OrganLocation from the card's localiser."""
         if self._locator is None:
             if self._localizers is None:
@@ -86,8 +94,8 @@ class CascadeEngine:
             self._locator = self._localizers(self.localizer, model=model)
         return self._locator.locate(volume, hu=hu, gmap=gmap, timings=timings)
 
-    def group_boxes(self, locations, gmap: gridmod.GridMap, organs) -> dict[str, tuple[list[str], np.ndarray, np.ndarray]]:
-        """Per group with a wanted organ found: (its found organs, crop start, crop size) on the fixed grid."""
+    def group_boxes(self, locations, gmap: gridmod.SpacingMap, organs) -> dict[str, tuple[list[str], np.ndarray, np.ndarray]]:
+        """Per group with a wanted organ found: (its found organs, crop start, crop size) on the work grid."""
         out = {}
         for gname, g in self.groups.items():
             found = [o for o in g.organs if o in organs and locations.get(o) is not None and locations[o].present]
@@ -97,9 +105,9 @@ class CascadeEngine:
             for o in found:
                 (x0, y0, z0), (x1, y1, z1) = locations[o].box_mm
                 pts += [(x, y, z) for x in (x0, x1) for y in (y0, y1) for z in (z0, z1)]
-            vox = world_to_voxel(gmap.grid_affine, np.array(pts, float))
+            vox = world_to_voxel(gmap.affine, np.array(pts, float))
             lo, hi = np.floor(vox.min(0)), np.ceil(vox.max(0))
-            start, size = crop_window(lo, hi, g.crop, self.margin_vox, limit=self.grid)
+            start, size = crop_window(lo, hi, g.crop, self.margin_vox, limit=gmap.shape)
             out[gname] = (found, start, size)
         return out
 
@@ -124,19 +132,18 @@ class CascadeEngine:
                 progress: ProgressFn | None = None) -> Segmentation:
         progress = progress or no_progress
         wanted = self.select(organs)
-        require_finite(volume)
         t0 = time.perf_counter()
-        progress("resample to the grid", 0.0)
-        hu, gmap = gridmod.to_grid(volume, self.grid)
+        progress("resample to the card's spacing", 0.0)
+        hu, gmap = self.work_grid(volume)
         timings = {"prepare": time.perf_counter() - t0}
         t = time.perf_counter()
         progress(f"locate organs ({self.localizer})", 0.2)
         locations = self.locate(volume, hu, gmap)
         timings["locate"] = time.perf_counter() - t
         crops = self.group_boxes(locations, gmap, wanted)
-        best = np.zeros(self.grid, np.float32)
-        labels = np.zeros(self.grid, labels_dtype(len(self.classes)))
-        organ_probs = np.zeros((len(self.classes), *self.grid), np.float32) if probabilities else None
+        best = np.zeros(gmap.shape, np.float32)
+        labels = np.zeros(gmap.shape, labels_dtype(len(self.classes)))
+        organ_probs = np.zeros((len(self.classes), *gmap.shape), np.float32) if probabilities else None
         for n, (gname, (found, start, size)) in enumerate(crops.items()):
             t = time.perf_counter()
             progress(f"segment {gname}", 0.4 + 0.5 * n / max(1, len(crops)))
@@ -148,9 +155,11 @@ class CascadeEngine:
             timings[f"group_{gname}"] = time.perf_counter() - t
         t = time.perf_counter()
         progress("labels back to the scan's grid", 0.9)
+        labels = np.ascontiguousarray(gmap.crop_inner(labels))  # the scan's part of the work grid
+        best = gmap.crop_inner(best)
         if self.largest_component:
             labels = largest_components(labels, len(self.classes))
-        out = gridmod.from_grid(labels, gmap, volume)
+        out = gridmod.from_grid(labels, gmap.inner, volume)
         names = {self.class_id[o]: o for o in wanted}
         idx = np.flatnonzero(labels)  # best holds the probability of the label written at each organ voxel
         confidence = present_on_output(organ_confidence(labels.ravel()[idx], best.ravel()[idx], names), out,
@@ -158,7 +167,8 @@ class CascadeEngine:
         probs = None
         if organ_probs is not None:
             organ_probs[0] = np.clip(1.0 - organ_probs[1:].sum(axis=0), 0.0, 1.0)
-            probs = probabilities_to_input(organ_probs, gmap.grid_affine, gmap.canonical, self.classes)
+            probs = probabilities_to_input(np.ascontiguousarray(gmap.crop_inner(organ_probs)), gmap.inner.grid_affine,
+                                           gmap.canonical, self.classes)
             if organs is not None:
                 probs = probs.keep(wanted)
         timings["postprocess"] = time.perf_counter() - t

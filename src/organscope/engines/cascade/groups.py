@@ -8,10 +8,11 @@ organs the neighbourhoods are:
 - face: both parotids and the mandible, the parotids wrapping the mandible's rami;
 - neck: larynx and oesophagus, the airway and the tube just behind it.
 
-Crops live on the cnn3d fixed grid (128^3 over the scan's field of view, the resolution OpenKBP was delivered
-at: the finest the training data has). A crop is the union of the group's located boxes plus a margin, centred,
+Crops live on the cascade's work grid: the scan at the card's spacing in mm (OpenKBP's 3.75-4.9 mm in-plane,
+2-3 mm between slices: the resolution it was delivered at, the finest the training data has), padded with air
+to at least 128^3 (`grid.to_spacing`). A crop is the union of the group's located boxes plus a margin, centred,
 with each side rounded up to a multiple of 16 (the network halves the grid four times) and at least the
-group's training crop; parts outside the scan repeat its edge."""
+group's training crop; parts outside the work grid repeat its edge."""
 from __future__ import annotations
 
 import numpy as np

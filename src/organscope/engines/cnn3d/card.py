@@ -8,7 +8,8 @@ import numpy as np
 
 from ...errors import ModelError
 from ...intensity import DEFAULT_WINDOWS_HU
-from ...modelcard import ModelCard, boolean, card_field, finite_floats, names, offsets_array, positive_ints, windows_hu
+from ...modelcard import (ModelCard, boolean, card_field, finite_floats, names, offsets_array, spacings_mm,
+                          positive_ints, windows_hu)
 from .preprocess import GRID
 
 N_BACKGROUND = 2  # the network's classes 0 (air) and 1 (body) are both background in the output
@@ -17,12 +18,16 @@ N_BACKGROUND = 2  # the network's classes 0 (air) and 1 (body) are both backgrou
 @dataclass(frozen=True)
 class Cnn3dCard(ModelCard):
     """classes: background + organs (label values); network_classes: air, body + organs (the network's outputs);
-    grid: the fixed canonical grid the scan is resampled to; windows_hu: the input channels; logit_offsets: one
-    per network class, added before the argmax; largest_component: keep each organ's largest component."""
+    grid: the network's tile (canonical voxels); spacing_mm: the canonical (x, y, z) spacing the scan is resampled
+    to, per axis a number or a [lo, hi] range (grid.work_spacing), before it is padded with air or tiled to the
+    grid (none, as in cards made before it: the whole field of view stretched onto the grid); windows_hu: the
+    input channels; logit_offsets: one per network class, added before the argmax; largest_component: keep each
+    organ's largest component."""
 
     classes: tuple[str, ...] = card_field(parse=names)
     network_classes: tuple[str, ...] | None = card_field(parse=names, default=None)
     grid: tuple[int, int, int] = card_field(parse=positive_ints(3), default=GRID)
+    spacing_mm: tuple | None = card_field(parse=spacings_mm, default=None)
     windows_hu: tuple[tuple[float, float], ...] = card_field(parse=windows_hu, default=DEFAULT_WINDOWS_HU)
     logit_offsets: tuple[float, ...] | None = card_field(parse=finite_floats, default=None)
     largest_component: bool = card_field(parse=boolean, default=False)

@@ -14,4 +14,8 @@ from __future__ import annotations
 from ...intensity import DEFAULT_WINDOWS_HU as WINDOWS_HU  # noqa: F401 (the training default)
 
 GRID = (128, 128, 128)
+#: the spacing the shipped cards name (issue 13): per canonical axis, the field of view over GRID clipped to the
+#: OpenKBP training split's 5th-95th percentile spacing, so training scans are not resampled and any other scan
+#: (a cut field of view, a long or partial scan) is resampled to the range's nearest end and padded or tiled
+SPACING_MM = ((3.75, 4.9), (3.75, 4.9), (2.0, 3.0))
 BODY_THRESHOLD_HU = -200.0
