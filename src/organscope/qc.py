@@ -195,43 +195,49 @@ class OrganGeometry:
     cut_off: bool
 
 
-def organ_geometry(canonical_labels: np.ndarray, affine: np.ndarray, body: np.ndarray | None,
-                   values: dict[str, int]) -> dict[str, OrganGeometry]:
-    """Geometry of each organ (name -> label value) present in a canonical RAS+ label map. `body` is the body
-    mask on the same grid (or None)."""
+def organ_geometry(canonical_labels: np.ndarray, affine: np.ndarray, body, values: dict[str, int]
+                   ) -> dict[str, OrganGeometry]:
+    """Geometry of each organ (name -> label value) present in a canonical RAS+ label map (any strides: a view
+    is fine). `body` is (the body mask on a coarse grid over the same axes, its voxel step) from
+    `body_mask_canonical`, or None. Each organ is measured inside its bounding box only (one find_objects pass),
+    so a clinical-size scan costs a fraction of a second."""
+    from scipy import ndimage
+
     sp = np.linalg.norm(np.asarray(affine, float)[:3, :3], axis=0)
     vox_ml = float(abs(np.linalg.det(np.asarray(affine, float)[:3, :3]))) / 1000.0
     out: dict[str, OrganGeometry] = {}
     shape = np.array(canonical_labels.shape)
+    if not values:
+        return out
+    boxes = ndimage.find_objects(np.asarray(canonical_labels), max_label=max(values.values()))
     for name, v in values.items():
-        idx = np.argwhere(canonical_labels == v)
-        if idx.size == 0:
+        box = boxes[v - 1] if 0 < v <= len(boxes) else None
+        if box is None:
             continue
+        idx = np.argwhere(canonical_labels[box] == v) + np.array([b.start for b in box])
         lo, hi = idx.min(0), idx.max(0)
         cut = bool((lo == 0).any() or (hi == shape - 1).any())
         c_vox = idx.mean(0)
         c_mm = (np.asarray(affine, float) @ np.append(c_vox, 1.0))[:3]
         offset = None
         if body is not None:
-            slab = body[:, :, lo[2]:hi[2] + 1]
-            if slab.any():
-                b = np.argwhere(slab)[:, :2].mean(0)
+            mask, step = body
+            step = np.asarray(step)
+            slab = mask[:, :, lo[2] // step[2]:hi[2] // step[2] + 1]
+            if slab.any():  # the centre of the coarse cells, in voxels of the full grid
+                b = np.argwhere(slab)[:, :2].mean(0) * step[:2] + (step[:2] - 1) / 2.0
                 offset = tuple(float(x) for x in (c_vox[:2] - b) * sp[:2])
         out[name] = OrganGeometry(len(idx), len(idx) * vox_ml, tuple(float(x) for x in (hi - lo + 1) * sp),
                                   tuple(float(x) for x in c_mm), offset, cut)
     return out
 
 
-def body_mask_canonical(canonical_ct: Volume) -> np.ndarray:
-    """Body mask on the full canonical grid (the coarse mask repeated: organs need only its centre)."""
+def body_mask_canonical(canonical_ct: Volume):
+    """(body mask on the coarse ~4 mm grid, its voxel step) of a canonical scan: organs need only its centre."""
     from .body import body_mask_coarse
 
     mask, step = body_mask_coarse(canonical_ct)
-    full = mask
-    for a, s in enumerate(step):
-        if s > 1:
-            full = np.repeat(full, s, axis=a)
-    return full[tuple(slice(0, n) for n in canonical_ct.shape)]
+    return mask, tuple(int(x) for x in step)
 
 
 # ---- the organ checks ----------------------------------------------------------------------------------------
@@ -276,11 +282,10 @@ def check_organs(volume: Volume, labels: Volume, names: dict[int, str], confiden
     from .localize.organ_sizes import organ_sizes
 
     region = region or (scan_region(volume) if model_region is not None else RegionCheck("unknown", 0.0))
-    can_lab, _ = labels.to_canonical()
-    present = {names[int(v)]: int(v) for v in np.unique(can_lab.array) if int(v) in names and int(v) > 0}
-    can_ct = volume.to_canonical()[0]
-    body = body_mask_canonical(can_ct) if present else None
-    geo = organ_geometry(can_lab.array, can_lab.affine, body, present)
+    can = labels.canonical()  # views on the canonical axes: no full-size copy of a clinical scan
+    named = {n: int(v) for v, n in names.items() if int(v) > 0}  # organ_geometry skips those with no voxel
+    body = body_mask_canonical(Volume(can.view(volume.array), can.affine)) if named else None
+    geo = organ_geometry(can.view(labels.array), can.affine, body, named)
     ref = organ_sizes(dataset) if model_region == HEAD_AND_NECK else {}
     out: dict[str, OrganCheck] = {}
     for name, g in geo.items():
@@ -311,7 +316,9 @@ def drop_organs(seg, drop):
     """`seg` with the organs `drop` set to background (their label values and names stay)."""
     values = [v for v, n in seg.names.items() if n in set(drop)]
     arr = seg.labels.array
-    out = np.where(np.isin(arr, values), 0, arr).astype(arr.dtype)
+    lut = np.arange(max(int(arr.max(initial=0)), max(values, default=0)) + 1, dtype=arr.dtype)
+    lut[values] = 0
+    out = lut[arr]  # one table lookup instead of isin + where over the whole scan
     return replace(seg, labels=seg.labels.with_array(out),
                    confidence={n: c for n, c in seg.confidence.items() if n not in set(drop)})
 
