@@ -77,6 +77,16 @@ def _coloured_pixels(png: Path, box) -> int:
     return int((spread > 40).sum())
 
 
+def _wait_for(page, expression: str, *, arg=None, timeout: float = 30_000) -> None:
+    """Poll a JavaScript expression until it is truthy. Playwright's wait_for_function compiles its predicate
+    with eval inside the page, which the viewer's Content-Security-Policy (script-src 'self') rightly forbids;
+    page.evaluate goes through the DevTools protocol instead, so the page keeps its CSP during the test."""
+    deadline = time.monotonic() + timeout / 1000.0
+    while not page.evaluate(expression, arg):
+        assert time.monotonic() < deadline, f"timed out waiting for {expression}"
+        page.wait_for_timeout(100)
+
+
 def test_click_shows_organ_and_segment_overlays(server, tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -89,8 +99,8 @@ def test_click_shows_organ_and_segment_overlays(server, tmp_path):
             page = browser.new_page(viewport={"width": 1280, "height": 800})
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(server + "/")
-            page.wait_for_function("document.body.dataset.scanLoaded", timeout=60_000)
-            page.wait_for_function("document.getElementById('answer').dataset.seq == window.organscope.state.querySeq")
+            _wait_for(page, "document.body.dataset.scanLoaded", timeout=60_000)
+            _wait_for(page, "document.getElementById('answer').dataset.seq == window.organscope.state.querySeq")
 
             # move the crosshair off the target within the same axial slice, then click the target in the axial tile
             pos = page.evaluate("""(mm) => {
@@ -105,8 +115,8 @@ def test_click_shows_organ_and_segment_overlays(server, tmp_path):
             }""", list(BRAINSTEM_MM))
             before_seq = page.evaluate("window.organscope.state.querySeq")
             page.mouse.click(pos["x"], pos["y"])
-            page.wait_for_function(
-                f"window.organscope.state.querySeq > {before_seq} && "
+            _wait_for(
+                page, f"window.organscope.state.querySeq > {before_seq} && "
                 "document.getElementById('answer').dataset.seq == window.organscope.state.querySeq", timeout=30_000)
 
             mm = json.loads(page.get_attribute("#location-mm", "data-mm"))
@@ -123,7 +133,7 @@ def test_click_shows_organ_and_segment_overlays(server, tmp_path):
             page.screenshot(path=str(shot))
 
             page.click("#segment-button")
-            page.wait_for_function("document.body.dataset.segmented", timeout=120_000)
+            _wait_for(page, "document.body.dataset.segmented", timeout=120_000)
             page.wait_for_timeout(500)  # let NiiVue draw the overlay
             job_id = page.evaluate("document.body.dataset.segmented")
             legend = page.eval_on_selector_all("#legend li", "els => els.map(e => e.dataset.organ)")
@@ -142,8 +152,8 @@ def test_click_shows_organ_and_segment_overlays(server, tmp_path):
             # uploading a scan from the page opens it and shows it (a second entry in the scan list)
             first_id = page.evaluate("document.body.dataset.scanLoaded")
             page.set_input_files("#upload-input", str(SCAN))
-            page.wait_for_function("(first) => document.body.dataset.scanLoaded && "
-                                   "document.body.dataset.scanLoaded != first", arg=first_id, timeout=60_000)
+            _wait_for(page, "(first) => document.body.dataset.scanLoaded && "
+                            "document.body.dataset.scanLoaded != first", arg=first_id, timeout=60_000)
             n_options = page.eval_on_selector_all("#scan-select option", "els => els.length")
             legend_after_upload = page.text_content("#legend")
         finally:
