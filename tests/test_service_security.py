@@ -152,6 +152,30 @@ def test_symlinked_dicom_slice_is_refused(client, root):
     assert r.status_code == 403  # one slice of the folder opens the folder
 
 
+def test_dicom_folder_over_the_voxel_cap_is_refused_before_its_pixels_are_read(root, monkeypatch):
+    """The guard does not estimate a DICOM folder's size; the reader, given the server's caps, refuses it from
+    the slices' headers (rows x columns x slices) before any pixel data is decoded."""
+    from helpers.dicom_rt import make_ct_series, phantom_ct
+
+    from organscope.io import dicom
+
+    make_ct_series(root / "allowed" / "big", phantom_ct((32, 32, 6)))  # 6,144 voxels
+    decoded = []
+    real = dicom.pydicom.dcmread
+
+    def spy(*a, **k):
+        ds = real(*a, **k)
+        if not k.get("stop_before_pixels"):
+            decoded.append(a[0])
+        return ds
+
+    monkeypatch.setattr(dicom.pydicom, "dcmread", spy)
+    with TestClient(create_app(allowed_dir=root / "allowed", max_voxels=4096), base_url=LOCAL) as c:
+        r = c.post("/api/scans/open", json={"path": "big"})
+    assert r.status_code == 413 and "more than the limit" in one_sentence(r), r.text
+    assert decoded == []  # refused from the headers: no slice was read with its pixel data
+
+
 # ---- 4. memory: decompression bombs and huge JSON bodies ---------------------------------------------------------------
 def _nifti_bomb() -> bytes:
     """A ~1 MB .nii.gz declaring 1024 x 1024 x 512 int16 (1 GiB): a header member, then 1024 gzip members of 1 MB

@@ -17,5 +17,9 @@ class ModelError(OrganscopeError):
     """A shipped or user-given model is missing or inconsistent."""
 
 
+class VolumeTooLarge(InputError):
+    """A scan whose declared size passes a cap on voxels or decompressed bytes (refused before allocating)."""
+
+
 class DicomSeriesError(InputError):
     """A DICOM series is incomplete, mixed or unevenly spaced."""

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from typing import Sequence
 
-from ..errors import InputError
+from ..errors import InputError, VolumeTooLarge
 
 #: 512 x 512 x 2048 voxels: a whole-body CT at 0.5 mm slices fits, a header declaring 100000^3 does not.
 DEFAULT_MAX_VOXELS = 512 * 512 * 2048
@@ -70,7 +70,7 @@ def check_voxels(shape: Sequence[int], itemsize: int, source: str, limits: Limit
         raise InputError(f"{source} declares a negative size {tuple(dims)} in its header; the file is corrupt.")
     n = math.prod(dims)
     if n > limits.max_voxels:
-        raise InputError(f"{source} declares {n:.3g} voxels {tuple(dims)}, more than the limit of "
+        raise VolumeTooLarge(f"{source} declares {n:.3g} voxels {tuple(dims)}, more than the limit of "
                          f"{limits.max_voxels:.3g}; the header is corrupt or the volume is too large to open.")
     check_bytes(n * int(itemsize), source, limits)
     return n
@@ -80,5 +80,5 @@ def check_bytes(n_bytes: int, source: str, limits: Limits | None = None) -> None
     """InputError if `n_bytes` of (decompressed) data exceeds the byte cap."""
     limits = limits or default_limits()
     if n_bytes > limits.max_bytes:
-        raise InputError(f"{source} holds more than {_human(limits.max_bytes)} of image data (the limit); the file "
+        raise VolumeTooLarge(f"{source} holds more than {_human(limits.max_bytes)} of image data (the limit); the file "
                          "is corrupt (a compression bomb?) or the volume is too large to open.")

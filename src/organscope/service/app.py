@@ -42,7 +42,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..errors import InputError, OrganscopeError
+from ..errors import InputError, OrganscopeError, VolumeTooLarge
 from . import schemas as S
 from .guard import TooLarge
 from .security import Guard, SecurityMiddleware, allowed_host_set
@@ -125,7 +125,7 @@ def create_app(*, allowed_dir: str | os.PathLike | None = None, max_upload_mb: f
 
     # ---- errors: one sentence each -----------------------------------------------------------------------
     status_of = [(Forbidden, 403), (NotFound, 404), (NotReady, 409), (UploadTooLarge, 413), (TooLarge, 413),
-                 (Busy, 429), (OrganscopeError, 400)]
+                 (VolumeTooLarge, 413), (Busy, 429), (OrganscopeError, 400)]
 
     @app.exception_handler(OrganscopeError)
     async def _organscope_error(request: Request, exc: OrganscopeError):

@@ -212,7 +212,8 @@ class ScanStore:
                 raise InputError(f"{shown} does not exist in the directory this server may read.")
             check_path(resolved, self.allowed_dir, shown=shown, max_voxels=self.max_voxels)
             # the readers check again what they open: data files must lie inside the allowed directory
-            return self.add(load_volume(resolved, allowed_dir=self.allowed_dir), name=resolved.name)
+            return self.add(load_volume(resolved, allowed_dir=self.allowed_dir, limits=self.limits()),
+                            name=resolved.name)
         except Refused as exc:
             raise Forbidden(str(_scrubbed(exc, scrub))) from None
         except OrganscopeError as exc:
@@ -229,11 +230,20 @@ class ScanStore:
         scrub = {str(data_path): filename, str(data_path.parent) + os.sep: "", str(data_path.parent): "the upload"}
         try:
             check_upload(data_path, name=filename, max_voxels=self.max_voxels)
-            return self.add(load_volume(data_path, allow_external=False), name=filename)  # and the reader too
+            return self.add(load_volume(data_path, allow_external=False, limits=self.limits()),  # the reader too
+                            name=filename)
         except OrganscopeError as exc:
             raise _scrubbed(exc, scrub) from None
         except OSError as exc:
             raise InputError(f"{filename} could not be read ({exc.strerror or type(exc).__name__}).") from None
+
+    def limits(self):
+        """This server's caps as the readers take them, so that they refuse a scan before allocating it (a DICOM
+        folder too, whose size the guard does not estimate from headers)."""
+        from ..io import Limits
+        from .guard import BYTES_PER_VOXEL_CAP
+
+        return Limits(self.max_voxels, self.max_voxels * BYTES_PER_VOXEL_CAP)
 
     def add(self, volume: Volume, *, name: str) -> ScanEntry:
         if volume.array.size > self.max_voxels:
