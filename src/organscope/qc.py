@@ -136,15 +136,6 @@ class QCResult:
 
 # ---- the scan's region ----------------------------------------------------------------------------------------
 
-def _body(volume: Volume):
-    """Body mask on the coarse (~4 mm) grid, its voxel size in mm and the superior axis."""
-    from .body import body_mask_coarse
-    from .sampling.points import superior_axis
-
-    mask, step = body_mask_coarse(volume)
-    return mask, np.asarray(volume.spacing_mm, float) * np.asarray(step), superior_axis(volume.affine)
-
-
 def slice_areas_cm2(mask: np.ndarray, spacing_mm, axis: int) -> np.ndarray:
     """Body cross-section (cm^2) of each slice across `axis`."""
     other = tuple(a for a in range(3) if a != axis)
@@ -162,22 +153,30 @@ def region_from_mask(mask: np.ndarray, spacing_mm, axis: int) -> RegionCheck:
                                     f"a neck's is under {NECK_AREA_CM2:.0f} cm2")
 
 
-_REGIONS: dict[int, tuple[weakref.ref, RegionCheck]] = {}
+_BODIES: dict[int, tuple[weakref.ref, tuple]] = {}
+
+
+def canonical_body(volume: Volume) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """(body mask on the coarse grid over the canonical axes, its voxel step) of `volume`: computed once per array,
+    for both the region check (asked on every point query) and the organ checks of a segmentation."""
+    key = id(volume.array)
+    hit = _BODIES.get(key)
+    if hit is not None and hit[0]() is volume.array:
+        return hit[1]
+    can = volume.canonical()
+    body = body_mask_canonical(Volume(can.view(volume.array), can.affine))
+    try:
+        _BODIES[key] = (weakref.ref(volume.array, lambda _r, k=key: _BODIES.pop(k, None)), body)
+    except TypeError:  # an array type without weak references: not cached
+        pass
+    return body
 
 
 def scan_region(volume: Volume) -> RegionCheck:
-    """The body region of `volume` (computed once per array: the query path asks for it on every call)."""
-    key = id(volume.array)
-    hit = _REGIONS.get(key)
-    if hit is not None and hit[0]() is volume.array:
-        return hit[1]
-    mask, sp, axis = _body(volume)
-    res = region_from_mask(mask, sp, axis)
-    try:
-        _REGIONS[key] = (weakref.ref(volume.array, lambda _r, k=key: _REGIONS.pop(k, None)), res)
-    except TypeError:  # an array type without weak references: not cached
-        pass
-    return res
+    """The body region of `volume`, from its body mask's cross-sections along the superior (canonical S) axis."""
+    mask, step = canonical_body(volume)
+    sp = np.linalg.norm(volume.canonical().affine[:3, :3], axis=0) * np.asarray(step)
+    return region_from_mask(mask, sp, 2)
 
 
 # ---- organ geometry (shared with the measurement in localize.organ_sizes) -------------------------------------
@@ -284,7 +283,7 @@ def check_organs(volume: Volume, labels: Volume, names: dict[int, str], confiden
     region = region or (scan_region(volume) if model_region is not None else RegionCheck("unknown", 0.0))
     can = labels.canonical()  # views on the canonical axes: no full-size copy of a clinical scan
     named = {n: int(v) for v, n in names.items() if int(v) > 0}  # organ_geometry skips those with no voxel
-    body = body_mask_canonical(Volume(can.view(volume.array), can.affine)) if named else None
+    body = canonical_body(volume) if named else None
     geo = organ_geometry(can.view(labels.array), can.affine, body, named)
     ref = organ_sizes(dataset) if model_region == HEAD_AND_NECK else {}
     out: dict[str, OrganCheck] = {}
