@@ -16,7 +16,7 @@ import numpy as np
 
 from .engines.base import ProgressFn, supports_query
 from .engines.registry import DEFAULT_ENGINE, query_engines
-from .errors import InputError, ModelError
+from .errors import ModelError
 from .io import load_volume, save_labels
 from .pipeline import SegmentOptions, cached_engine, segment_volume
 from .segmentation import Segmentation
@@ -62,10 +62,7 @@ def query(scan, points, *, voxel: bool = False, engine: str = DEFAULT_ENGINE, mo
                          f"{', '.join(query_engines())}.")
     if isinstance(scan, (Volume, str, os.PathLike)):
         scan = _volume(scan)
-    points = np.asarray(points, dtype=float)
-    if voxel:
-        _check_voxels(points, scan if isinstance(scan, Volume) else getattr(scan, "volume", None))
-    res = eng.query(scan, points, voxel=voxel)
+    res = eng.query(scan, np.asarray(points, dtype=float), voxel=voxel)
     region, check = _query_check(eng, scan)
     if check is not None and not keep_unverified and check.region != region:
         res = replace(res, names=tuple(UNKNOWN for _ in res.names))
@@ -88,23 +85,6 @@ def query_check(scan, *, engine: str = DEFAULT_ENGINE, model: str | None = None,
     if isinstance(scan, (str, os.PathLike)):
         scan = _volume(scan)
     return _query_check(eng, scan)
-
-
-def _check_voxels(points: np.ndarray, volume: Volume | None) -> None:
-    """InputError, in voxels, for voxel indices outside the scan (after rounding to the nearest voxel)."""
-    if volume is None or points.size == 0:
-        return
-    pts = points.reshape(-1, 3)
-    if not np.isfinite(pts).all():
-        raise InputError("Query points must be finite numbers (got NaN or infinity).")
-    ijk = np.rint(pts).astype(np.int64)
-    outside = np.any((ijk < 0) | (ijk >= np.asarray(volume.shape)), axis=1)
-    if outside.any():
-        bad = pts[np.argmax(outside)]
-        shape = tuple(int(n) for n in volume.shape)
-        raise InputError(f"Voxel ({', '.join(f'{v:g}' for v in bad)}) lies outside the scan, whose shape is "
-                         f"{shape[0]} x {shape[1]} x {shape[2]} (indices 0..{shape[0] - 1}, 0..{shape[1] - 1}, "
-                         f"0..{shape[2] - 1}); {int(outside.sum())} of {len(pts)} points are outside.")
 
 
 def save_segmentation(seg: Segmentation, path: str | os.PathLike) -> None:

@@ -158,9 +158,14 @@ class SparseEngine:
         vox = np.rint(world @ inv[:3, :3].T + inv[:3, 3]).astype(np.int64)
         if len(vox) and (vox.min() < 0 or (vox >= scan.sampler.shape).any()):
             outside = np.any((vox < 0) | (vox >= scan.sampler.shape), axis=1)
+            n_out = f"{int(outside.sum())} of {len(pts)} points are outside"
+            if voxel:  # in the user's own units: voxels of the input grid
+                bad, shape = pts[np.argmax(outside)], scan.volume.shape
+                raise InputError(f"Voxel ({', '.join(f'{v:g}' for v in bad)}) lies outside the scan, whose shape is "
+                                 f"{shape[0]} x {shape[1]} x {shape[2]} (indices 0..{shape[0] - 1}, "
+                                 f"0..{shape[1] - 1}, 0..{shape[2] - 1}); {n_out}.")
             bad = world[np.argmax(outside)]
-            raise InputError(f"Point ({bad[0]:.1f}, {bad[1]:.1f}, {bad[2]:.1f}) mm lies outside the scan "
-                             f"({int(outside.sum())} of {len(pts)} points are outside).")
+            raise InputError(f"Point ({bad[0]:.1f}, {bad[1]:.1f}, {bad[2]:.1f}) mm lies outside the scan ({n_out}).")
         probs = self.classify_voxels(scan, vox)
         order = np.argsort(-probs, axis=1)[:, :3]
         top3 = probs[np.arange(len(probs))[:, None], order]
