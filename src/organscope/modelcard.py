@@ -101,6 +101,15 @@ def spacings_mm(v) -> tuple:
     return tuple(out)
 
 
+def positive_mm3(v) -> tuple[float, float, float]:
+    """3 positive spacings in mm (canonical x, y, z)."""
+    form = "must be 3 positive spacings in mm"
+    v = _sequence(v, form)
+    if len(v) != 3 or not all(_is_number(x) and math.isfinite(x) and x > 0 for x in v):
+        raise CardFieldError(form)
+    return tuple(float(x) for x in v)
+
+
 def finite_float(v) -> float:
     if not _is_number(v) or not math.isfinite(v):
         raise CardFieldError("must be a finite number")

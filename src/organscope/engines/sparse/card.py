@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 
 from ...errors import ModelError
 from ...modelcard import (CardFieldError, ModelCard, boolean, card_field, entry, finite_float, finite_floats,
-                          json_object, names, non_negative_int, positive_int)
+                          json_object, names, non_negative_int, positive_int, positive_mm3)
 from ...sampling.pattern import Pattern, paper_pattern
 
 
@@ -100,6 +100,8 @@ class SparseCard(ModelCard):
     pattern: PatternSpec = card_field(parse=pattern_spec)
     logit_bias: tuple[float, ...] | None = card_field(parse=finite_floats, default=None)
     segmentation: SegmentSettings = card_field(parse=segment_settings, default=SegmentSettings())
+    min_spacing_mm: tuple[float, float, float] | None = card_field(parse=positive_mm3, default=None)
+    working_spacing_mm: tuple[float, float, float] | None = card_field(parse=positive_mm3, default=None)
 
     @property
     def organ_names(self) -> tuple[str, ...]:

@@ -1,7 +1,11 @@
 """Point queries and hierarchical segmentation with the sparse classifier.
 
 Everything runs on the canonical (closest RAS+) version of the scan; label maps are mapped back to the
-input's grid and orientation exactly (axis permutations and flips only, no resampling).
+input's grid and orientation exactly (axis permutations and flips only, no resampling). A scan finer than the
+card's `min_spacing_mm` (a clinical 0.8 x 0.8 x 1.5 mm neck CT against OpenKBP's ~4 x 4 x 2.5 mm) is first
+taken to the card's `working_spacing_mm` (the working grid, each voxel the scan's voxel nearest its centre):
+descriptor offsets then fall on voxels as they did in training, and the label map comes back to the scan's
+voxels by nearest neighbour.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import numpy as np
 
 from ... import components, geometry
 from ...errors import InputError
+from ...grid import GridMap, nearest_indices
 from ...sampling.gather import KIND_F32, KIND_U8, Sampler, contiguous_int16, hu_int16
 from ...sampling.points import body_mask, body_steps, superior_axis
 from ...volume import Volume
@@ -33,16 +38,44 @@ RASTER_SORT_MIN = 64  # batches larger than this are gathered in memory order
 @dataclass
 class PreparedScan:
     """A scan ready for queries: canonical int16 HU array, its affine, the pattern's voxel offsets, and what the
-    hot query path would otherwise recompute per call (the inverse affines, the descriptor sampler)."""
+    hot query path would otherwise recompute per call (the inverse affines, the descriptor sampler).
+
+    `canonical` is the scan on its closest RAS+ axes, or, when `work` is set, on the coarser working grid over
+    the same field of view (`work` maps it back to the canonical input grid)."""
 
     volume: Volume            # as given (for mapping results back)
-    canonical: Volume         # int16 HU, closest RAS+, C-contiguous
-    canon: geometry.Canonical  # the map between the two grids
+    canonical: Volume         # int16 HU, closest RAS+ (the working grid, if any), C-contiguous
+    canon: geometry.Canonical  # the map between the input grid and its canonical axes
     offsets_vox: np.ndarray
     sampler: Sampler | None = field(default=None, repr=False)
     world_to_canonical: np.ndarray | None = field(default=None, repr=False)  # inverse of canonical.affine
+    work: GridMap | None = field(default=None, repr=False)  # None: `canonical` is the input's own voxels
     _body: np.ndarray | None = field(default=None, repr=False)
     _body_coarse: np.ndarray | None = field(default=None, repr=False)
+
+    def input_voxel_tables(self) -> list[np.ndarray]:
+        """Per canonical axis, the voxel of `canonical` each voxel of the input's canonical grid falls in."""
+        if self.work is None:
+            return [np.arange(n) for n in self.canon.shape]
+        return [nearest_indices(n_in, n) for n_in, n in zip(self.canon.shape, self.canonical.shape)]
+
+    def box_to_input_canonical(self, start, stop) -> tuple[np.ndarray, np.ndarray]:
+        """A box [start, stop) of `canonical` voxels as the box of input voxels on the canonical axes that it
+        covers (the same box without a working grid)."""
+        start, stop = np.asarray(start, int), np.asarray(stop, int)
+        if self.work is None:
+            return start, stop
+        zoom = np.array(self.canon.shape, float) / np.array(self.canonical.shape, float)
+        return (np.floor(start * zoom).astype(int),
+                np.minimum(np.ceil(stop * zoom).astype(int), self.canon.shape))
+
+    def to_input_canonical_voxels(self, vox) -> np.ndarray:
+        """Continuous voxel coordinates of `canonical` on the input's canonical grid."""
+        vox = np.asarray(vox, float)
+        if self.work is None:
+            return vox
+        zoom = np.array(self.canon.shape, float) / np.array(self.canonical.shape, float)
+        return (vox + 0.5) * zoom - 0.5
 
     @property
     def ornt(self) -> np.ndarray:
@@ -109,15 +142,29 @@ class SparseEngine:
     # ---- preparation -------------------------------------------------------------------------
     def prepare(self, volume: Volume) -> PreparedScan:
         """Canonical (RAS+) int16 copy of the scan, made by a tiled copy from the closest-RAS+ view of its memory
-        (axis permutations and flips only), plus what every query needs precomputed."""
+        (axis permutations and flips only), plus what every query needs precomputed. A scan finer than the
+        card's `min_spacing_mm` along some axis is taken there to the working spacing first (`working_shape`)."""
         require_finite(volume)
         can = volume.canonical()
-        view = can.view(hu_int16(volume.array))  # zero-copy view; the copy below is the tiled one
-        canon = Volume(contiguous_int16(view), can.affine, dict(volume.meta))
+        card = self.model.card
+        shape = working_shape(can, card.min_spacing_mm, card.working_spacing_mm)
+        work = None
+        if shape is None:
+            view = can.view(hu_int16(volume.array))  # zero-copy view; the copy below is the tiled one
+            canon = Volume(contiguous_int16(view), can.affine, dict(volume.meta))
+        else:
+            zoom = np.array(can.shape, float) / np.array(shape, float)
+            work = GridMap(can, shape, geometry.scale_affine(can.affine, zoom))
+            # the input voxel nearest each working voxel's centre: intensities as scanned, not interpolated (on 11
+            # validation cases resampled to 0.8 x 0.8 x 1.5 mm: 0.697 mean Dice, against 0.686 anti-aliased and
+            # 0.677 reading the fine grid itself)
+            idx = [nearest_indices(n, m) for n, m in zip(shape, can.shape)]
+            small = can.view(hu_int16(volume.array))[np.ix_(*idx)]
+            canon = Volume(contiguous_int16(small), work.grid_affine, dict(volume.meta))
         offsets = self.model.pattern.offsets_vox(canon.affine)
         kind = KIND_U8 if self.model.input_kind == "codes" else KIND_F32
         return PreparedScan(volume, canon, can, offsets, Sampler(canon.array, offsets, kind),
-                            np.linalg.inv(canon.affine))
+                            np.linalg.inv(canon.affine), work)
 
     def _as_prepared(self, scan) -> PreparedScan:
         return scan if isinstance(scan, PreparedScan) else self.prepare(scan)
@@ -231,7 +278,7 @@ class SparseEngine:
         timings["components"] = time.perf_counter() - t
         t = time.perf_counter()
         out = np.empty(scan.volume.shape, dtype=dtype)  # on the input's grid, in its orientation
-        refine.expand_into(grid, prev_step, scan.canon.view(out))
+        refine.expand_into(grid, prev_step, scan.canon.view(out), scan.input_voxel_tables())
         timings["expand"] = time.perf_counter() - t
         progress("done", 1.0)
         out = scan.volume.with_array(out)
@@ -273,6 +320,22 @@ class SparseEngine:
             queried += len(todo)
             todo = refine.edges_near(grid, changed, allowed, seen)
         return queried
+
+
+def working_shape(canonical: geometry.Canonical, min_spacing_mm, working_spacing_mm) -> tuple[int, int, int] | None:
+    """The canonical shape of the working grid of a scan whose spacing falls below `min_spacing_mm` (canonical
+    x, y, z) along some axis: each such axis taken to whole voxels of about `working_spacing_mm` over the same
+    field of view, the others kept. None when no axis is finer (then the scan is used at its own voxels)."""
+    if min_spacing_mm is None:
+        return None
+    sp = geometry.spacing_mm(canonical.affine)
+    lo = np.asarray(min_spacing_mm, float)
+    to = np.asarray(working_spacing_mm if working_spacing_mm is not None else min_spacing_mm, float)
+    if np.all(sp >= lo * 0.99):  # within 1 %: rounding in a header is not a reason to resample
+        return None
+    n = np.asarray(canonical.shape)
+    shape = np.where(sp < lo * 0.99, np.maximum(1, np.round(n * sp / to)), n).astype(int)
+    return tuple(int(v) for v in shape)
 
 
 def level_affine(canonical_affine: np.ndarray, step) -> np.ndarray:

@@ -64,7 +64,9 @@ def locate(volume: Volume, *, engine=None, level_mm: float = 8.0, grow_steps: fl
         grow = np.ceil(grow_steps * step_a).astype(int)
         start = np.maximum(pts.min(0) * step_a - grow, 0)
         stop = np.minimum((pts.max(0) + 1) * step_a + grow, shape)
-        out[name] = location(name, start, stop, vox.mean(0), conf, scan.canon)
+        start, stop = scan.box_to_input_canonical(start, stop)  # on the input's voxels (from a working grid)
+        centroid = scan.to_input_canonical_voxels(vox.mean(0))
+        out[name] = location(name, start, stop, centroid, conf, scan.canon)
     if timings is not None:
         timings["total"] = time.perf_counter() - t0
         timings["points_classified"] = float(len(todo))

@@ -102,10 +102,15 @@ def _expand_into(grid, t0, t1, t2, out):
                 out[i, j, k] = grid[t0[i], t1[j], t2[k]]
 
 
-def expand_into(grid: np.ndarray, step, out: np.ndarray) -> np.ndarray:
+def expand_into(grid: np.ndarray, step, out: np.ndarray, voxel_of=None) -> np.ndarray:
     """`expand` written into `out` (any strided view, e.g. the canonical view of a label array in the input's
-    orientation), so the full-resolution map is built once, in place, with no reorienting copy afterwards."""
-    tables = [np.minimum(np.arange(n) // s, g - 1) for n, s, g in zip(out.shape, step, grid.shape)]
+    orientation), so the full-resolution map is built once, in place, with no reorienting copy afterwards.
+    `voxel_of`: per axis, the voxel of the level's voxel grid each index of `out` falls in, when `out` is a finer
+    grid over the same field of view (the sparse engine's working grid, coarser than the scan: nearest neighbour
+    through both grids in one pass); None: `out` is that voxel grid."""
+    if voxel_of is None:
+        voxel_of = [np.arange(n) for n in out.shape]
+    tables = [np.minimum(np.asarray(v) // s, g - 1) for v, s, g in zip(voxel_of, step, grid.shape)]
     _expand_into(np.ascontiguousarray(grid), *tables, out)
     return out
 
