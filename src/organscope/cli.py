@@ -145,18 +145,6 @@ def _segment_options(args):
                           organs=None if args.organs is None else tuple(args.organs), priors=args.priors,
                           keep_unverified=getattr(args, "keep_unverified", False))
 
-def _qc_warning(labels_path) -> None:
-    """One warning line on stderr from the anatomy check written in the label map's .json, if it has one."""
-    from .io import sidecar_path
-
-    try:
-        doc = json.loads(sidecar_path(labels_path).read_text())
-    except (OSError, ValueError):
-        return
-    warning = (doc.get("qc") or {}).get("warning")
-    if warning:
-        print(f"organscope: warning: {warning}", file=sys.stderr)
-
 
 def cmd_segment(args) -> int:
     from . import batch
@@ -179,7 +167,8 @@ def cmd_segment(args) -> int:
     t = res.timings_s
     points = f", {int(t['points_classified'])} points classified" if "points_classified" in t else ""
     print(f"{args.output}: {res.found()}; {t['total']:.2f} s{points}", file=sys.stderr)
-    _qc_warning(targets.labels)
+    if res.warning_line():
+        print(res.warning_line(), file=sys.stderr)
     return 0
 
 
