@@ -146,10 +146,23 @@ def _segment_options(args):
                           keep_unverified=getattr(args, "keep_unverified", False))
 
 
+def _compile_notice(engine: str | None, shown: bool) -> None:
+    """One line on stderr when numba has not cached the engine's kernels yet (the first run after an installation
+    compiles them: ~20 s), shown with the progress output (a terminal, or --progress), so that scripts and logs
+    keep their one line per scan; checked in about a millisecond, without importing numba."""
+    if not shown:
+        return
+    from .jit_cache import NOTICE, kernels_cached
+
+    if not kernels_cached(engine):
+        print(NOTICE, file=sys.stderr, flush=True)
+
+
 def cmd_segment(args) -> int:
     from . import batch
 
     progress_wanted = args.progress if args.progress is not None else sys.stderr.isatty()
+    _compile_notice(args.engine, progress_wanted)
     if batch.is_batch_input(args.input):  # a folder of scans or a glob: -o is an output folder
         if args.series_uid is not None:
             raise InputError("--series-uid picks one series of one DICOM folder; it cannot be used with "
