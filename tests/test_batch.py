@@ -255,3 +255,36 @@ def test_an_unreachable_scheduler_makes_no_output_folder(capsys, tmp_path, phant
                       "--scheduler", f"tcp://127.0.0.1:{port}", "--no-progress")
     assert rc == 2 and "Cannot reach the Dask scheduler" in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
+
+
+def test_batch_warns_per_scan_like_the_one_scan_cli_and_counts_them(capsys, tmp_path):
+    """A chest scan among head-and-neck ones: batch prints the one-scan CLI's anatomy warning after the scan's
+    name (the same words the sidecar's qc carries), nothing for the bundled head-and-neck scan, and the summary
+    counts the warned scans. Shipped cascade model (fast on both scans)."""
+    import json
+
+    from organscope.io import save_volume
+
+    from helpers.torso import torso
+
+    d = tmp_path / "in"
+    d.mkdir()
+    save_volume(torso(), d / "chest.nii.gz")
+    shutil.copy(Path(batch.__file__).parent / "data" / "okbp_validation_222.nii.gz", d / "hn.nii.gz")
+    out = tmp_path / "out"
+    rc, _, err = _run(capsys, "segment", "-i", d, "-o", out, "--engine", "cascade", "--threads", 1, "--jobs", 1,
+                      "--no-progress")
+    assert rc == 0, err
+    warnings = [ln for ln in err.splitlines() if ln.startswith("organscope: warning: ")]
+    qc = json.loads((out / "chest.json").read_text())["qc"]
+    assert qc["in_region"] is False and qc["warning"].startswith("This scan does not look like head-and-neck CT")
+    assert warnings == [f"organscope: warning: chest: {qc['warning']}"], err
+    assert json.loads((out / "hn.json").read_text())["qc"]["warning"] is None
+    assert err.strip().splitlines()[-1] == (f"{out}: 2 scan(s) segmented, 0 already done (skipped), 0 failed, "
+                                            "1 scan(s) with organs left out by the anatomy check.")
+
+    # the one-scan CLI prints the same line without the name
+    rc, _, err = _run(capsys, "segment", "-i", d / "chest.nii.gz", "-o", tmp_path / "one.nii.gz", "--engine",
+                      "cascade", "--threads", 1, "--no-progress")
+    assert rc == 0 and [ln for ln in err.splitlines() if ln.startswith("organscope: warning: ")] == [
+        f"organscope: warning: {qc['warning']}"], err

@@ -136,8 +136,11 @@ def test_click_shows_organ_and_segment_overlays(server, tmp_path):
             _wait_for(page, "document.body.dataset.segmented", timeout=120_000)
             page.wait_for_timeout(500)  # let NiiVue draw the overlay
             job_id = page.evaluate("document.body.dataset.segmented")
-            legend = page.eval_on_selector_all("#legend li", "els => els.map(e => e.dataset.organ)")
-            confidences = page.eval_on_selector_all("#legend li", "els => els.map(e => e.dataset.confidence)")
+            legend = page.eval_on_selector_all("#legend li[data-organ]", "els => els.map(e => e.dataset.organ)")
+            confidences = page.eval_on_selector_all("#legend li[data-organ]",
+                                                    "els => els.map(e => e.dataset.confidence)")
+            cut_marks = page.eval_on_selector_all("#legend .cut-off", "els => els.length")
+            left_out_notes = page.eval_on_selector_all("#legend .left-out", "els => els.length")
             engine_options = page.eval_on_selector_all("#engine-select option", "els => els.map(e => e.value)")
             chosen_engine = page.eval_on_selector("#engine-select", "e => e.value")
             status = page.text_content("#status")
@@ -151,6 +154,7 @@ def test_click_shows_organ_and_segment_overlays(server, tmp_path):
 
             # uploading a scan from the page opens it and shows it (a second entry in the scan list)
             first_id = page.evaluate("document.body.dataset.scanLoaded")
+            options_before = page.eval_on_selector_all("#scan-select option", "els => els.length")
             page.set_input_files("#upload-input", str(SCAN))
             _wait_for(page, "(first) => document.body.dataset.scanLoaded && "
                             "document.body.dataset.scanLoaded != first", arg=first_id, timeout=60_000)
@@ -182,14 +186,97 @@ def test_click_shows_organ_and_segment_overlays(server, tmp_path):
     assert chosen_engine == job["engine"] == "sparse"
     assert [float(c) for c in confidences] == pytest.approx([o["confidence"] for o in job["organs_found"]])
     assert "organ(s)" in status
+    # nothing of the bundled scan is cut off by its border or left out by the anatomy check
+    assert not any(o["cut_off"] for o in job["organs_found"]) and job["qc"]["dropped"] == []
+    assert cut_marks == 0 and left_out_notes == 0
     box = tuple(int(v) for v in pos["canvas"])
     coloured = {name: _coloured_pixels(png, box) for name, png in
                 (("click", shot), ("segmented", final), ("hidden", hidden))}
     assert coloured["segmented"] > coloured["click"] + 500, coloured
     assert coloured["hidden"] < coloured["click"] + 100, coloured
-    assert n_options == 2 and "press Segment" in legend_after_upload
+    assert n_options == options_before + 1 and "press Segment" in legend_after_upload
 
     out = REPO / "work"
     out.mkdir(exist_ok=True)
     shutil.copy(final, out / "viewer_screenshot.png")
     assert os.path.getsize(out / "viewer_screenshot.png") > 10_000
+
+
+def _upload_and_segment(page, path: Path) -> dict:
+    """Upload `path` from the page, press Segment, wait for its overlay; the legend as the page shows it and the
+    service's job info."""
+    scan_before = page.evaluate("document.body.dataset.scanLoaded || ''")
+    job_before = page.evaluate("document.body.dataset.segmented || ''")
+    page.set_input_files("#upload-input", str(path))
+    _wait_for(page, "(before) => document.body.dataset.scanLoaded && document.body.dataset.scanLoaded != before && "
+                    "!document.getElementById('segment-button').disabled", arg=scan_before, timeout=60_000)
+    page.click("#segment-button")
+    _wait_for(page, "(before) => document.body.dataset.segmented && document.body.dataset.segmented != before",
+              arg=job_before, timeout=120_000)
+    legend = page.eval_on_selector_all("#legend li", """els => els.map(e => ({
+        organ: e.dataset.organ || null, cutOff: e.dataset.cutOff === 'true', text: e.textContent,
+        marks: e.querySelectorAll('.cut-off').length, leftOut: e.dataset.leftOut || null }))""")
+    return {"legend": legend, "status": page.text_content("#status"),
+            "job": page.evaluate("window.organscope.state.job")}
+
+
+def test_legend_marks_cut_off_and_left_out_organs(server, tmp_path):
+    """The legend marks the organs the service says are cut off by the scan's border (the bundled scan cropped
+    above the lower end of its spinal cord: the cord and oesophagus reach the border, the brainstem and parotids do
+    not), and notes the organs the anatomy check left out, with the reason (a chest-like phantom: not head-and-neck
+    CT, so every organ the engine finds is dropped)."""
+    from playwright.sync_api import sync_playwright
+
+    from organscope.io import save_volume
+    from organscope.volume import Volume
+    from helpers.torso import torso
+
+    volume = osc.load_volume(SCAN)
+    cropped = tmp_path / "cropped.nii.gz"  # axis 2 runs superior -> inferior: the affine's origin stays
+    save_volume(Volume(np.ascontiguousarray(volume.array[:, :, :100]), volume.affine), cropped)
+    chest = tmp_path / "chest.nii.gz"
+    save_volume(torso(), chest)
+
+    errors: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM,
+                                     args=["--enable-unsafe-swiftshader", "--use-angle=swiftshader"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(server + "/")
+            _wait_for(page, "document.body.dataset.scanLoaded", timeout=60_000)
+            cut = _upload_and_segment(page, cropped)
+            page.screenshot(path=str(tmp_path / "viewer_cut_off.png"))
+            left = _upload_and_segment(page, chest)
+            page.screenshot(path=str(tmp_path / "viewer_left_out.png"))
+        finally:
+            browser.close()
+    assert not errors, errors
+
+    # cut off: marked exactly where the job info says so, and the crop makes both kinds
+    job = cut["job"]
+    cut_off = {o["name"]: o["cut_off"] for o in job["organs_found"]}
+    assert cut_off == {n: n in job["qc"]["cut_off"] for n in cut_off}  # job info agrees with its own QC
+    assert cut_off["spinal_cord"] is True and cut_off["brainstem"] is False, cut_off
+    organs = [row for row in cut["legend"] if row["organ"]]
+    assert [row["organ"] for row in organs] == list(cut_off)
+    for row in organs:
+        assert row["cutOff"] is cut_off[row["organ"]], row
+        assert row["marks"] == int(cut_off[row["organ"]]), row
+        assert ("cut off: volume not whole" in row["text"]) is cut_off[row["organ"]], row
+    assert not any(row["leftOut"] for row in cut["legend"])
+
+    # left out: every dropped organ named once, with the check's reason, and no organ listed as found
+    job = left["job"]
+    assert job["qc"]["in_region"] is False and job["qc"]["dropped"] and job["organs_found"] == []
+    notes = [row for row in left["legend"] if row["leftOut"]]
+    named = [n for row in notes for n in row["leftOut"].split(",")]
+    assert sorted(named) == sorted(job["qc"]["dropped"])
+    for row in notes:
+        for n in row["leftOut"].split(","):
+            assert get_organ(n).display_name in row["text"]
+            assert job["qc"]["organs"][n]["reasons"][0] in row["text"]
+    assert any("not head-and-neck CT" in row["text"] for row in notes)
+    assert [row["text"] for row in left["legend"] if not row["leftOut"]] == ["no organ found"]
+    assert f"{len(job['qc']['dropped'])} left out by the anatomy check" in left["status"]

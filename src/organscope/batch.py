@@ -13,7 +13,9 @@ sub-folders that hold a DICOM series (one scan each). Scan `NAME` writes, in OUT
 
 Every output is written atomically, so one that exists is complete: a re-run skips the scans whose
 requested outputs all exist and writes only the missing ones of the others. A scan that fails is
-reported in one line (file and reason) and the others go on; the exit status is then 1.
+reported in one line (file and reason) and the others go on; the exit status is then 1. A scan the anatomy check
+warns about (organs left out, or not head-and-neck CT) gets the one-scan CLI's warning line, after its name, and
+the summary counts them.
 """
 from __future__ import annotations
 
@@ -131,6 +133,7 @@ class ScanResult:
     ok: bool
     message: str  # one line: what was found, or why it failed
     seconds: float
+    warning: str | None = None  # the anatomy check's warning line (RunResult.warning_line), after the scan's name
 
 
 def output_paths(out_dir: Path, name: str, extras: set[str]) -> OutputPaths:
@@ -207,7 +210,8 @@ def run_scan(job: ScanJob) -> ScanResult:
         from .pipeline import run
 
         res = run(job.scan, job.targets, job.options)
-        return ScanResult(job.scan, True, res.found(), time.perf_counter() - t0)
+        return ScanResult(job.scan, True, res.found(), time.perf_counter() - t0,
+                          res.warning_line(scan_name(Path(job.scan))))
     except OrganscopeError as e:
         return ScanResult(job.scan, False, _one_line(str(e)), time.perf_counter() - t0)
     except Exception as e:  # one scan's unexpected failure is reported with its reason; the batch goes on
@@ -303,6 +307,11 @@ class BatchReport:
     failed: list[ScanResult]
     skipped: list[Path]
     no_dicom_seg: list[Path]
+    keep_unverified: bool = False  # the organs the anatomy check refused were kept (marked), not left out
+
+    def warned(self) -> list[ScanResult]:
+        """The scans segmented in this run that the anatomy check warned about."""
+        return [r for r in self.ok if r.warning]
 
 
 def run_batch(spec: str | os.PathLike, out_dir: str | os.PathLike, extras: set[str],
@@ -339,14 +348,18 @@ def run_batch(spec: str | os.PathLike, out_dir: str | os.PathLike, extras: set[s
     from tqdm import tqdm
 
     with tqdm(total=len(todo), unit="scan", file=sys.stderr, disable=not progress, dynamic_ncols=True) as bar:
+        def say(line: str) -> None:
+            if progress:
+                bar.write(line, file=sys.stderr)
+            else:
+                log(line)
+
         def on_result(res: ScanResult) -> None:
             (ok if res.ok else failed).append(res)
             if not res.ok:
-                line = f"organscope: failed: {res.scan}: {res.message}"
-                if progress:
-                    bar.write(line, file=sys.stderr)
-                else:
-                    log(line)
+                say(f"organscope: failed: {res.scan}: {res.message}")
+            elif res.warning:
+                say(res.warning)
             bar.update(1)
 
         if todo:
@@ -354,12 +367,15 @@ def run_batch(spec: str | os.PathLike, out_dir: str | os.PathLike, extras: set[s
                 _run_dask(todo, scheduler, on_result)
             else:
                 _run_local(todo, n_workers, on_result)
-    return BatchReport(ok, failed, done, no_seg)
+    return BatchReport(ok, failed, done, no_seg, options.keep_unverified)
 
 
 def summary(report: BatchReport, out_dir) -> str:
     parts = [f"{len(report.ok)} scan(s) segmented", f"{len(report.skipped)} already done (skipped)",
              f"{len(report.failed)} failed"]
+    if report.warned():
+        what = "organs kept unverified" if report.keep_unverified else "organs left out"
+        parts.append(f"{len(report.warned())} scan(s) with {what} by the anatomy check")
     text = f"{out_dir}: " + ", ".join(parts) + "."
     if report.no_dicom_seg:
         text += f" No DICOM-SEG for {len(report.no_dicom_seg)} scan(s) that are not DICOM series."

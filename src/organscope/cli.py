@@ -145,23 +145,24 @@ def _segment_options(args):
                           organs=None if args.organs is None else tuple(args.organs), priors=args.priors,
                           keep_unverified=getattr(args, "keep_unverified", False))
 
-def _qc_warning(labels_path) -> None:
-    """One warning line on stderr from the anatomy check written in the label map's .json, if it has one."""
-    from .io import sidecar_path
 
-    try:
-        doc = json.loads(sidecar_path(labels_path).read_text())
-    except (OSError, ValueError):
+def _compile_notice(engine: str | None, shown: bool) -> None:
+    """One line on stderr when numba has not cached the engine's kernels yet (the first run after an installation
+    compiles them: ~20 s), shown with the progress output (a terminal, or --progress), so that scripts and logs
+    keep their one line per scan; checked in about a millisecond, without importing numba."""
+    if not shown:
         return
-    warning = (doc.get("qc") or {}).get("warning")
-    if warning:
-        print(f"organscope: warning: {warning}", file=sys.stderr)
+    from .jit_cache import NOTICE, kernels_cached
+
+    if not kernels_cached(engine):
+        print(NOTICE, file=sys.stderr, flush=True)
 
 
 def cmd_segment(args) -> int:
     from . import batch
 
     progress_wanted = args.progress if args.progress is not None else sys.stderr.isatty()
+    _compile_notice(args.engine, progress_wanted)
     if batch.is_batch_input(args.input):  # a folder of scans or a glob: -o is an output folder
         if args.series_uid is not None:
             raise InputError("--series-uid picks one series of one DICOM folder; it cannot be used with "
@@ -179,7 +180,8 @@ def cmd_segment(args) -> int:
     t = res.timings_s
     points = f", {int(t['points_classified'])} points classified" if "points_classified" in t else ""
     print(f"{args.output}: {res.found()}; {t['total']:.2f} s{points}", file=sys.stderr)
-    _qc_warning(targets.labels)
+    if res.warning_line():
+        print(res.warning_line(), file=sys.stderr)
     return 0
 
 

@@ -90,10 +90,18 @@ class RunResult:
     written: tuple[Path, ...]
     organs: tuple[str, ...]
     timings_s: Mapping[str, float]
+    warning: str | None = None  # the anatomy check's one line (QCResult.warning): None when every organ passed
 
     def found(self) -> str:
         """"3 organ(s) found (a, b, c)": the line the CLI and batch print."""
         return f"{len(self.organs)} organ(s) found ({', '.join(self.organs) or 'none'})"
+
+    def warning_line(self, name: str | None = None) -> str | None:
+        """The anatomy check's warning as the CLI and batch print it on stderr (batch: after the scan's `name`), or
+        None when it has nothing to say."""
+        if not self.warning:
+            return None
+        return f"organscope: warning: {name + ': ' if name else ''}{self.warning}"
 
 
 def run(scan: str | os.PathLike | Volume, targets: "OutputPaths", options: SegmentOptions = SegmentOptions(), *,
@@ -119,7 +127,8 @@ def run(scan: str | os.PathLike | Volume, targets: "OutputPaths", options: Segme
     organs = tuple(sorted({seg.names[int(v)] for v in present if v > 0}))
     timings = {**seg.timings_s, "load": t_load, "write": t2 - t1, "run": t2 - t0}
     source = str(scan) if not isinstance(scan, Volume) else str(ct.meta.get("source", "<volume>"))
-    return RunResult(source, tuple(written), organs, timings)
+    qc = getattr(seg, "qc", None)
+    return RunResult(source, tuple(written), organs, timings, None if qc is None else qc.warning())
 
 
 def _load(path, series_uid: str | None = None) -> Volume:

@@ -1,6 +1,7 @@
 // organscope viewer: NiiVue in three planes; a click asks the service which organ is at the crosshair,
 // a button segments the scan with the engine chosen beside it and overlays the label map with a legend that
-// shows each organ's confidence (its mean probability).
+// shows each organ's confidence (its mean probability), marks the organs cut off by the scan's border, and notes
+// the organs the anatomy check left out (with its reason).
 // NiiVue's crosshair position `mm` is world RAS millimetres from the image's own affine (the same space as
 // organscope's world coordinates), so it is sent to the query API as is (space "world").
 import { Niivue, NVImage, SHOW_RENDER, MULTIPLANAR_TYPE } from '@niivue/niivue'
@@ -192,7 +193,9 @@ async function segment () {
     $('overlay-toggle').checked = true
     showLegend(job)
     document.body.dataset.segmented = job.id
-    status(`Segmented with ${job.engine} in ${job.seconds.toFixed(1)} s: ${job.organs_found.length} organ(s).`)
+    const leftOut = (job.qc && job.qc.dropped) ? job.qc.dropped.length : 0
+    status(`Segmented with ${job.engine} in ${job.seconds.toFixed(1)} s: ${job.organs_found.length} organ(s)` +
+      (leftOut ? `, ${leftOut} left out by the anatomy check.` : '.'))
   } catch (err) {
     status(err.message, true)
   } finally {
@@ -220,9 +223,39 @@ function showLegend (job) {
       li.dataset.confidence = String(o.confidence)
       li.appendChild(conf)
     }
+    if (o.cut_off) { // touches the scan's border: the organ goes on outside the scan
+      const cut = document.createElement('span')
+      cut.className = 'cut-off'
+      cut.title = 'the organ touches the border of the scan: its volume is not the whole organ'
+      cut.textContent = 'cut off: volume not whole'
+      li.dataset.cutOff = 'true'
+      li.appendChild(cut)
+    }
     ul.appendChild(li)
   }
+  for (const note of leftOutNotes(job.qc)) ul.appendChild(note)
   $('overlay-row').hidden = false
+}
+
+// the organs the anatomy check left out of the label map (job.qc.dropped), one line per reason: organs that share
+// their first reason (e.g. "the scan is not head-and-neck CT") are named together
+function leftOutNotes (qc) {
+  if (!qc || !Array.isArray(qc.dropped) || !qc.dropped.length) return []
+  const byReason = new Map()
+  for (const name of qc.dropped) {
+    const check = (qc.organs || {})[name] || {}
+    const reason = (check.reasons && check.reasons[0]) || 'failed the anatomy check'
+    if (!byReason.has(reason)) byReason.set(reason, [])
+    byReason.get(reason).push(name)
+  }
+  return [...byReason].map(([reason, names]) => {
+    const li = document.createElement('li')
+    li.className = 'left-out'
+    li.dataset.leftOut = names.join(',')
+    li.title = 'left out of the label map by the anatomy check (organscope segment --keep-unverified keeps them)'
+    li.textContent = `left out: ${names.map(displayName).join(', ')} (${reason})`
+    return li
+  })
 }
 
 // the engines the service offers, its default selected
