@@ -88,3 +88,57 @@ def test_epoch_sampler_draws_fresh_points_with_partial_labels(tmp_path):
     assert not np.any(y1[case1 == 1] == 2)
     # balanced part: both contoured organs of case a are sampled
     assert (y1[case1 == 0] == 1).sum() >= 15 and (y1[case1 == 0] == 2).sum() >= 15
+
+
+def test_a_cut_field_of_view_reads_zero_outside_the_square_and_only_there(tmp_path):
+    """cut_field_of_view: for points inside a random in-plane square, every sample outside the square reads 0 (the
+    outside-the-scan value) and every sample inside keeps its value; points outside the square are untouched."""
+    from organscope.training.sparse_data import EpochSampler, cut_field_of_view
+
+    _phantom_dataset(tmp_path / "data")
+    pattern = paper_pattern()
+    sampler = EpochSampler(tmp_path / "data", pattern, SamplingPlan(n_body=100, n_band=50, n_balanced=30))
+    ix = sampler.index[0]
+    from organscope.sampling.gather import gather_q8
+
+    rng = np.random.default_rng(3)
+    centers = np.stack(np.unravel_index(ix.body_idx[rng.integers(0, len(ix.body_idx), 200)], ix.volume.shape),
+                       axis=1).astype(np.int32)
+    offs = pattern.offsets_vox(ix.affine)
+    codes = gather_q8(ix.volume, centers, offs)
+    before = codes.copy()
+    plan = SamplingPlan(cut_mm=(60.0, 60.0), cut_shift_mm=0.0)  # 15 voxels of 4 mm around the body's centre
+    cut_field_of_view(codes, centers, offs, ix, np.random.default_rng(0), plan)
+    lo = np.floor(ix.body_centre - 7.5).astype(int)
+    hi = np.ceil(ix.body_centre + 7.5).astype(int)
+    inside = np.all((centers[:, :2] >= lo) & (centers[:, :2] <= hi), axis=1)
+    assert inside.any() and (~inside).any()
+    assert np.array_equal(codes[~inside], before[~inside])
+    pos = centers[inside, None, :2] + offs[None, :, :2]
+    out = np.any((pos < lo) | (pos > hi), axis=2)
+    assert out.any() and (~out).any()
+    assert (codes[inside][out] == 0).all()
+    assert np.array_equal(codes[inside][~out], before[inside][~out])
+    assert (before[inside][out] != 0).any()  # the cut really changed something
+
+
+def test_training_can_start_from_an_exported_model(tmp_path):
+    """load_sparse_onnx puts an exported model's weights (float, or the shipped integer first layer, dequantised)
+    into the torch network: it then computes the same logits."""
+    from organscope.training.export import export_onnx
+    from organscope.training.quantize import quantize_first_layer
+    from organscope.training.sparse_model import ResidualMLP
+    from organscope.training.train_sparse import load_sparse_onnx
+
+    torch.manual_seed(0)
+    src = ResidualMLP(6561, 3, width=16, n_blocks=1).eval()
+    export_onnx(src, tmp_path / "f.onnx")
+    quantize_first_layer(tmp_path / "f.onnx", tmp_path / "q.onnx")
+    for name in ("f.onnx", "q.onnx"):
+        net = ResidualMLP(6561, 3, width=16, n_blocks=1)
+        assert not torch.equal(net.proj.weight, src.proj.weight)
+        diff = load_sparse_onnx(net, tmp_path / name)
+        assert diff < (1e-4 if name == "f.onnx" else 0.1)
+        torch.testing.assert_close(net.head.weight, src.head.weight)
+    torch.testing.assert_close(net.proj.weight, src.proj.weight, atol=float(src.proj.weight.detach().abs().max()) / 254,
+                               rtol=0)

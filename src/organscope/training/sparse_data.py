@@ -33,6 +33,9 @@ class SamplingPlan:
     band_mm: float = 12.0
     hu_scale_jitter: float = 0.0  # augmented chunks: HU multiplied by 1 +- this (contrast / calibration)
     hu_shift_jitter: float = 0.0  # ... and shifted by +- this many HU
+    cut_fraction: float = 0.0    # fraction of chunks read as if the scan's in-plane field of view were cut (below)
+    cut_mm: tuple[float, float] = (200.0, 400.0)  # ... to a square this wide (uniform), around the body's centre
+    cut_shift_mm: float = 30.0   # ... shifted by up to this
 
 
 #: The sampling of the shipped model: 80 % of point chunks with a random pattern rotation (to 12 deg), scaling
@@ -98,6 +101,7 @@ class _CaseIndex:
     near_idx: np.ndarray      # flat indices of body voxels within band_mm of a contoured organ
     organ_idx: list           # flat indices of each contoured organ present
     uncontoured: list
+    body_centre: np.ndarray | None = None  # canonical voxel (x, y) of the body's in-plane box centre
 
 
 def _jitter_codes(codes: np.ndarray, rng: np.random.Generator, plan: SamplingPlan) -> None:
@@ -106,6 +110,40 @@ def _jitter_codes(codes: np.ndarray, rng: np.random.Generator, plan: SamplingPla
     scale = 1 + rng.uniform(-plan.hu_scale_jitter, plan.hu_scale_jitter)
     shift = rng.uniform(-plan.hu_shift_jitter, plan.hu_shift_jitter) / 4.0
     codes[:] = np.clip(np.rint(codes.astype(np.float32) * scale + shift), -128, 127).astype(np.int8)
+
+
+def _inplane_centre(body: np.ndarray) -> np.ndarray:
+    """Canonical voxel (x, y) of the centre of the body's in-plane bounding box."""
+    out = []
+    for ax in (0, 1):
+        idx = np.flatnonzero(body.any(axis=tuple(a for a in range(3) if a != ax)))
+        out.append((idx.min() + idx.max()) / 2 if idx.size else body.shape[ax] / 2)
+    return np.array(out)
+
+
+def cut_field_of_view(codes: np.ndarray, centers: np.ndarray, offsets_vox: np.ndarray, ix: "_CaseIndex",
+                      rng: np.random.Generator, plan: SamplingPlan) -> None:
+    """In place: the descriptors (int8 codes) of the points inside a random square in-plane field of view, as a
+    scan cut to that square would give them: samples outside it read 0, the value outside a scan (a diagnostic
+    neck CT is often 250-350 mm across where the training scans are ~500 mm). Points outside the square keep
+    their descriptors (such a scan would not hold them)."""
+    sp = np.sqrt((ix.affine[:3, :3] ** 2).sum(0))[:2]
+    width = rng.uniform(*plan.cut_mm)
+    centre = ix.body_centre + rng.uniform(-plan.cut_shift_mm, plan.cut_shift_mm, 2) / sp
+    lo = np.floor(centre - width / 2 / sp).astype(np.int64)
+    hi = np.ceil(centre + width / 2 / sp).astype(np.int64)  # inclusive
+    inside = np.all((centers[:, :2] >= lo) & (centers[:, :2] <= hi), axis=1)
+    rows = np.flatnonzero(inside)
+    if not rows.size:
+        return
+    off = offsets_vox[:, :2].astype(np.int64)
+    for s in range(0, rows.size, 256):
+        r = rows[s:s + 256]
+        pos = centers[r, None, :2].astype(np.int64) + off[None]
+        out = np.any((pos < lo) | (pos > hi), axis=2)
+        block = codes[r]
+        block[out] = 0
+        codes[r] = block
 
 
 class EpochSampler:
@@ -134,7 +172,7 @@ class EpochSampler:
                 canon.array, canon.affine, flat, np.flatnonzero(body).astype(np.int32),
                 np.flatnonzero(near).astype(np.int32),
                 [np.flatnonzero(flat == i).astype(np.int32) for i in contoured if np.any(flat == i)],
-                [i for n, i in ids.items() if i != 0 and i not in contoured]))
+                [i for n, i in ids.items() if i != 0 and i not in contoured], _inplane_centre(body)))
         self.per_case = plan.n_body + plan.n_band + plan.n_balanced
         self.size = self.per_case * len(self.index)
 
@@ -165,6 +203,9 @@ class EpochSampler:
                           out=X[n + a:n + b])
                 if tf is not None and (plan.hu_scale_jitter or plan.hu_shift_jitter):
                     _jitter_codes(X[n + a:n + b], rng, plan)
+                if augment and plan.cut_fraction and rng.random() < plan.cut_fraction:
+                    cut_field_of_view(X[n + a:n + b], centers[a:b], self.pattern.offsets_vox(ix.affine, transform=tf),
+                                      ix, rng, plan)
             lab = ix.labels[flat]
             ys.append(lab)
             bits.append(allowed_bits(lab, ix.uncontoured))

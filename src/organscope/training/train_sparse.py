@@ -49,9 +49,49 @@ def evaluate_points(net, X, bits, batch=4096):
     return sum(losses) / len(X), np.concatenate(preds)
 
 
-def train(train_source, val_dir: Path, run_dir: Path, settings: TrainSettings, n_classes: int) -> Path:
+def load_sparse_onnx(net: ResidualMLP, onnx_path: Path) -> float:
+    """Set `net`'s weights from an exported sparse model (float, or with the uint8 x int8 first layer of
+    quantize.py: that layer's weights dequantised) and return the largest logit difference between the two on
+    random descriptors (the quantisation error for an integer first layer)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    model = onnx.load(str(onnx_path))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    # the exporter shares equal constant tensors (e.g. untrained layer norms' ones and zeros) through Identity nodes
+    for node in model.graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits:
+            inits.setdefault(node.output[0], inits[node.input[0]])
+    state = net.state_dict()
+    new = {}
+    for name in state:
+        if name in inits:
+            new[name] = torch.from_numpy(np.array(inits[name], dtype=np.float32))
+    if "proj_wq" in inits:  # (in, out) int8 with per-column scales (already divided by Q8_PER_UNIT)
+        w = inits["proj_wq"].astype(np.float32) * inits["proj_scale"][None, :] * Q8_PER_UNIT
+        new["proj.weight"] = torch.from_numpy(np.ascontiguousarray(w.T))
+        new["proj.bias"] = torch.from_numpy(inits["proj_bias"].astype(np.float32))
+    missing = sorted(set(state) - set(new))
+    if missing:
+        raise ValueError(f"{onnx_path.name} has no weights for {missing}")
+    net.load_state_dict(new)
+    codes = np.random.default_rng(0).integers(64, 192, (64, net.proj.in_features)).astype(np.uint8)
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    x = codes if sess.get_inputs()[0].type == "tensor(uint8)" else ((codes.astype(np.float32) - 128) / Q8_PER_UNIT)
+    ref = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    net.eval()
+    with torch.no_grad():
+        got = net(torch.from_numpy((codes.astype(np.float32) - 128) / Q8_PER_UNIT)).numpy()
+    net.train()
+    return float(np.abs(ref - got).max())
+
+
+def train(train_source, val_dir: Path, run_dir: Path, settings: TrainSettings, n_classes: int, *,
+          init_onnx: Path | None = None) -> Path:
     """`train_source`: a folder written by sparse_data.build (a fixed set), or an EpochSampler (fresh points and
-    transforms each epoch)."""
+    transforms each epoch). `init_onnx`: start from an exported model's weights (a fine-tune; with the
+    settings' lr as the start of its cosine schedule)."""
     from .sparse_data import EpochSampler
 
     torch.set_num_threads(settings.threads)
@@ -91,6 +131,11 @@ def train(train_source, val_dir: Path, run_dir: Path, settings: TrainSettings, n
     gen = torch.Generator().manual_seed(settings.seed)
     for _ in range(start_epoch):
         torch.randperm(len(X), generator=gen)
+    if start_epoch == 0 and init_onnx is not None:
+        diff = load_sparse_onnx(net, init_onnx)
+        print(f"started from {init_onnx.name} (largest logit difference to it: {diff:.3g})", flush=True)
+        data["init_onnx"] = str(init_onnx.name)
+        (run_dir / "data.json").write_text(json.dumps(data, indent=1))
     l1_params = [p for n, p in net.named_parameters() if n.endswith("weight") and p.ndim == 2]
     for epoch in range(start_epoch, settings.epochs):
         t0 = time.time()
@@ -148,16 +193,26 @@ def main(argv=None):
     ap.add_argument("--strong-augmentation", action="store_true",
                     help="80 %% of chunks transformed, rotations to 12 deg, scaling 12 %%, HU scale 5 %% / shift 20")
     ap.add_argument("--weight-decay", type=float, default=TrainSettings.weight_decay_l2)
+    ap.add_argument("--lr", type=float, default=TrainSettings.lr)
+    ap.add_argument("--init-onnx", type=Path, default=None,
+                    help="start from this exported model's weights (e.g. the shipped sparse_openkbp.onnx)")
+    ap.add_argument("--cut-fraction", type=float, default=0.0,
+                    help="fraction of point chunks read as from a scan whose in-plane field of view is cut to "
+                         "200-400 mm (samples outside it read 0, as outside a scan)")
     a = ap.parse_args(argv)
     source = a.train
     if a.resample_from is not None:
         from ..sampling.pattern import paper_pattern
         from .sparse_data import SHIPPED_PLAN, EpochSampler, SamplingPlan
 
+        from dataclasses import replace
+
         plan = SHIPPED_PLAN if a.strong_augmentation else SamplingPlan()
+        plan = replace(plan, cut_fraction=a.cut_fraction)
         source = EpochSampler(a.resample_from, paper_pattern(), plan)
     train(source, a.val, a.run, TrainSettings(epochs=a.epochs, batch_size=a.batch_size, threads=a.threads,
-                                              weight_decay_l2=a.weight_decay), a.classes)
+                                              weight_decay_l2=a.weight_decay, lr=a.lr), a.classes,
+          init_onnx=a.init_onnx)
 
 
 if __name__ == "__main__":
