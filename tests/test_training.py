@@ -142,3 +142,25 @@ def test_training_can_start_from_an_exported_model(tmp_path):
         torch.testing.assert_close(net.head.weight, src.head.weight)
     torch.testing.assert_close(net.proj.weight, src.proj.weight, atol=float(src.proj.weight.detach().abs().max()) / 254,
                                rtol=0)
+
+
+def test_folds_are_balanced_disjoint_and_the_same_every_time(tmp_path):
+    from organscope.training.folds import assign_folds, fold_cases
+    from organscope.training.sparse_data import EpochSampler
+
+    ids = [f"case_{i:03d}" for i in range(203)]
+    folds = assign_folds(ids)
+    assert folds == assign_folds(list(reversed(ids)))  # depends on the ids, not their order
+    sizes = np.bincount(list(folds.values()))
+    assert sizes.tolist() == [41, 41, 41, 40, 40]
+    assert assign_folds(ids, seed=1) != folds
+    with pytest.raises(ValueError):
+        assign_folds(ids[:3], k=5)
+    _phantom_dataset(tmp_path / "data")
+    train_ids, held = fold_cases(tmp_path / "data", 0, k=2)
+    assert sorted(train_ids + held) == ["syn_a", "syn_b"] and len(held) == 1
+    sampler = EpochSampler(tmp_path / "data", paper_pattern(), SamplingPlan(n_body=50, n_band=20, n_balanced=10),
+                           cases=held)
+    assert [c["case"] for c in sampler.cases] == held
+    with pytest.raises(ValueError, match="not in"):
+        EpochSampler(tmp_path / "data", paper_pattern(), SamplingPlan(), cases=["nobody"])

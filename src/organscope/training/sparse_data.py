@@ -73,11 +73,11 @@ def allowed_bits(point_labels: np.ndarray, uncontoured_ids) -> np.ndarray:
     return bits
 
 
-def build(data_root: Path, out_dir: Path, pattern: Pattern, plan: SamplingPlan, *, split: str, seed: int = 0,
-          augment: bool = True, limit: int | None = None) -> Path:
+def build(data_root: Path, out_dir: Path, pattern: Pattern, plan: SamplingPlan, *, split: str | None = None,
+          seed: int = 0, augment: bool = True, limit: int | None = None, cases: list[str] | None = None) -> Path:
     """A fixed descriptor set (the validation set watched during training): one draw of `EpochSampler`, written
     as X.npy (int8 descriptors), y.npy (uint8 centre labels), allowed.npy (uint16 bits), case.npy."""
-    sampler = EpochSampler(data_root, pattern, plan, split=split, limit=limit)
+    sampler = EpochSampler(data_root, pattern, plan, split=split, limit=limit, cases=cases)
     out_dir.mkdir(parents=True, exist_ok=True)
     X = np.lib.format.open_memmap(out_dir / "X.npy", "w+", np.int8, (sampler.size, pattern.size))
     y, bits, case_idx = sampler.fill(X, np.random.default_rng(seed), augment=augment)
@@ -150,13 +150,22 @@ class EpochSampler:
     """Fresh training points and fresh pattern transforms every epoch (the paper used 100k points per scan;
     a fixed small set over-fits), gathered straight into a reusable int8 buffer. Scans stay in memory."""
 
-    def __init__(self, data_root: Path, pattern: Pattern, plan: SamplingPlan, *, split: str = "train",
-                 limit: int | None = None):
+    def __init__(self, data_root: Path, pattern: Pattern, plan: SamplingPlan, *, split: str | None = "train",
+                 limit: int | None = None, cases: list[str] | None = None):
+        """The cases of `split`, or, given `cases` (ids, e.g. a cross-validation fold's), those whatever their
+        split."""
         from scipy import ndimage
 
         meta = json.loads((data_root / "dataset.json").read_text())
         self.pattern, self.plan = pattern, plan
-        self.cases = [c for c in meta["cases"] if c["split"] == split][:limit]
+        if cases is not None:
+            unknown = sorted(set(cases) - {c["case"] for c in meta["cases"]})
+            if unknown:
+                raise ValueError(f"cases not in {data_root}/dataset.json: {unknown[:5]}")
+            self.cases = [c for c in meta["cases"] if c["case"] in set(cases)][:limit]
+            split = f"{len(self.cases)} cases"
+        else:
+            self.cases = [c for c in meta["cases"] if c["split"] == split][:limit]
         ids = meta["labels"]
         self.index: list[_CaseIndex] = []
         for c in tqdm(self.cases, desc=f"indexing {split}"):

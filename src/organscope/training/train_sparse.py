@@ -196,6 +196,9 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=TrainSettings.lr)
     ap.add_argument("--init-onnx", type=Path, default=None,
                     help="start from this exported model's weights (e.g. the shipped sparse_openkbp.onnx)")
+    ap.add_argument("--fold", type=int, default=None,
+                    help="train on the cases outside this cross-validation fold (training/folds.py, 5 folds over "
+                         "every case of --resample-from), whatever their split")
     ap.add_argument("--cut-fraction", type=float, default=0.0,
                     help="fraction of point chunks read as from a scan whose in-plane field of view is cut to "
                          "200-400 mm (samples outside it read 0, as outside a scan)")
@@ -209,7 +212,12 @@ def main(argv=None):
 
         plan = SHIPPED_PLAN if a.strong_augmentation else SamplingPlan()
         plan = replace(plan, cut_fraction=a.cut_fraction)
-        source = EpochSampler(a.resample_from, paper_pattern(), plan)
+        cases = None
+        if a.fold is not None:
+            from .folds import fold_cases
+
+            cases = fold_cases(a.resample_from, a.fold)[0]
+        source = EpochSampler(a.resample_from, paper_pattern(), plan, cases=cases)
     train(source, a.val, a.run, TrainSettings(epochs=a.epochs, batch_size=a.batch_size, threads=a.threads,
                                               weight_decay_l2=a.weight_decay, lr=a.lr), a.classes,
           init_onnx=a.init_onnx)
