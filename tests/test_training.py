@@ -164,3 +164,15 @@ def test_folds_are_balanced_disjoint_and_the_same_every_time(tmp_path):
     assert [c["case"] for c in sampler.cases] == held
     with pytest.raises(ValueError, match="not in"):
         EpochSampler(tmp_path / "data", paper_pattern(), SamplingPlan(), cases=["nobody"])
+
+
+def test_out_of_fold_summary_means_organs_over_the_cases_that_contour_them():
+    from organscope.training.crossval import summary
+
+    scores = {"a": {"organs": {"x": {"dice": 0.8}, "y": {"dice": 0.4}}},
+              "b": {"organs": {"x": {"dice": 0.6}}},
+              "c": {"organs": {"x": {"dice": 1.0}, "y": {"dice": None}}}}
+    s = summary(scores)
+    assert s["dice"] == {"x": 0.8, "y": 0.4} and s["mean_dice"] == 0.6 and s["cases"] == 3
+    lo, hi = s["mean_dice_95ci"]
+    assert lo <= s["mean_dice"] <= hi and lo < hi

@@ -1,0 +1,133 @@
+"""Out-of-fold evaluation (issue 14): a model trained on one fold's training cases (training/folds.py) is exported
+and scored on that fold's held-out cases, per case and organ, so that settings and ensemble weights can later be
+chosen on out-of-fold predictions of every case instead of on the 33 validation cases.
+
+    python -m organscope.training.crossval sparse --fold 0 --run RUN --data OPENKBP --out cv/sparse
+
+writes OUT/fold0/sparse_fold0.onnx (+ card) and OUT/fold0/scores.json: per held-out case, per contoured organ, Dice
+of the engine's own label map (no anatomy check, no priors) and the organ's confidence. The card copies the
+shipped model's calibration (logit bias, segmentation settings): out-of-fold selection of those is the next step.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..datasets import Dataset
+from ..metrics.overlap import confusion, dice
+from ..modelcard import MODELS_DIR
+
+
+def export_sparse_fold(run_dir: Path, out_dir: Path, name: str, *, checkpoint: str = "last.pt") -> Path:
+    """RUN/checkpoint -> OUT/name.onnx (integer first layer, as shipped) with a card: the shipped card's classes,
+    pattern, calibration and segmentation settings, this run's training record."""
+    from .export import export_onnx, load_net
+    from .quantize import quantize_first_layer
+
+    hist = json.loads(((run_dir / "settings.json") if (run_dir / "settings.json").exists()
+                       else (run_dir / "history.json")).read_text())
+    s = hist["settings"]
+    shipped = json.loads((MODELS_DIR / "sparse_openkbp.json").read_text())
+    net = load_net(run_dir / checkpoint, hist["n_in"], len(shipped["classes"]), width=s["width"],
+                   n_blocks=s["n_blocks"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    float_path, onnx_path = out_dir / f"{name}_float32.onnx", out_dir / f"{name}.onnx"
+    err = export_onnx(net, float_path)
+    quant = quantize_first_layer(float_path, onnx_path)
+    float_path.unlink()
+    data = json.loads((run_dir / "data.json").read_text())
+    keep = ("engine", "body_region", "format", "classes", "n_inputs", "input", "output", "pattern", "logit_bias",
+            "segmentation", "min_spacing_mm", "working_spacing_mm")
+    card = {k: shipped[k] for k in keep if k in shipped}
+    card.update(name=name, onnx_parity_max_abs_diff=err, quantization=quant,
+                training={"cases": data.get("cases"), "plan": data.get("plan"), "init_onnx": data.get("init_onnx"),
+                          "settings": s, "checkpoint": checkpoint,
+                          "history": [{k: v for k, v in h.items() if k != "class_fraction"}
+                                      for h in hist["history"]]},
+                calibration_note="logit bias and segmentation settings copied from sparse_openkbp (not refitted "
+                                 "on this fold)")
+    onnx_path.with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n")
+    return onnx_path
+
+
+def score_fold(onnx_path: Path, data_root: Path, cases: list[str], *, threads: int = 2) -> dict:
+    """Per held-out case: {organ: {"dice", "confidence"}} for the contoured organs, and seconds."""
+    from ..engines.sparse import SparseEngine, SparseModel
+
+    ds = Dataset(data_root)
+    by_id = {c.case_id: c for c in ds.cases}
+    eng = SparseEngine(model=SparseModel.load(onnx_path, threads=threads))
+    ids = {n: i for i, n in enumerate(eng.classes)}
+    out = {}
+    for cid in cases:
+        case = by_id[cid]
+        vol, lab = case.load_image(), case.load_labels().array
+        t = time.perf_counter()
+        seg = eng.segment(vol)
+        sec = time.perf_counter() - t
+        organs = {}
+        for organ in case.organs:
+            v = ds.label_map.ids[organ]
+            d = dice(confusion(seg.labels.array == ids[organ], lab == v))
+            organs[organ] = {"dice": round(float(d), 4) if np.isfinite(d) else None,
+                             "confidence": seg.confidence.get(organ)}
+        out[cid] = {"organs": organs, "seconds": round(sec, 3)}
+        print(cid, {o: r["dice"] for o, r in organs.items()}, flush=True)
+    return out
+
+
+def summary(scores: dict) -> dict:
+    """Mean Dice per organ over the cases contouring it, the mean over organs, and 95 % intervals (bootstrap over
+    cases, 2000 draws, seed 0) of that mean."""
+    organs = sorted({o for r in scores.values() for o in r["organs"]})
+    per = {o: [r["organs"][o]["dice"] for r in scores.values() if o in r["organs"] and r["organs"][o]["dice"]
+               is not None] for o in organs}
+    means = {o: float(np.mean(v)) for o, v in per.items() if v}
+    rng = np.random.default_rng(0)
+    ids = list(scores)
+    boot = []
+    for _ in range(2000):
+        pick = [ids[i] for i in rng.integers(0, len(ids), len(ids))]
+        m = []
+        for o in organs:
+            v = [scores[c]["organs"][o]["dice"] for c in pick if o in scores[c]["organs"]
+                 and scores[c]["organs"][o]["dice"] is not None]
+            if v:
+                m.append(np.mean(v))
+        boot.append(np.mean(m))
+    return {"dice": {o: round(v, 4) for o, v in means.items()}, "mean_dice": round(float(np.mean(list(means.values()))), 4),
+            "mean_dice_95ci": [round(float(np.percentile(boot, 2.5)), 4), round(float(np.percentile(boot, 97.5)), 4)],
+            "cases": len(ids)}
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    from .folds import fold_cases
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("engine", choices=["sparse"])
+    ap.add_argument("--fold", type=int, required=True)
+    ap.add_argument("--run", type=Path, required=True, help="the fold's training run folder (train_sparse --fold)")
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--checkpoint", default="last.pt")
+    a = ap.parse_args(argv)
+    name = f"{a.engine}_fold{a.fold}"
+    fold_dir = a.out / f"fold{a.fold}"
+    onnx_path = export_sparse_fold(a.run, fold_dir, name, checkpoint=a.checkpoint)
+    train_ids, held = fold_cases(a.data, a.fold)
+    data = json.loads((a.run / "data.json").read_text())
+    if set(data.get("cases", [])) & set(held):
+        raise SystemExit(f"{a.run} was trained on cases of fold {a.fold}'s held-out set")
+    scores = score_fold(onnx_path, a.data, held)
+    result = {"engine": a.engine, "fold": a.fold, "held_out": held, "summary": summary(scores), "cases": scores}
+    (fold_dir / "scores.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result["summary"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
