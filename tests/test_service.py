@@ -369,3 +369,32 @@ def test_a_server_segmenting_with_cnn3d_queries_with_the_default_query_engine(al
         job = wait_done(c, c.post(f"/api/scans/{sid}/segment").json())
         assert job["state"] == "done" and job["engine"] == "cnn3d"
         assert [e["name"] for e in c.get("/api/engines").json() if e["default"]] == ["cnn3d"]
+
+
+def test_a_fine_scan_reports_its_own_voxels(client, allowed, volume):
+    """A scan finer than the sparse model's training data is read on a coarser working grid; the answers still
+    name the scan's own voxel at each point (and its centre in mm), not the working grid's."""
+    import nibabel as nib
+
+    arr = np.repeat(np.repeat(np.asarray(volume.array)[32:96, 32:96, 40:80], 2, axis=0), 2, axis=1)
+    aff = volume.affine.copy()
+    aff[:3, 3] = volume.voxel_to_world([[32 - 0.25, 32 - 0.25, 40]])[0]
+    aff[:3, 0] /= 2
+    aff[:3, 1] /= 2
+    nib.save(nib.Nifti1Image(arr.astype(np.int16), aff), allowed / "fine.nii.gz")
+    fine = osc.load_volume(allowed / "fine.nii.gz")
+    eng = api.engine("sparse")
+    assert eng.prepare(fine).work is not None  # ~2 mm in-plane: below the card's 3.75 mm
+    r = client.post("/api/scans/open", json={"path": "fine.nii.gz"})
+    assert r.status_code == 201, r.text
+    fid = r.json()["id"]
+    vox = np.array([[10, 11, 5], [63, 64, 20], [101, 37, 33], [127, 127, 39]])
+    r = client.post(f"/api/scans/{fid}/query", json={"points": vox.tolist(), "space": "voxel"})
+    assert r.status_code == 200, r.text
+    res = r.json()["results"]
+    assert [x["voxel"] for x in res] == vox.tolist()
+    np.testing.assert_allclose([x["world_mm"] for x in res], fine.voxel_to_world(vox), atol=1e-3)
+    assert [x["organ"] for x in res] == list(api.query(fine, vox, voxel=True).names)
+    pts = fine.voxel_to_world(vox + 0.3)
+    r = client.post(f"/api/scans/{fid}/query", json={"points": pts.tolist()})
+    assert [x["voxel"] for x in r.json()["results"]] == vox.tolist()

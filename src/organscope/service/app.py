@@ -232,9 +232,10 @@ def create_app(*, allowed_dir: str | os.PathLike | None = None, max_upload_mb: f
         qc = None if check is None else {"model_region": region, **check.to_dict(), "in_region": check.region == region}
         if qc is not None and not qc["in_region"]:
             res = replace(res, names=tuple("unknown" for _ in res.names))
-        world = entry.prepared.canonical.voxel_to_world(res.voxels)
-        vox = np.rint(entry.volume.world_to_voxel(world)).astype(int).tolist()
-        world = np.round(world, 3).tolist()
+        # the scan's own voxel at each point (the engine may have read a coarser working grid: res.voxels)
+        vox_in = np.rint(pts if body.space == "voxel" else entry.volume.world_to_voxel(pts)).astype(int)
+        world = np.round(entry.volume.voxel_to_world(vox_in), 3).tolist()
+        vox = vox_in.tolist()
         prob = np.round(res.probability.astype(float), 4).tolist()
         top_p = np.round(res.top3_probability.astype(float), 4).tolist()
         labels = res.labels.tolist()
