@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -77,6 +78,24 @@ def _coloured_pixels(png: Path, box) -> int:
     return int((spread > 40).sum())
 
 
+@contextmanager
+def _viewer(server: str, errors: list[str]):
+    """The viewer open in headless chromium with its scan loaded; page errors are appended to `errors`."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM,
+                                     args=["--enable-unsafe-swiftshader", "--use-angle=swiftshader"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(server + "/")
+            _wait_for(page, "document.body.dataset.scanLoaded", timeout=60_000)
+            yield page
+        finally:
+            browser.close()
+
+
 def _wait_for(page, expression: str, *, arg=None, timeout: float = 30_000) -> None:
     """Poll a JavaScript expression until it is truthy. Playwright's wait_for_function compiles its predicate
     with eval inside the page, which the viewer's Content-Security-Policy (script-src 'self') rightly forbids;
@@ -88,80 +107,69 @@ def _wait_for(page, expression: str, *, arg=None, timeout: float = 30_000) -> No
 
 
 def test_click_shows_organ_and_segment_overlays(server, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     volume = osc.load_volume(SCAN)
     errors: list[str] = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM,
-                                     args=["--enable-unsafe-swiftshader", "--use-angle=swiftshader"])
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(server + "/")
-            _wait_for(page, "document.body.dataset.scanLoaded", timeout=60_000)
-            _wait_for(page, "document.getElementById('answer').dataset.seq == window.organscope.state.querySeq")
+    with _viewer(server, errors) as page:
+        _wait_for(page, "document.getElementById('answer').dataset.seq == window.organscope.state.querySeq")
 
-            # move the crosshair off the target within the same axial slice, then click the target in the axial tile
-            pos = page.evaluate("""(mm) => {
-                const nv = window.organscope.nv
-                nv.scene.crosshairPos = nv.mm2frac([mm[0] + 40, mm[1] + 40, mm[2]])
-                nv.drawScene()
-                const hit = nv.frac2canvasPosWithTile(nv.mm2frac(mm), 0)  // 0 = axial
-                const rect = nv.canvas.getBoundingClientRect()
-                const dpr = nv.uiData.dpr || 1
-                return { x: rect.left + hit.pos[0] / dpr, y: rect.top + hit.pos[1] / dpr,
-                         canvas: [rect.left, rect.top, rect.right, rect.bottom] }
-            }""", list(BRAINSTEM_MM))
-            before_seq = page.evaluate("window.organscope.state.querySeq")
-            page.mouse.click(pos["x"], pos["y"])
-            _wait_for(
-                page, f"window.organscope.state.querySeq > {before_seq} && "
-                "document.getElementById('answer').dataset.seq == window.organscope.state.querySeq", timeout=30_000)
+        # move the crosshair off the target within the same axial slice, then click the target in the axial tile
+        pos = page.evaluate("""(mm) => {
+            const nv = window.organscope.nv
+            nv.scene.crosshairPos = nv.mm2frac([mm[0] + 40, mm[1] + 40, mm[2]])
+            nv.drawScene()
+            const hit = nv.frac2canvasPosWithTile(nv.mm2frac(mm), 0)  // 0 = axial
+            const rect = nv.canvas.getBoundingClientRect()
+            const dpr = nv.uiData.dpr || 1
+            return { x: rect.left + hit.pos[0] / dpr, y: rect.top + hit.pos[1] / dpr,
+                     canvas: [rect.left, rect.top, rect.right, rect.bottom] }
+        }""", list(BRAINSTEM_MM))
+        before_seq = page.evaluate("window.organscope.state.querySeq")
+        page.mouse.click(pos["x"], pos["y"])
+        _wait_for(
+            page, f"window.organscope.state.querySeq > {before_seq} && "
+            "document.getElementById('answer').dataset.seq == window.organscope.state.querySeq", timeout=30_000)
 
-            mm = json.loads(page.get_attribute("#location-mm", "data-mm"))
-            shown_name = page.text_content("#organ-name")
-            shown_prob = page.text_content("#organ-probability")
-            shown_organ = page.get_attribute("#answer", "data-organ")
-            shown_vox = page.text_content("#location-vox")
-            # NiiVue's own value at its crosshair: the same HU as organscope's voxel at those world mm, so
-            # NiiVue's mm and organscope's world coordinates are one space (RAS mm of the scan's affine)
-            niivue_value = page.evaluate("""(mm) => {
-                const v = window.organscope.nv.volumes[0]; const vox = v.mm2vox(mm)
-                return v.getValue(vox[0], vox[1], vox[2]) }""", mm)
-            shot = tmp_path / "viewer_click.png"
-            page.screenshot(path=str(shot))
+        mm = json.loads(page.get_attribute("#location-mm", "data-mm"))
+        shown_name = page.text_content("#organ-name")
+        shown_prob = page.text_content("#organ-probability")
+        shown_organ = page.get_attribute("#answer", "data-organ")
+        shown_vox = page.text_content("#location-vox")
+        # NiiVue's own value at its crosshair: the same HU as organscope's voxel at those world mm, so
+        # NiiVue's mm and organscope's world coordinates are one space (RAS mm of the scan's affine)
+        niivue_value = page.evaluate("""(mm) => {
+            const v = window.organscope.nv.volumes[0]; const vox = v.mm2vox(mm)
+            return v.getValue(vox[0], vox[1], vox[2]) }""", mm)
+        shot = tmp_path / "viewer_click.png"
+        page.screenshot(path=str(shot))
 
-            page.click("#segment-button")
-            _wait_for(page, "document.body.dataset.segmented", timeout=120_000)
-            page.wait_for_timeout(500)  # let NiiVue draw the overlay
-            job_id = page.evaluate("document.body.dataset.segmented")
-            legend = page.eval_on_selector_all("#legend li[data-organ]", "els => els.map(e => e.dataset.organ)")
-            confidences = page.eval_on_selector_all("#legend li[data-organ]",
-                                                    "els => els.map(e => e.dataset.confidence)")
-            cut_marks = page.eval_on_selector_all("#legend .cut-off", "els => els.length")
-            left_out_notes = page.eval_on_selector_all("#legend .left-out", "els => els.length")
-            engine_options = page.eval_on_selector_all("#engine-select option", "els => els.map(e => e.value)")
-            chosen_engine = page.eval_on_selector("#engine-select", "e => e.value")
-            status = page.text_content("#status")
-            final = tmp_path / "viewer_segmented.png"
-            page.screenshot(path=str(final))
-            page.uncheck("#overlay-toggle")  # the overlay can be hidden again
-            page.wait_for_timeout(300)
-            hidden = tmp_path / "viewer_overlay_hidden.png"
-            page.screenshot(path=str(hidden))
-            page.check("#overlay-toggle")
+        page.click("#segment-button")
+        _wait_for(page, "document.body.dataset.segmented", timeout=120_000)
+        page.wait_for_timeout(500)  # let NiiVue draw the overlay
+        job_id = page.evaluate("document.body.dataset.segmented")
+        legend = page.eval_on_selector_all("#legend li[data-organ]", "els => els.map(e => e.dataset.organ)")
+        confidences = page.eval_on_selector_all("#legend li[data-organ]",
+                                                "els => els.map(e => e.dataset.confidence)")
+        cut_marks = page.eval_on_selector_all("#legend .cut-off", "els => els.length")
+        left_out_notes = page.eval_on_selector_all("#legend .left-out", "els => els.length")
+        engine_options = page.eval_on_selector_all("#engine-select option", "els => els.map(e => e.value)")
+        chosen_engine = page.eval_on_selector("#engine-select", "e => e.value")
+        status = page.text_content("#status")
+        final = tmp_path / "viewer_segmented.png"
+        page.screenshot(path=str(final))
+        page.uncheck("#overlay-toggle")  # the overlay can be hidden again
+        page.wait_for_timeout(300)
+        hidden = tmp_path / "viewer_overlay_hidden.png"
+        page.screenshot(path=str(hidden))
+        page.check("#overlay-toggle")
 
-            # uploading a scan from the page opens it and shows it (a second entry in the scan list)
-            first_id = page.evaluate("document.body.dataset.scanLoaded")
-            options_before = page.eval_on_selector_all("#scan-select option", "els => els.length")
-            page.set_input_files("#upload-input", str(SCAN))
-            _wait_for(page, "(first) => document.body.dataset.scanLoaded && "
-                            "document.body.dataset.scanLoaded != first", arg=first_id, timeout=60_000)
-            n_options = page.eval_on_selector_all("#scan-select option", "els => els.length")
-            legend_after_upload = page.text_content("#legend")
-        finally:
-            browser.close()
+        # uploading a scan from the page opens it and shows it (a second entry in the scan list)
+        first_id = page.evaluate("document.body.dataset.scanLoaded")
+        options_before = page.eval_on_selector_all("#scan-select option", "els => els.length")
+        page.set_input_files("#upload-input", str(SCAN))
+        _wait_for(page, "(first) => document.body.dataset.scanLoaded && "
+                        "document.body.dataset.scanLoaded != first", arg=first_id, timeout=60_000)
+        n_options = page.eval_on_selector_all("#scan-select option", "els => els.length")
+        legend_after_upload = page.text_content("#legend")
 
     assert not errors, errors
     # the click landed where it was aimed (within one voxel) ...
@@ -225,8 +233,6 @@ def test_legend_marks_cut_off_and_left_out_organs(server, tmp_path):
     above the lower end of its spinal cord: the cord and oesophagus reach the border, the brainstem and parotids do
     not), and notes the organs the anatomy check left out, with the reason (a chest-like phantom: not head-and-neck
     CT, so every organ the engine finds is dropped)."""
-    from playwright.sync_api import sync_playwright
-
     from organscope.io import save_volume
     from organscope.volume import Volume
     from helpers.torso import torso
@@ -238,20 +244,11 @@ def test_legend_marks_cut_off_and_left_out_organs(server, tmp_path):
     save_volume(torso(), chest)
 
     errors: list[str] = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM,
-                                     args=["--enable-unsafe-swiftshader", "--use-angle=swiftshader"])
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(server + "/")
-            _wait_for(page, "document.body.dataset.scanLoaded", timeout=60_000)
-            cut = _upload_and_segment(page, cropped)
-            page.screenshot(path=str(tmp_path / "viewer_cut_off.png"))
-            left = _upload_and_segment(page, chest)
-            page.screenshot(path=str(tmp_path / "viewer_left_out.png"))
-        finally:
-            browser.close()
+    with _viewer(server, errors) as page:
+        cut = _upload_and_segment(page, cropped)
+        page.screenshot(path=str(tmp_path / "viewer_cut_off.png"))
+        left = _upload_and_segment(page, chest)
+        page.screenshot(path=str(tmp_path / "viewer_left_out.png"))
     assert not errors, errors
 
     # cut off: marked exactly where the job info says so, and the crop makes both kinds
