@@ -128,7 +128,7 @@ def test_training_can_start_from_an_exported_model(tmp_path):
     from organscope.training.export import export_onnx
     from organscope.training.quantize import quantize_first_layer
     from organscope.training.sparse_model import ResidualMLP
-    from organscope.training.train_sparse import load_sparse_onnx
+    from organscope.training.onnx_weights import load_sparse_onnx
 
     torch.manual_seed(0)
     src = ResidualMLP(6561, 3, width=16, n_blocks=1).eval()

@@ -5,7 +5,8 @@ At export, every batch norm that follows a convolution was folded into it (weigh
 torch network gets the folded convolution weights, and each such batch norm becomes a shift by the folded bias
 (scale 1, mean 0, variance 1 - eps). In eval mode, and in training with batch-norm statistics frozen (as the
 heat-map trainer keeps them when it starts from other weights), the network then computes what the ONNX model
-does; `load_onnx_weights` checks that on a random input and returns the largest difference.
+does; `load_onnx_weights` checks that on a random input and returns the largest difference. The sparse
+classifier's residual MLP (`load_sparse_onnx`) has no convolutions: its weights go back by name.
 
 Convolutions are matched to modules by the scope names torch's exporter gives the nodes ('/stem/stem.2/body/body.0/
 Conv' is module stem.2.body.0), or, in a graph without them, in the order the network runs them; each is checked
@@ -120,4 +121,44 @@ def load_onnx_weights(net: nn.Module, onnx_path: Path, input_shape=(1, 2, 32, 32
         ref = net.eval()(x).numpy()
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    return float(np.abs(ref - got).max())
+
+
+def load_sparse_onnx(net: nn.Module, onnx_path: Path) -> float:
+    """Set `net`'s weights from an exported sparse model (float, or with the uint8 x int8 first layer of
+    quantize.py: that layer's weights dequantised) and return the largest logit difference between the two on
+    random descriptors (the quantisation error for an integer first layer)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from .sparse_model import Q8_PER_UNIT
+
+    model = onnx.load(str(onnx_path))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    # the exporter shares equal constant tensors (e.g. untrained layer norms' ones and zeros) through Identity nodes
+    for node in model.graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits:
+            inits.setdefault(node.output[0], inits[node.input[0]])
+    state = net.state_dict()
+    new = {}
+    for name in state:
+        if name in inits:
+            new[name] = torch.from_numpy(np.array(inits[name], dtype=np.float32))
+    if "proj_wq" in inits:  # (in, out) int8 with per-column scales (already divided by Q8_PER_UNIT)
+        w = inits["proj_wq"].astype(np.float32) * inits["proj_scale"][None, :] * Q8_PER_UNIT
+        new["proj.weight"] = torch.from_numpy(np.ascontiguousarray(w.T))
+        new["proj.bias"] = torch.from_numpy(inits["proj_bias"].astype(np.float32))
+    missing = sorted(set(state) - set(new))
+    if missing:
+        raise ValueError(f"{onnx_path.name} has no weights for {missing}")
+    net.load_state_dict(new)
+    codes = np.random.default_rng(0).integers(64, 192, (64, net.proj.in_features)).astype(np.uint8)
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    x = codes if sess.get_inputs()[0].type == "tensor(uint8)" else ((codes.astype(np.float32) - 128) / Q8_PER_UNIT)
+    ref = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    net.eval()
+    with torch.no_grad():
+        got = net(torch.from_numpy((codes.astype(np.float32) - 128) / Q8_PER_UNIT)).numpy()
+    net.train()
     return float(np.abs(ref - got).max())

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .onnx_weights import load_sparse_onnx
 from .sparse_model import Q8_PER_UNIT, ResidualMLP, partial_label_loss
 
 
@@ -47,44 +48,6 @@ def evaluate_points(net, X, bits, batch=4096):
             preds.append(logits.argmax(1).numpy())
     net.train()
     return sum(losses) / len(X), np.concatenate(preds)
-
-
-def load_sparse_onnx(net: ResidualMLP, onnx_path: Path) -> float:
-    """Set `net`'s weights from an exported sparse model (float, or with the uint8 x int8 first layer of
-    quantize.py: that layer's weights dequantised) and return the largest logit difference between the two on
-    random descriptors (the quantisation error for an integer first layer)."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import numpy_helper
-
-    model = onnx.load(str(onnx_path))
-    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    # the exporter shares equal constant tensors (e.g. untrained layer norms' ones and zeros) through Identity nodes
-    for node in model.graph.node:
-        if node.op_type == "Identity" and node.input[0] in inits:
-            inits.setdefault(node.output[0], inits[node.input[0]])
-    state = net.state_dict()
-    new = {}
-    for name in state:
-        if name in inits:
-            new[name] = torch.from_numpy(np.array(inits[name], dtype=np.float32))
-    if "proj_wq" in inits:  # (in, out) int8 with per-column scales (already divided by Q8_PER_UNIT)
-        w = inits["proj_wq"].astype(np.float32) * inits["proj_scale"][None, :] * Q8_PER_UNIT
-        new["proj.weight"] = torch.from_numpy(np.ascontiguousarray(w.T))
-        new["proj.bias"] = torch.from_numpy(inits["proj_bias"].astype(np.float32))
-    missing = sorted(set(state) - set(new))
-    if missing:
-        raise ValueError(f"{onnx_path.name} has no weights for {missing}")
-    net.load_state_dict(new)
-    codes = np.random.default_rng(0).integers(64, 192, (64, net.proj.in_features)).astype(np.uint8)
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    x = codes if sess.get_inputs()[0].type == "tensor(uint8)" else ((codes.astype(np.float32) - 128) / Q8_PER_UNIT)
-    ref = sess.run(None, {sess.get_inputs()[0].name: x})[0]
-    net.eval()
-    with torch.no_grad():
-        got = net(torch.from_numpy((codes.astype(np.float32) - 128) / Q8_PER_UNIT)).numpy()
-    net.train()
-    return float(np.abs(ref - got).max())
 
 
 def train(train_source, val_dir: Path, run_dir: Path, settings: TrainSettings, n_classes: int, *,
