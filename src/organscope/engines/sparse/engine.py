@@ -59,13 +59,18 @@ class PreparedScan:
             return [np.arange(n) for n in self.canon.shape]
         return [nearest_indices(n_in, n) for n_in, n in zip(self.canon.shape, self.canonical.shape)]
 
+    @property
+    def work_zoom(self) -> np.ndarray:
+        """Input voxels per `canonical` voxel along each canonical axis (1 without a working grid)."""
+        return np.array(self.canon.shape, float) / np.array(self.canonical.shape, float)
+
     def box_to_input_canonical(self, start, stop) -> tuple[np.ndarray, np.ndarray]:
         """A box [start, stop) of `canonical` voxels as the box of input voxels on the canonical axes that it
         covers (the same box without a working grid)."""
         start, stop = np.asarray(start, int), np.asarray(stop, int)
         if self.work is None:
             return start, stop
-        zoom = np.array(self.canon.shape, float) / np.array(self.canonical.shape, float)
+        zoom = self.work_zoom
         return (np.floor(start * zoom).astype(int),
                 np.minimum(np.ceil(stop * zoom).astype(int), self.canon.shape))
 
@@ -74,8 +79,7 @@ class PreparedScan:
         vox = np.asarray(vox, float)
         if self.work is None:
             return vox
-        zoom = np.array(self.canon.shape, float) / np.array(self.canonical.shape, float)
-        return (vox + 0.5) * zoom - 0.5
+        return (vox + 0.5) * self.work_zoom - 0.5
 
     @property
     def ornt(self) -> np.ndarray:
