@@ -17,12 +17,13 @@ import numpy as np
 from ... import components, geometry
 from ...errors import InputError
 from ...grid import GridMap, nearest_indices
-from ...sampling.gather import KIND_F32, KIND_U8, Sampler, contiguous_int16, hu_int16
+from ...sampling.gather import KIND_F32, KIND_U8, CodeSampler, Sampler, contiguous_int16, hu_int16, make_sampler
 from ...sampling.points import body_mask, body_steps, superior_axis
 from ...volume import Volume
 from ...segmentation import Segmentation, labels_dtype
 from ..base import ProgressFn, no_progress, organ_confidence, probabilities_to_input, require_finite, select_organs
 from . import refine
+from .click import ClickNet, nearest_voxels, top3
 from .card import SegmentSettings
 from .model import SparseModel
 
@@ -30,6 +31,9 @@ __all__ = ["PointResult", "PreparedScan", "SegmentSettings", "SparseEngine"]
 
 
 SMALL_BATCH = 64  # fewer points than this (an interactive click) run single-threaded: see SparseEngine._model_for
+
+
+CLICK_MAX_POINTS = 8  # at most this many points may take the compiled path (ClickNet.max_points decides)
 
 
 RASTER_SORT_MIN = 64  # batches larger than this are gathered in memory order
@@ -47,7 +51,7 @@ class PreparedScan:
     canonical: Volume         # int16 HU, closest RAS+ (the working grid, if any), C-contiguous
     canon: geometry.Canonical  # the map between the input grid and its canonical axes
     offsets_vox: np.ndarray
-    sampler: Sampler | None = field(default=None, repr=False)
+    sampler: Sampler | CodeSampler | None = field(default=None, repr=False)
     world_to_canonical: np.ndarray | None = field(default=None, repr=False)  # inverse of canonical.affine
     work: GridMap | None = field(default=None, repr=False)  # None: `canonical` is the input's own voxels
     _body: np.ndarray | None = field(default=None, repr=False)
@@ -132,6 +136,7 @@ class SparseEngine:
         self.classes = self.model.classes
         self.settings = settings or self.model.card.segmentation
         self._one_thread: SparseModel | None = None
+        self._click: ClickNet | None | bool = False  # False: not read yet (see _click_net)
 
     def _model_for(self, n: int) -> SparseModel:
         """The model to run n descriptors: below SMALL_BATCH a second, single-threaded session, because waking
@@ -142,6 +147,13 @@ class SparseEngine:
         if self._one_thread is None:
             self._one_thread = SparseModel(self.model.onnx_path, self.model.card, threads=1)
         return self._one_thread
+
+    def _click_net(self) -> ClickNet | None:
+        """The compiled few-point path (click.py), read from the model file on first use; None for a model whose
+        graph it does not know (then every query runs through ONNX Runtime)."""
+        if self._click is False:
+            self._click = ClickNet.from_onnx(self.model.onnx_path) if self.model.input_kind == "codes" else None
+        return self._click
 
     # ---- preparation -------------------------------------------------------------------------
     def prepare(self, volume: Volume) -> PreparedScan:
@@ -167,7 +179,7 @@ class SparseEngine:
             canon = Volume(contiguous_int16(small), work.grid_affine, dict(volume.meta))
         offsets = self.model.pattern.offsets_vox(canon.affine)
         kind = KIND_U8 if self.model.input_kind == "codes" else KIND_F32
-        return PreparedScan(volume, canon, can, offsets, Sampler(canon.array, offsets, kind),
+        return PreparedScan(volume, canon, can, offsets, make_sampler(canon.array, offsets, kind),
                             np.linalg.inv(canon.affine), work)
 
     def _as_prepared(self, scan) -> PreparedScan:
@@ -177,9 +189,12 @@ class SparseEngine:
     def classify_voxels(self, scan: PreparedScan, centers_vox: np.ndarray, *, batch: int | None = None) -> np.ndarray:
         """Probabilities (N, C) at integer voxels of the canonical grid (which must lie inside it)."""
         centers = np.ascontiguousarray(np.asarray(centers_vox).reshape(-1, 3), dtype=np.int32)
-        batch = batch or self.settings.batch
         sampler = scan.sampler
         n = len(centers)
+        click = self._click_net() if n <= CLICK_MAX_POINTS else None
+        if click is not None and n <= click.max_points and isinstance(sampler, CodeSampler):
+            return click.probabilities(sampler, centers, self.model.logit_bias)
+        batch = batch or self.settings.batch
         out = np.empty((n, len(self.classes)), dtype=np.float32)
         buf = np.empty((min(batch, max(n, 1)), len(sampler.offsets)), dtype=sampler.dtype)
         model = self._model_for(n)
@@ -202,28 +217,37 @@ class SparseEngine:
         """Organ at each point: `points` in world mm (RAS), or voxel indices of the *input* grid if voxel=True."""
         scan = self._as_prepared(scan)
         pts = np.asarray(points, dtype=float).reshape(-1, 3)
-        if not np.isfinite(pts).all():
-            raise InputError("Query points must be finite numbers (got NaN or infinity).")
         world = scan.volume.voxel_to_world(pts) if voxel else pts
-        inv = scan.world_to_canonical
-        vox = np.rint(world @ inv[:3, :3].T + inv[:3, 3]).astype(np.int64)
-        if len(vox) and (vox.min() < 0 or (vox >= scan.sampler.shape).any()):
-            outside = np.any((vox < 0) | (vox >= scan.sampler.shape), axis=1)
-            n_out = f"{int(outside.sum())} of {len(pts)} points are outside"
-            if voxel:  # in the user's own units: voxels of the input grid
-                bad, shape = pts[np.argmax(outside)], scan.volume.shape
-                raise InputError(f"Voxel ({', '.join(f'{v:g}' for v in bad)}) lies outside the scan, whose shape is "
-                                 f"{shape[0]} x {shape[1]} x {shape[2]} (indices 0..{shape[0] - 1}, "
-                                 f"0..{shape[1] - 1}, 0..{shape[2] - 1}); {n_out}.")
-            bad = world[np.argmax(outside)]
-            raise InputError(f"Point ({bad[0]:.1f}, {bad[1]:.1f}, {bad[2]:.1f}) mm lies outside the scan ({n_out}).")
+        vox = np.empty(pts.shape, dtype=np.int32)
+        bad = nearest_voxels(world, scan.world_to_canonical, scan.sampler.shape, vox)
+        if bad >= 0:
+            raise self._bad_point(scan, pts, world, voxel)
         probs = self.classify_voxels(scan, vox)
-        order = np.argsort(-probs, axis=1)[:, :3]
-        top3 = probs[np.arange(len(probs))[:, None], order]
-        labels = order[:, 0]
+        order = np.empty((len(probs), 3), dtype=np.int64)
+        top = np.empty((len(probs), 3), dtype=np.float32)
+        top3(probs, order, top)
         classes = self.classes
-        return PointResult(labels, tuple(classes[i] for i in labels.tolist()), top3[:, 0].copy(),
-                           tuple(tuple(classes[i] for i in row) for row in order.tolist()), top3, vox, probs)
+        rows = order.tolist()
+        return PointResult(order[:, 0], tuple(classes[r[0]] for r in rows), top[:, 0].copy(),
+                           tuple((classes[r[0]], classes[r[1]], classes[r[2]]) for r in rows), top,
+                           vox.astype(np.int64), probs)
+
+    @staticmethod
+    def _bad_point(scan: PreparedScan, pts: np.ndarray, world: np.ndarray, voxel: bool) -> InputError:
+        """The error for query points that are not finite or fall outside the scan (the first one named)."""
+        if not np.isfinite(pts).all():
+            return InputError("Query points must be finite numbers (got NaN or infinity).")
+        inv = scan.world_to_canonical
+        vox = np.rint(world @ inv[:3, :3].T + inv[:3, 3])
+        outside = np.any((vox < 0) | (vox >= scan.sampler.shape), axis=1)
+        n_out = f"{int(outside.sum())} of {len(pts)} points are outside"
+        if voxel:  # in the user's own units: voxels of the input grid
+            bad, shape = pts[np.argmax(outside)], scan.volume.shape
+            return InputError(f"Voxel ({', '.join(f'{v:g}' for v in bad)}) lies outside the scan, whose shape is "
+                              f"{shape[0]} x {shape[1]} x {shape[2]} (indices 0..{shape[0] - 1}, "
+                              f"0..{shape[1] - 1}, 0..{shape[2] - 1}); {n_out}.")
+        bad = world[np.argmax(outside)]
+        return InputError(f"Point ({bad[0]:.1f}, {bad[1]:.1f}, {bad[2]:.1f}) mm lies outside the scan ({n_out}).")
 
     # ---- segmentation ------------------------------------------------------------------------
     def segment(self, volume, *, organs=None, probabilities: bool = False,
