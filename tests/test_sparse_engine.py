@@ -148,6 +148,23 @@ def test_body_mask_fills_holes_across_the_superior_axis():
     assert superior_axis(pli) == 2 and superior_axis(pli[:, [2, 0, 1, 3]]) == 0
 
 
+@pytest.mark.parametrize("slice_axis", [None, 0, 1, 2])
+def test_fill_holes_matches_scipy(rng, slice_axis):
+    from scipy import ndimage
+
+    from organscope.sampling.points import fill_holes
+
+    for density in (0.3, 0.5, 0.7):
+        mask = ndimage.binary_opening(rng.random((17, 13, 11)) < density)
+        if slice_axis is None:
+            expected = ndimage.binary_fill_holes(mask)
+        else:
+            expected = np.stack([ndimage.binary_fill_holes(s) for s in np.moveaxis(mask, slice_axis, 0)])
+            expected = np.moveaxis(expected, 0, slice_axis)
+        np.testing.assert_array_equal(fill_holes(mask, slice_axis=slice_axis), expected)
+    assert fill_holes(np.ones((3, 4, 5), bool)).all() and not fill_holes(np.zeros((3, 4, 5), bool)).any()
+
+
 def test_body_mask_is_computed_on_a_coarse_grid_for_fine_scans(synthetic_engine, phantoms):
     from organscope.sampling.points import body_steps
 
