@@ -21,6 +21,7 @@ import numpy as np
 
 from .engines.base import ProgressFn
 from .engines.registry import DEFAULT_ENGINE, get_engine
+from .memory import ordinary_pages
 from .segmentation import Segmentation
 from .volume import Volume
 
@@ -68,16 +69,17 @@ def segment_volume(volume: Volume, options: SegmentOptions = SegmentOptions(), *
     from .qc import apply_qc, model_region
 
     eng = load_engine(options)
-    if not options.priors:
-        seg = eng.segment(volume, organs=options.organs, progress=progress)
-    else:
-        from .postprocess.priors import apply_priors
+    with ordinary_pages():  # full-size maps and masks, written once: see memory.py
+        if not options.priors:
+            seg = eng.segment(volume, organs=options.organs, progress=progress)
+        else:
+            from .postprocess.priors import apply_priors
 
-        seg = apply_priors(eng.segment(volume, progress=progress), engine=eng.name)
-        seg = seg if options.organs is None else seg.keep(options.organs)
-    t0 = time.perf_counter()
-    seg = apply_qc(volume, seg, model_region=model_region(eng), keep_unverified=options.keep_unverified,
-                   engine=getattr(eng, "name", options.engine))
+            seg = apply_priors(eng.segment(volume, progress=progress), engine=eng.name)
+            seg = seg if options.organs is None else seg.keep(options.organs)
+        t0 = time.perf_counter()
+        seg = apply_qc(volume, seg, model_region=model_region(eng), keep_unverified=options.keep_unverified,
+                       engine=getattr(eng, "name", options.engine))
     return replace(seg, timings_s={**seg.timings_s, "qc": time.perf_counter() - t0})
 
 
