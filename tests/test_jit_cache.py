@@ -88,7 +88,7 @@ def test_the_check_is_cheap_and_off_without_jit(monkeypatch, tmp_path):
 
 def test_the_cli_prints_the_notice_with_its_progress_output(capsys, tmp_path, monkeypatch, phantom_files,
                                                             synthetic_model_path):
-    monkeypatch.setattr(jit_cache, "kernels_cached", lambda engine=None: False)
+    monkeypatch.setattr(jit_cache, "kernels_cached", lambda engine=None, query=False: False)
     argv = ["segment", "-i", str(phantom_files["RAS"]), "-o", str(tmp_path / "out.nii.gz"), "--model",
             str(synthetic_model_path), "--threads", "1"]
     assert cli.main(argv + ["--progress"]) == 0
@@ -96,6 +96,15 @@ def test_the_cli_prints_the_notice_with_its_progress_output(capsys, tmp_path, mo
     assert err.splitlines()[0] == jit_cache.NOTICE and err.count(jit_cache.NOTICE) == 1, err
     assert cli.main(argv + ["--no-progress"]) == 0  # scripts keep their one line
     assert jit_cache.NOTICE not in capsys.readouterr().err
+
+
+def test_a_query_on_a_terminal_says_it_is_compiling(capsys, monkeypatch):
+    asked = []
+    monkeypatch.setattr(jit_cache, "kernels_cached", lambda engine=None, query=False: asked.append(query) or False)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert cli.main(["query", str(SCAN), "--point=-300,-304.7,-81"]) == 0
+    assert capsys.readouterr().err.splitlines()[0] == jit_cache.NOTICE and asked == [True]
+    assert set(jit_cache.QUERY_KERNEL_MODULES["sparse"]) <= set(jit_cache.ALL_MODULES)
 
 
 def test_first_run_on_an_empty_numba_cache_says_so_and_the_second_does_not(tmp_path):

@@ -146,15 +146,16 @@ def _segment_options(args):
                           keep_unverified=getattr(args, "keep_unverified", False))
 
 
-def _compile_notice(engine: str | None, shown: bool) -> None:
+def _compile_notice(engine: str | None, shown: bool, *, query: bool = False) -> None:
     """One line on stderr when numba has not cached the engine's kernels yet (the first run after an installation
     compiles them: ~20 s), shown with the progress output (a terminal, or --progress), so that scripts and logs
-    keep their one line per scan; checked in about a millisecond, without importing numba."""
+    keep their one line per scan; checked in about a millisecond, without importing numba. query=True: the
+    kernels of point queries."""
     if not shown:
         return
     from .jit_cache import NOTICE, kernels_cached
 
-    if not kernels_cached(engine):
+    if not kernels_cached(engine, query=query):
         print(NOTICE, file=sys.stderr, flush=True)
 
 
@@ -195,6 +196,9 @@ def cmd_query(args) -> int:
         points += _read_points_csv(Path(args.csv))
     if not points:
         raise InputError("Give at least one point with --point x,y,z or --csv FILE.")
+    from .engines.registry import DEFAULT_ENGINE
+
+    _compile_notice(DEFAULT_ENGINE, sys.stderr.isatty(), query=True)
     scan = api.engine(model=args.model, threads=args.threads).prepare(api.load_volume(args.scan))
     res = api.query(scan, np.array(points), voxel=args.voxel, model=args.model, threads=args.threads,
                     keep_unverified=args.keep_unverified)
@@ -347,6 +351,9 @@ def cmd_serve(args) -> int:
     hosts = list(args.allowed_host)
     if not loopback and args.host not in ("0.0.0.0", "::"):
         hosts.append(args.host)  # the address it listens on is a name clients use
+    from .engines.registry import DEFAULT_ENGINE
+
+    _compile_notice(DEFAULT_ENGINE, True, query=True)  # the store compiles them before it listens (store.py)
     app = create_app(allowed_dir=args.allow_dir, max_upload_mb=args.max_upload_mb, max_scans=args.max_scans,
                      preload=args.scan, max_voxels=args.max_voxels, max_jobs=args.max_jobs, allowed_hosts=hosts,
                      token=token)

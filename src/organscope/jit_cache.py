@@ -37,7 +37,13 @@ KERNEL_MODULES: dict[str, tuple[str, ...]] = {
     "cascade": ("grid.py",),
     "slice2d": ("grid.py", "sampling/gather.py"),
 }
-ALL_MODULES = tuple(sorted({m for ms in KERNEL_MODULES.values() for m in ms}))
+#: the modules whose kernels a point query runs (`organscope query`, the service's clicks): the gather, and the
+#: compiled one-point network with its locate and top-3 steps
+QUERY_KERNEL_MODULES: dict[str, tuple[str, ...]] = {
+    "sparse": ("sampling/gather.py", "engines/sparse/click.py"),
+}
+ALL_MODULES = tuple(sorted({m for table in (KERNEL_MODULES, QUERY_KERNEL_MODULES) for ms in table.values()
+                            for m in ms}))
 
 #: measured on the 2-core machine (bundled scan, empty cache against warm, segmentation time): sparse 8.96 s against
 #: 2.33 s, slice2d 15.8 s against 5.2 s, cnn3d 2.4 s against 1.9 s
@@ -118,11 +124,12 @@ def module_cached(py_file: Path, version: str | None = None) -> bool:
     return False
 
 
-def kernels_cached(engine: str | None = None) -> bool:
-    """True unless numba will compile organscope's kernels for a segmentation with `engine` (None: any engine)
-    because its cache holds none of a module's kernels for the current source and numba version."""
+def kernels_cached(engine: str | None = None, *, query: bool = False) -> bool:
+    """True unless numba will compile organscope's kernels for a segmentation (query=True: point queries) with
+    `engine` (None: any engine) because its cache holds none of a module's kernels for the current source and
+    numba version."""
     if os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0"):
         return True
-    modules = KERNEL_MODULES.get(engine or "", ALL_MODULES)
+    modules = (QUERY_KERNEL_MODULES if query else KERNEL_MODULES).get(engine or "", ALL_MODULES)
     version = _numba_version()
     return all(module_cached(PACKAGE / m, version) for m in modules)

@@ -166,6 +166,20 @@ class ScanStore:
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="organscope-segment")
         self._query_lock = _engine_lock()
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One query on a small synthetic scan, so that numba compiles (or loads from its cache) the query
+        kernels before the server listens, not during the first client's click (seconds on a fresh install)."""
+        from ..volume import Volume
+
+        g = np.indices((24, 24, 20)).astype(float)
+        inside = ((g[0] - 12) / 9) ** 2 + ((g[1] - 12) / 7) ** 2 + ((g[2] - 10) / 8) ** 2 < 1
+        scan = Volume(np.where(inside, 40, -1000).astype(np.int16), np.diag([4.0, 4.0, 2.5, 1.0]))
+        prepared = self.query_engine.prepare(scan)
+        with self._query_lock, _numba_threads(1):
+            self.query_engine.query(prepared, [[48.0, 48.0, 25.0]])             # one click
+            self.query_engine.query(prepared, np.full((100, 3), [48.0, 48.0, 25.0]))  # a batch
 
     # ---- scans ---------------------------------------------------------------------------------------
     def resolve_allowed(self, path: str) -> Path:
