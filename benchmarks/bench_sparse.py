@@ -36,7 +36,9 @@ QUICK = dict(shape=(256, 256, 150), spacing=(1.6, 1.6, 3.0), n_batch=1_000, n_cl
 
 PAPER_MS_PER_POINT = 0.92       # Real Time Multi Organ Classification on CT: 0.92 +- 0.01 ms per query
 PAPER_S_PER_SCAN = 9.51         # fine segmentation 9.51 +- 2.72 s (coarse 5.24 s), 6-core/12-thread Xeon
-AIM_CLICK_US, AIM_BATCH_US, AIM_SEG_S, AIM_SEG_MIB = 150.0, 30.0, 3.0, 1536.0
+AIM_CLICK_US, AIM_BATCH_US, AIM_SEG_S, AIM_SEG_MIB = 100.0, 30.0, 2.0, 1536.0  # issue 17's aims
+# figures on this 2-core machine when issue 17 was filed (FINDINGS / the issue), printed beside this run's
+PREVIOUS = {"click_us": 157.0, "batch_us": 50.0, "segment_s": 2.5}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -168,31 +170,38 @@ def set_numba_threads(n: int) -> int:
 
 def point_timings(model: Path, prepared, vox_click, vox_batch, threads: int, repeats: int) -> dict:
     import organscope.api as api
-    from organscope.sampling.gather import gather, gather_u8
+    from organscope.sampling.gather import KIND_U8, Sampler
 
     set_numba_threads(threads)
     eng = api.engine("sparse", model=str(model), threads=threads)
-    codes = eng.model.input_kind == "codes"  # the model's own descriptor kind (uint8 codes or float32)
-    gather = gather_u8 if codes else gather
     arr, offs = prepared.canonical.array, prepared.offsets_vox
     to_world = prepared.canonical.voxel_to_world
     res: dict = {"threads": threads}
+    codes = eng.model.input_kind == "codes"
+    # the previous gather, measured in this run as the baseline: bounds-checked reads of the int16 volume
+    previous = Sampler(arr, offs, KIND_U8) if codes else prepared.sampler
 
     # -- click: one point per call --
     pts_click = to_world(vox_click)
-    descs = [gather(arr, v[None], offs) for v in vox_click]
-    one = np.empty((1, len(offs)), dtype=descs[0].dtype)
+    one = np.empty((1, len(offs)), dtype=prepared.sampler.dtype)
     clicks = [np.ascontiguousarray(v[None], dtype=np.int32) for v in vox_click]
     t_query = C.repeat(lambda: [eng.query(prepared, p[None]) for p in pts_click], repeats)
-    # the engine's own path: the prepared scan's sampler (layout and offsets worked out once)
+    # the engine's own path: the prepared scan's sampler (layout and offsets worked out once), then the network
+    # (compiled for one point when the model allows it: engines/sparse/click.py)
     t_gather = C.repeat(lambda: [prepared.sampler(v, one) for v in clicks], repeats)
-    small = eng._model_for(1)  # the session the engine uses for one point (single-threaded)
-    t_mlp = C.repeat(lambda: [small.predict(d) for d in descs], repeats)
+    t_classify = C.repeat(lambda: [eng.classify_voxels(prepared, v) for v in clicks], repeats)
+    # the previous path: the int16 gather and ONNX Runtime's single-threaded session
+    small = eng._model_for(1)
+    t_prev = C.repeat(lambda: [small.predict(previous(v, one)) for v in clicks], repeats)
     n = len(vox_click)
     res["click"] = {k: C.median(v) / n * 1e6 for k, v in
-                    (("query_us", t_query), ("gather_us", t_gather), ("mlp_us", t_mlp))}
-    res["click"]["other_us"] = res["click"]["query_us"] - res["click"]["gather_us"] - res["click"]["mlp_us"]
-    res["click"]["query_runs_us"] = [t / n * 1e6 for t in t_query]
+                    (("query_us", t_query), ("gather_us", t_gather), ("classify_us", t_classify),
+                     ("previous_gather_onnx_us", t_prev))}
+    c = res["click"]
+    c["mlp_us"] = c["classify_us"] - c["gather_us"]
+    c["other_us"] = c["query_us"] - c["classify_us"]
+    c["compiled"] = eng._click_net() is not None
+    c["query_runs_us"] = [t / n * 1e6 for t in t_query]
 
     # -- batch: n random points in one query --
     pts = to_world(vox_batch)
@@ -223,12 +232,20 @@ def point_timings(model: Path, prepared, vox_click, vox_batch, threads: int, rep
             prepared.sampler(part, buf[:len(part)])
 
     t_sorted = C.repeat(gather_sorted, repeats)
+
+    def previous_sorted():
+        for s in range(0, len(sorted_vox), batch):
+            part = sorted_vox[s:s + batch]
+            previous(part, buf[:len(part)])
+
+    t_prev_sorted = C.repeat(previous_sorted, repeats)
     n = len(vox_batch)
     res["batch"] = {"n_points": n, "batch": batch,
                     "query_us": C.median(t_query) / n * 1e6,
                     "gather_us": C.median([s[0] for s in splits]) / n * 1e6,
                     "mlp_us": C.median([s[1] for s in splits]) / n * 1e6,
                     "gather_raster_sorted_us": C.median(t_sorted) / n * 1e6,
+                    "previous_gather_raster_sorted_us": C.median(t_prev_sorted) / n * 1e6,
                     "query_runs_us": [t / n * 1e6 for t in t_query]}
     b = res["batch"]
     b["other_us"] = b["query_us"] - b["gather_us"] - b["mlp_us"]
@@ -283,8 +300,10 @@ def child_segment(nii: Path, model: Path, threads: int) -> dict:
 
     eng.classify_voxels = timer.wrap("classify_other", classify)
     eng.model.predict = timer.wrap("mlp", eng.model.predict)
-    saved = {"gather": eng_mod.Sampler.__call__, "body_mask": eng_mod.body_mask}
+    saved = {"gather": eng_mod.Sampler.__call__, "codes": eng_mod.CodeSampler.__call__,
+             "body_mask": eng_mod.body_mask}
     eng_mod.Sampler.__call__ = timer.wrap("gather", saved["gather"])
+    eng_mod.CodeSampler.__call__ = timer.wrap("gather", saved["codes"])
     eng_mod.body_mask = timer.wrap("body_mask", saved["body_mask"], lambda *a, **k: "prepare")
     # disagreement filters: the first sweep's candidates, the re-checks around changed points, the full filter
     # inside majority smoothing (timed as 'majority', exclusive)
@@ -304,6 +323,7 @@ def child_segment(nii: Path, model: Path, threads: int) -> dict:
         rec["segment_s"] = time.perf_counter() - t
     finally:
         eng_mod.Sampler.__call__, eng_mod.body_mask = saved["gather"], saved["body_mask"]
+        eng_mod.CodeSampler.__call__ = saved["codes"]
         for (mod, n), f in saved_refine.items():
             setattr(mod, n, f)
     rec["peak_rss_mib"] = C.peak_rss_mib()
@@ -341,15 +361,24 @@ def print_points(rows: list[dict], numpy_us: float, aim_click: float, aim_batch:
         print(f"{'click: query(1 point) x' + str(r['n_click']):<34}{r['threads']:>8}{c['query_us']:>13.1f}"
               f"{c['gather_us']:>10.1f}{c['mlp_us']:>10.1f}{c['other_us']:>10.1f}   <= {aim_click:g}")
     for r in rows:
+        c = r["click"]
+        print(f"{'  previous: int16 gather + ONNX RT':<34}{r['threads']:>8}{'':>13}"
+              f"{c['previous_gather_onnx_us']:>20.1f}   (vs {c['classify_us']:.1f} gather + network now: "
+              f"{c['previous_gather_onnx_us'] / c['classify_us']:.1f}x)")
+    for r in rows:
         b = r["batch"]
         print(f"{'batch: query(' + format(b['n_points'], ',') + ' random points)':<34}{r['threads']:>8}"
               f"{b['query_us']:>13.2f}{b['gather_us']:>10.2f}{b['mlp_us']:>10.2f}{b['other_us']:>10.2f}"
               f"   <= {aim_batch:g}")
     for r in rows:
         b = r["batch"]
-        print(f"{'  gather only, raster-sorted pts':<34}{r['threads']:>8}{'':>13}{b['gather_raster_sorted_us']:>10.2f}")
+        print(f"{'  gather only, raster-sorted pts':<34}{r['threads']:>8}{'':>13}{b['gather_raster_sorted_us']:>10.2f}"
+              f"   (previous int16 gather {b['previous_gather_raster_sorted_us']:.2f}: "
+              f"{b['previous_gather_raster_sorted_us'] / b['gather_raster_sorted_us']:.1f}x)")
     print(f"{'  gather only, plain numpy':<34}{1:>8}{'':>13}{numpy_us:>10.2f}")
-    print("  ('other' = query's own work: mm->voxel, checks, softmax/top-3, Python/dispatch overhead)")
+    compiled = all(r["click"]["compiled"] for r in rows)
+    print(f"  (click MLP = the {'compiled one-point network (engines/sparse/click.py)' if compiled else 'ONNX Runtime session'}"
+          "; 'other' = query's own work: mm->voxel, checks, top-3, Python/dispatch overhead)")
 
 
 def print_segment(runs: list[dict], steps, spacing) -> dict:
@@ -562,7 +591,12 @@ def main(argv=None) -> int:
     print(f"    this run: click {c1:.0f} µs/pt, best thread setting ({PAPER_MS_PER_POINT * 1000 / c1:.1f}x the paper's speed), "
           f"segmentation {seg['segment_s']:.2f} s ({PAPER_S_PER_SCAN / seg['segment_s']:.1f}x) -- different "
           f"data, scan size and CPU")
+    b1 = min(r["batch"]["query_us"] for r in rows)
+    print(f"(d) when issue 17 was filed (same machine, NOT measured in this run): click {PREVIOUS['click_us']:g} µs, "
+          f"batch {PREVIOUS['batch_us']:g} µs/pt, segmentation {PREVIOUS['segment_s']:g} s; this run: click {c1:.0f} "
+          f"µs, batch {b1:.1f} µs/pt, segmentation {seg['segment_s']:.2f} s")
     out["paper"] = {"ms_per_point": PAPER_MS_PER_POINT, "s_per_scan": PAPER_S_PER_SCAN}
+    out["previous"] = PREVIOUS
     out["wall_s"] = time.perf_counter() - t_start
     print(f"\nbenchmark wall time {out['wall_s']:.0f} s")
     if args.json:
