@@ -154,6 +154,7 @@ def region_from_mask(mask: np.ndarray, spacing_mm, axis: int) -> RegionCheck:
 
 
 _BODIES: dict[int, tuple[weakref.ref, tuple]] = {}
+_REGIONS: dict[int, tuple[weakref.ref, "RegionCheck"]] = {}
 
 
 def canonical_body(volume: Volume) -> tuple[np.ndarray, tuple[int, int, int]]:
@@ -173,10 +174,20 @@ def canonical_body(volume: Volume) -> tuple[np.ndarray, tuple[int, int, int]]:
 
 
 def scan_region(volume: Volume) -> RegionCheck:
-    """The body region of `volume`, from its body mask's cross-sections along the superior (canonical S) axis."""
+    """The body region of `volume`, from its body mask's cross-sections along the superior (canonical S) axis;
+    worked out once per array, as its body mask is (the service asks on every query: 1.8 ms each time before)."""
+    key = id(volume.array)
+    hit = _REGIONS.get(key)
+    if hit is not None and hit[0]() is volume.array:
+        return hit[1]
     mask, step = canonical_body(volume)
     sp = np.linalg.norm(volume.canonical().affine[:3, :3], axis=0) * np.asarray(step)
-    return region_from_mask(mask, sp, 2)
+    region = region_from_mask(mask, sp, 2)
+    try:
+        _REGIONS[key] = (weakref.ref(volume.array, lambda _r, k=key: _REGIONS.pop(k, None)), region)
+    except TypeError:  # an array type without weak references: not cached
+        pass
+    return region
 
 
 # ---- organ geometry (shared with the measurement in localize.organ_sizes) -------------------------------------
