@@ -27,7 +27,6 @@ included, symlinks resolved) lies inside the allowed directory, and every respon
 """
 from __future__ import annotations
 
-from dataclasses import replace
 
 import contextlib
 import os
@@ -221,29 +220,15 @@ def create_app(*, allowed_dir: str | os.PathLike | None = None, max_upload_mb: f
 
     # ---- queries -------------------------------------------------------------------------------------------
     @app.post("/api/scans/{scan_id}/query", response_model=S.QueryResponse, responses=err)
-    def query(scan_id: str, body: S.QueryRequest):
-        pts = np.asarray(body.points, dtype=float)
-        if not np.isfinite(pts).all():
-            raise InputError("Query points must be finite numbers.")
-        entry, res = store.query(scan_id, pts, voxel=body.space == "voxel")
-        from ..qc import query_region  # the scan's body region: computed once per open scan
+    async def query(scan_id: str, body: S.QueryRequest):
+        # the work runs on the store's query pool (one thread per core, first come first served): with FastAPI's
+        # 40-thread pool, 8 concurrent requests fought over the interpreter lock and the slowest waited 4x the
+        # median (bench_service: p99 133 ms against p50 31 ms)
+        import asyncio
 
-        region, check = query_region(store.query_engine, entry.volume)
-        qc = None if check is None else {"model_region": region, **check.to_dict(), "in_region": check.region == region}
-        if qc is not None and not qc["in_region"]:
-            res = replace(res, names=tuple("unknown" for _ in res.names))
-        # the scan's own voxel at each point (the engine may have read a coarser working grid: res.voxels)
-        vox_in = np.rint(pts if body.space == "voxel" else entry.volume.world_to_voxel(pts)).astype(int)
-        world = np.round(entry.volume.voxel_to_world(vox_in), 3).tolist()
-        vox = vox_in.tolist()
-        prob = np.round(res.probability.astype(float), 4).tolist()
-        top_p = np.round(res.top3_probability.astype(float), 4).tolist()
-        labels = res.labels.tolist()
-        results = [{"point": p, "voxel": v, "world_mm": w, "organ": n, "label": lab, "probability": pr,
-                    "top3": [{"organ": a, "probability": b} for a, b in zip(tn, tp)]}
-                   for p, v, w, n, lab, pr, tn, tp in zip(body.points, vox, world, res.names, labels, prob,
-                                                         res.top3_names, top_p)]
-        return JSONResponse({"scan_id": scan_id, "space": body.space, "results": results, "qc": qc})
+        loop = asyncio.get_running_loop()
+        content = await loop.run_in_executor(store.query_pool, _answer, store, scan_id, body)
+        return Response(content, media_type="application/json")
 
     # ---- segmentation jobs ------------------------------------------------------------------------------
     def job_info(job) -> dict:
@@ -279,6 +264,34 @@ def create_app(*, allowed_dir: str | os.PathLike | None = None, max_upload_mb: f
     if viewer and (STATIC_DIR / "index.html").is_file():
         app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="viewer")
     return app
+
+
+def _answer(store: ScanStore, scan_id: str, body: S.QueryRequest) -> bytes:
+    """The JSON answer (bytes) of one query request: the organ at each point, with the scan's own voxel there."""
+    import orjson
+
+    from ..qc import query_region  # the scan's body region: computed once per open scan
+
+    pts = np.asarray(body.points, dtype=float)
+    if not np.isfinite(pts).all():
+        raise InputError("Query points must be finite numbers.")
+    entry, res = store.query(scan_id, pts, voxel=body.space == "voxel")
+    region, check = query_region(store.query_engine, entry.volume)
+    qc = None if check is None else {"model_region": region, **check.to_dict(), "in_region": check.region == region}
+    names = res.names
+    if qc is not None and not qc["in_region"]:
+        names = tuple("unknown" for _ in names)
+    # the scan's own voxel at each point (the engine may have read a coarser working grid: res.voxels)
+    vox_in = np.rint(pts if body.space == "voxel" else entry.volume.world_to_voxel(pts)).astype(int)
+    world = np.round(entry.volume.voxel_to_world(vox_in), 3).tolist()
+    prob = np.round(res.probability.astype(float), 4).tolist()
+    top_p = np.round(res.top3_probability.astype(float), 4).tolist()
+    results = [{"point": p, "voxel": v, "world_mm": w, "organ": n, "label": lab, "probability": pr,
+                "top3": [{"organ": tn[0], "probability": tp[0]}, {"organ": tn[1], "probability": tp[1]},
+                         {"organ": tn[2], "probability": tp[2]}]}
+               for p, v, w, n, lab, pr, tn, tp in zip(body.points, vox_in.tolist(), world, names,
+                                                     res.labels.tolist(), prob, res.top3_names, top_p)]
+    return orjson.dumps({"scan_id": scan_id, "space": body.space, "results": results, "qc": qc})
 
 
 async def _receive_upload(request: Request, cap_bytes: int) -> tuple[str, Path, str]:

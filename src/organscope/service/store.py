@@ -165,6 +165,9 @@ class ScanStore:
         self._jobs: dict[str, str] = {}  # job id -> scan id
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="organscope-segment")
+        #: point queries, one thread per core, first come first served (see app.query)
+        self.query_pool = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1),
+                                             thread_name_prefix="organscope-query")
         self._query_lock = _engine_lock()
         self._warm_up()
 
@@ -267,6 +270,9 @@ class ScanStore:
                            f"{self.max_voxels:,}; crop or resample the scan, or restart the server with a larger "
                            "--max-voxels.")
         prepared = self.query_engine.prepare(volume)
+        from ..qc import query_region
+
+        query_region(self.query_engine, volume)  # the region check every answer carries: worked out (and kept) now
         entry = ScanEntry(uuid.uuid4().hex[:12], name, volume, prepared)
         with self._lock:
             self._scans[entry.id] = entry
@@ -378,6 +384,7 @@ class ScanStore:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self.query_pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _shown_id(text: str) -> str:
