@@ -133,12 +133,14 @@ def test_sampler_serial_and_parallel_kernels_agree(rng):
     np.testing.assert_array_equal(many, gather_u8(vol, centers, offsets))
 
 
-def test_contiguous_int16_copies_any_orientation(rng):
-    from organscope.sampling.gather import contiguous_int16
+@pytest.mark.parametrize("blocked_above", [0, 10**9])  # the tiled kernel (large volumes), numpy's copy
+def test_contiguous_int16_copies_any_orientation(rng, monkeypatch, blocked_above):
+    from organscope.sampling import gather as g
 
+    monkeypatch.setattr(g, "BLOCKED_COPY_ABOVE", blocked_above)
     vol = rng.integers(-1000, 1000, (37, 19, 23)).astype(np.int16)
     for v in (vol.T, vol[::-1, :, ::-1].transpose(1, 2, 0), np.asfortranarray(vol)):
-        c = contiguous_int16(v)
+        c = g.contiguous_int16(v)
         assert c.flags.c_contiguous
         np.testing.assert_array_equal(c, v)
-    assert contiguous_int16(vol) is vol
+    assert g.contiguous_int16(vol) is vol

@@ -73,7 +73,7 @@ def lookup(mask: np.ndarray, mask_step, step, shape) -> np.ndarray:
     return mask[np.ix_(*idx)]
 
 
-@nb.njit(cache=True, nogil=True, inline="always")
+@nb.njit(cache=True, nogil=True)
 def _differs(grid, i, j, k):
     """True if the 3x3x3 neighbourhood of (i, j, k) (clipped at the borders) holds another label."""
     n0, n1, n2 = grid.shape
@@ -86,33 +86,38 @@ def _differs(grid, i, j, k):
     return False
 
 
-@nb.njit(parallel=True, cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True)
 def _disagreement(grid, out):
-    for i in nb.prange(grid.shape[0]):
+    # serial: ~10-30 ms on a working grid, where a parallel kernel costs ~0.7 s more to compile on first use
+    for i in range(grid.shape[0]):
         for j in range(grid.shape[1]):
             for k in range(grid.shape[2]):
                 out[i, j, k] = _differs(grid, i, j, k)
 
 
-@nb.njit(parallel=True, cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True)
 def _expand_into(grid, t0, t1, t2, starts, out):
     """out[i, j, k] = grid[t0[i], t1[j], t2[k]]. Where the tables repeat (a finer output grid: ~5 input voxels per
     working voxel in-plane on a 0.8 mm scan) the planes and rows repeat too, and are copied whole instead of
-    looked up voxel by voxel (0.32 s -> 0.05 s for a 512 x 512 x 300 map). `starts`: the first index of each run of
-    equal t0 values, then out.shape[0]; one run per parallel task, so no task reads a plane another writes."""
+    looked up voxel by voxel (0.32 s -> ~0.01 s for a 512 x 512 x 300 map, memory-bound: serial, as a parallel
+    kernel would cost ~1 s more to compile on first use). `starts`: the first index of each run of equal t0 values,
+    then out.shape[0]."""
     n1, n2 = out.shape[1], out.shape[2]
-    for r in nb.prange(starts.shape[0] - 1):
+    for r in range(starts.shape[0] - 1):
         i0 = starts[r]
         g = grid[t0[i0]]
         for j in range(n1):
             if j > 0 and t1[j] == t1[j - 1]:
-                out[i0, j, :] = out[i0, j - 1, :]
+                for k in range(n2):  # explicit loops: numba's slice assignment costs seconds to compile
+                    out[i0, j, k] = out[i0, j - 1, k]
             else:
                 row = g[t1[j]]
                 for k in range(n2):
                     out[i0, j, k] = row[t2[k]]
         for i in range(i0 + 1, starts[r + 1]):
-            out[i, :, :] = out[i0, :, :]
+            for j in range(n1):
+                for k in range(n2):
+                    out[i, j, k] = out[i0, j, k]
 
 
 def expand_into(grid: np.ndarray, step, out: np.ndarray, voxel_of=None) -> np.ndarray:
