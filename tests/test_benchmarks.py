@@ -122,3 +122,15 @@ def test_bench_cnn3d_quick(tmp_path, synthetic_model_path):
     if peers and engines:
         assert "x the time" in text
         assert set(figures["ratios"]) == {f"{p}/{e}" for p in peers for e in engines}
+
+
+def test_bench_first_run_once(tmp_path):
+    """The first-run benchmark runs the CLI with an empty numba cache and again with the filled one; the first
+    segment prints the compile notice and the second does not."""
+    out_json = tmp_path / "figures.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_first_run.py"), "--repeats", "1",
+                           "--json", str(out_json)], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "segment --engine sparse" in proc.stdout and "query (1 point)" in proc.stdout, proc.stdout
+    rows = {r["command"]: r for r in json.loads(out_json.read_text())["rows"]}
+    assert rows["segment --engine sparse"]["notice"] == [[True, False]]

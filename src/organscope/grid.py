@@ -61,10 +61,11 @@ def _taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(idx, 0, n_in - 1), w.astype(np.float32)
 
 
+# The output arrays are allocated (zeroed) by the caller: an np.zeros inside a parallel kernel becomes a parfor
+# of its own, and the three kernels took ~2 s each to compile on first use.
 @numba.njit(parallel=True, cache=True)
-def _resample_axis0(src, idx, w):
+def _resample_axis0(src, idx, w, out):
     n_out, n_tap = idx.shape
-    out = np.zeros((n_out, src.shape[1], src.shape[2]), dtype=np.float32)
     for o in numba.prange(n_out):
         for t in range(n_tap):
             wt = np.float32(w[o, t])
@@ -74,13 +75,11 @@ def _resample_axis0(src, idx, w):
             for j in range(src.shape[1]):
                 for k in range(src.shape[2]):
                     out[o, j, k] += wt * src[i, j, k]
-    return out
 
 
 @numba.njit(parallel=True, cache=True)
-def _resample_axis1(src, idx, w):
+def _resample_axis1(src, idx, w, out):
     n_out, n_tap = idx.shape
-    out = np.zeros((src.shape[0], n_out, src.shape[2]), dtype=np.float32)
     for i in numba.prange(src.shape[0]):
         for o in range(n_out):
             for t in range(n_tap):
@@ -90,13 +89,11 @@ def _resample_axis1(src, idx, w):
                 j = idx[o, t]
                 for k in range(src.shape[2]):
                     out[i, o, k] += wt * src[i, j, k]
-    return out
 
 
 @numba.njit(parallel=True, cache=True)
-def _resample_axis2(src, idx, w):
+def _resample_axis2(src, idx, w, out):
     n_out, n_tap = idx.shape
-    out = np.zeros((src.shape[0], src.shape[1], n_out), dtype=np.float32)
     for i in numba.prange(src.shape[0]):
         for j in range(src.shape[1]):
             for o in range(n_out):
@@ -104,7 +101,6 @@ def _resample_axis2(src, idx, w):
                 for t in range(n_tap):
                     acc += np.float32(w[o, t]) * src[i, j, idx[o, t]]
                 out[i, j, o] = acc
-    return out
 
 
 _KERNELS = (_resample_axis0, _resample_axis1, _resample_axis2)
@@ -127,7 +123,11 @@ def resample(array: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     for ax in order:
         if out.shape[ax] != shape[ax]:
             idx, w = _taps(out.shape[ax], shape[ax])
-            out = _KERNELS[ax](out, idx, w)
+            new_shape = list(out.shape)
+            new_shape[ax] = shape[ax]
+            result = np.zeros(new_shape, dtype=np.float32)
+            _KERNELS[ax](out, idx, w, result)
+            out = result
     return np.ascontiguousarray(out, dtype=np.float32)
 
 

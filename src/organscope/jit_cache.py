@@ -45,9 +45,11 @@ QUERY_KERNEL_MODULES: dict[str, tuple[str, ...]] = {
 ALL_MODULES = tuple(sorted({m for table in (KERNEL_MODULES, QUERY_KERNEL_MODULES) for ms in table.values()
                             for m in ms}))
 
-#: measured on the 2-core machine (bundled scan, empty cache against warm, segmentation time): sparse 8.96 s against
-#: 2.33 s, slice2d 15.8 s against 5.2 s, cnn3d 2.4 s against 1.9 s
-NOTICE = "organscope: compiling its kernels on first use (up to about 20 s, once per installation)..."
+#: measured on the 2-core machine (bundled scan, empty cache against warm, benchmarks/bench_first_run.py): sparse
+#: segment 5.6 s against 2.8 s, sparse query 4.6 s against 1.6 s; earlier (before serial kernels replaced
+#: parallel ones where they cost little) sparse 8.96 s against 2.33 s, slice2d 15.8 s against 5.2 s, cnn3d 2.4 s
+#: against 1.9 s
+NOTICE = "organscope: compiling its kernels on first use (a few seconds, up to ~10 s for some engines; once)..."
 
 
 def _numba_version() -> str | None:
