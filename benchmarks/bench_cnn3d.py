@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Seconds per scan and peak memory: organscope's engines (cnn3d, sparse, slice2d, cascade) against two peers, same input.
+"""Seconds per scan and peak memory: organscope's engines (cnn3d, sparse, slice2d, cascade, ensemble) against two peers, same input.
 
     python benchmarks/bench_cnn3d.py                       # 512x512x300 scan, 3 runs per method (long: see README)
     python benchmarks/bench_cnn3d.py --quick               # smoke run: small scan, 1 run per method
@@ -36,7 +36,7 @@ FULL = dict(shape=(512, 512, 300), spacing=(0.8, 0.8, 1.5), repeats=3)
 # --quick: a small field of view (256 x 256 x 288 mm) so that each peer runs a single tile
 QUICK = dict(shape=(160, 160, 96), spacing=(1.6, 1.6, 3.0), repeats=1)
 
-OUR_ENGINES = ("cnn3d", "sparse", "slice2d", "cascade")
+OUR_ENGINES = ("cnn3d", "sparse", "slice2d", "cascade", "ensemble")
 AIM_CNN3D_S = 2.0        # issue 3: cnn3d <= 2 s per scan on the 2-core machine (the paper: 1.6 s on 16 cores)
 AIM_SPEEDUP = 10.0       # issue 3: >= 10x faster than both peers
 

@@ -335,6 +335,8 @@ def drop_organs(seg, drop):
 
 def model_region(engine) -> str | None:
     """The body region an engine's model covers (its card's `body_region`), or None if it does not say."""
+    if getattr(engine, "body_region", None) is not None:  # an engine of several models (the ensemble)
+        return engine.body_region
     card = getattr(engine, "card", None)
     if card is None:
         card = getattr(getattr(engine, "model", None), "card", None)

@@ -26,6 +26,7 @@ ENGINE_INFO: dict[str, str] = {
     "cnn3d": "tiny factorised 3D CNN on the whole scan",
     "cascade": "organ boxes from a localiser, then one 3D CNN per organ group in its crop",
     "slice2d": "one 2D network per organ on axial slices of the body",
+    "ensemble": "sparse, cnn3d and cascade together: their class probabilities averaged (equal weights)",
 }
 DEFAULT_ENGINE = "sparse"
 
@@ -51,7 +52,8 @@ def get_localizer(name: str = "sparse_grid", *, model=None, threads: int | None 
 
 #: name -> (module of the package, class): what engine_class and card_class import, only when asked for
 _ENGINE_CLASSES = {"sparse": (".sparse", "SparseEngine"), "cnn3d": (".cnn3d", "Cnn3dEngine"),
-                   "slice2d": (".slice2d", "Slice2dEngine"), "cascade": (".cascade", "CascadeEngine")}
+                   "slice2d": (".slice2d", "Slice2dEngine"), "cascade": (".cascade", "CascadeEngine"),
+                   "ensemble": (".ensemble", "EnsembleEngine")}
 _CARD_CLASSES = {"sparse": (".sparse.card", "SparseCard"), "cnn3d": (".cnn3d.card", "Cnn3dCard"),
                  "slice2d": (".slice2d.card", "Slice2dCard"), "cascade": (".cascade.card", "CascadeCard"),
                  "locate": ("..localize.heatmap_card", "HeatmapCard")}
@@ -101,9 +103,15 @@ def _with_localizers(name: str) -> Callable[..., "Engine"]:
     return lambda **kw: engine_class(name)(localizers=partial(get_localizer, threads=kw.get("threads")), **kw)
 
 
+def _with_members(name: str) -> Callable[..., "Engine"]:
+    """The ensemble gets its member engines from here, built like any other."""
+    return lambda **kw: engine_class(name)(engines=get_engine, **kw)
+
+
 ENGINES: dict[str, Callable[..., "Engine"]] = {"sparse": _plain("sparse"), "cnn3d": _plain("cnn3d"),
                                              "slice2d": _with_localizers("slice2d"),
-                                             "cascade": _with_localizers("cascade")}
+                                             "cascade": _with_localizers("cascade"),
+                                             "ensemble": _with_members("ensemble")}
 
 
 def engine_names() -> list[str]:

@@ -1,0 +1,119 @@
+"""The ensemble engine: several engines' class probabilities averaged on one grid, then one argmax.
+
+The engines make different errors (issue 14): on the 33 OpenKBP validation cases (native spacing, no anatomy
+check) the mean Dice of the sparse engine, cnn3d and the cascade alone was 0.706 / 0.691 / 0.706 (argmax of
+their own probabilities, largest component per organ), and of their probabilities averaged with equal weights
+0.718. The weights are equal until they are fitted on out-of-fold predictions (cv/README.md): choosing them on
+those 33 cases would be choosing on the cases that report the result.
+
+Each member segments the scan as usual and returns its class probabilities on its own working grid (a network
+grid, a refinement level); they are interpolated (linearly) onto the fusion grid, the scan's own grid coarsened
+to at most FUSION_MM per voxel (a 512 x 512 x 300 scan at 0.8 x 0.8 x 1.5 mm: 164 x 164 x 180), averaged with
+the weights, and the winner of each fusion voxel is kept as its largest 26-connected component per organ; the
+label map comes back to the scan's voxels by nearest neighbour. An organ's confidence is the mean fused
+probability of the class picked over its fusion voxels."""
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ...components import largest_components
+from ...errors import ModelError
+from ...geometry import scale_affine
+from ...grid import _expand_nearest, nearest_indices
+from ...segmentation import ClassProbabilities, Segmentation, labels_dtype
+from ...volume import Volume
+from ..base import ProgressFn, no_progress, organ_confidence, require_finite, select_organs
+
+__all__ = ["DEFAULT_MEMBERS", "EnsembleEngine", "FUSION_MM"]
+
+#: (engine, weight): equal weights, not fitted (see the module's docstring)
+DEFAULT_MEMBERS: tuple[tuple[str, float], ...] = (("sparse", 1.0), ("cnn3d", 1.0), ("cascade", 1.0))
+#: the fusion grid's largest voxel side in mm (a scan coarser than this along an axis is fused on its own voxels)
+FUSION_MM = 2.5
+
+
+class EnsembleEngine:
+    name = "ensemble"
+
+    def __init__(self, model=None, *, threads: int | None = None, members: Sequence[tuple[str, float]] = DEFAULT_MEMBERS,
+                 engines: Callable[..., object] | None = None):
+        """`members`: (engine name, weight) pairs; `engines(name, threads=...)` builds a member (the registry's
+        get_engine)."""
+        if model is not None:
+            raise ModelError("The ensemble engine has no model of its own: it runs the shipped models of "
+                             f"{', '.join(n for n, _ in members)}; pass --model to one of those engines instead.")
+        if engines is None:
+            from ..registry import get_engine as engines
+        if not members or any(w < 0 for _, w in members) or sum(w for _, w in members) <= 0:
+            raise ModelError("An ensemble needs at least one member and non-negative weights that are not all 0.")
+        self.members = [(engines(n, threads=threads), float(w)) for n, w in members]
+        first = self.members[0][0]
+        for eng, _ in self.members[1:]:
+            if tuple(eng.classes) != tuple(first.classes):
+                raise ModelError(f"The ensemble's members must segment the same classes in the same order: "
+                                 f"{first.name} has {', '.join(first.classes)}, {eng.name} {', '.join(eng.classes)}.")
+        self.classes: tuple[str, ...] = tuple(first.classes)
+        total = sum(w for _, w in self.members)
+        self.weights = tuple(w / total for _, w in self.members)
+        regions = {_body_region(eng) for eng, _ in self.members}
+        #: the body region the members' models cover (the anatomy check reads it), None if they differ
+        self.body_region = regions.pop() if len(regions) == 1 else None
+
+    def fusion_grid(self, volume: Volume) -> tuple[tuple[int, int, int], np.ndarray]:
+        """(shape, affine) of the fusion grid: the scan's grid, coarsened along each axis whose voxels are
+        finer than FUSION_MM (voxel edges aligned with the scan's)."""
+        spacing = np.asarray(volume.spacing_mm, float)
+        shape = tuple(int(max(1, round(n * s / max(s, FUSION_MM)))) for n, s in zip(volume.shape, spacing))
+        zoom = np.asarray(volume.shape, float) / np.asarray(shape, float)
+        return shape, scale_affine(np.asarray(volume.affine, float), zoom)
+
+    def segment(self, volume: Volume, *, organs=None, probabilities: bool = False,
+                progress: ProgressFn | None = None) -> Segmentation:
+        progress = progress or no_progress
+        wanted = select_organs(self.classes[1:], organs, self.name)
+        require_finite(volume)
+        t0 = time.perf_counter()
+        shape, affine = self.fusion_grid(volume)
+        target = Volume(np.broadcast_to(np.int16(0), shape), affine)  # the grid only: no voxels allocated
+        fused = np.zeros((len(self.classes), *shape), dtype=np.float32)
+        timings: dict[str, float] = {}
+        n = len(self.members)
+        for m, ((eng, _), w) in enumerate(zip(self.members, self.weights)):
+            def member_progress(stage: str, frac: float, m=m, eng=eng):
+                progress(f"{eng.name}: {stage}", (m + min(max(frac, 0.0), 1.0)) / (n + 0.5))
+
+            t = time.perf_counter()
+            seg = eng.segment(volume, probabilities=True, progress=member_progress)
+            probs = seg.probabilities
+            order = [probs.classes.index(c) for c in self.classes]
+            on_grid = probs.on_grid(target)
+            fused += w * (on_grid if order == list(range(len(order))) else on_grid[order])
+            timings[f"{eng.name}"] = time.perf_counter() - t
+            del seg, probs, on_grid
+        t = time.perf_counter()
+        progress("fusing the members' probabilities", n / (n + 0.5))
+        dtype = labels_dtype(len(self.classes))
+        labels = largest_components(fused.argmax(axis=0).astype(dtype), len(self.classes))
+        picked = np.take_along_axis(fused, labels[None].astype(np.int64), axis=0)[0]
+        names = {i: c for i, c in enumerate(self.classes) if i > 0}
+        confidence = organ_confidence(labels, picked, names)
+        out = np.empty(volume.shape, dtype=dtype)
+        _expand_nearest(np.ascontiguousarray(labels), *[nearest_indices(a, b) for a, b in zip(volume.shape, shape)],
+                        out)
+        present = set(np.unique(out).tolist())
+        confidence = {c: v for c, v in confidence.items() if self.classes.index(c) in present}
+        class_probs = ClassProbabilities(fused, affine, self.classes) if probabilities else None
+        timings["fusion"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t0
+        progress("done", 1.0)
+        seg = Segmentation(volume.with_array(out), names, timings, confidence, class_probs)
+        return seg if organs is None else seg.keep(wanted)
+
+
+def _body_region(engine) -> str | None:
+    from ...qc import model_region
+
+    return model_region(engine)
