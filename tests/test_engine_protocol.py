@@ -141,3 +141,39 @@ def test_on_grid_follows_the_affine_and_is_background_outside_the_grid():
     on = probs.on_grid(vol)
     np.testing.assert_allclose(on[1, :, 0, 0], [0, 0, 0, 0.25, 0.75, 1, 0, 0], atol=1e-6)
     np.testing.assert_allclose(on.sum(axis=0), 1.0, atol=1e-6)
+
+
+def _separable_reference(probs: ClassProbabilities, volume: Volume) -> np.ndarray:
+    """on_grid as numpy's axis-by-axis linear interpolation (the former implementation)."""
+    m = np.linalg.inv(probs.affine) @ np.asarray(volume.affine, float)
+    out, outside = probs.array, np.zeros(volume.shape, bool)
+    for a in range(3):
+        n = out.shape[1 + a]
+        u = m[a, a] * np.arange(volume.shape[a]) + m[a, 3]
+        off = (u < -0.5 - 1e-3) | (u > n - 0.5 + 1e-3)
+        outside |= off.reshape([-1 if b == a else 1 for b in range(3)])
+        u = np.clip(u, 0, n - 1)
+        i0 = np.floor(u).astype(int)
+        w = (u - i0).reshape([1] + [-1 if b == a else 1 for b in range(3)])
+        out = np.take(out, i0, axis=1 + a) * (1 - w) + np.take(out, np.minimum(i0 + 1, n - 1), axis=1 + a) * w
+    out[:, outside] = 0.0
+    out[0, outside] = 1.0
+    return out
+
+
+def test_on_grid_and_add_on_grid_match_axis_by_axis_interpolation():
+    from organscope.geometry import scale_affine
+
+    rng = np.random.default_rng(5)
+    affine = np.diag([1.1, 0.9, 2.0, 1.0])
+    affine[:3, 3] = [3, -4, 5]
+    vol = Volume(np.zeros((13, 11, 9), np.int16), affine)
+    for shape, zoom, shift in [((7, 9, 5), (2.0, 2.5, 1.0), (0, 0, 0)), ((10, 6, 8), (0.7, 1.3, 2.0), (1.5, -2, .3))]:
+        grid_affine = scale_affine(affine, zoom)
+        grid_affine[:3, 3] += shift
+        probs = ClassProbabilities(rng.random((4, *shape)).astype(np.float32), grid_affine, ("a", "b", "c", "d"))
+        expected = _separable_reference(probs, vol)
+        np.testing.assert_allclose(probs.on_grid(vol), expected, atol=1e-6)
+        acc = np.ones((4, *vol.shape), np.float32)
+        probs.add_on_grid(vol, acc, 0.5, order=[3, 2, 1, 0])
+        np.testing.assert_allclose(acc, 1 + 0.5 * expected[[3, 2, 1, 0]], atol=1e-6)

@@ -141,6 +141,34 @@ def to_grid(volume: Volume, grid: tuple[int, int, int]) -> tuple[np.ndarray, Gri
     return np.ascontiguousarray(can.view(small)), gmap
 
 
+@numba.njit(parallel=True, cache=True)
+def trilinear_add(src, rows, a0, a1, aw, aoff, b0, b1, bw, boff, c0, c1, cw, coff, weight, out):
+    """out[r] += weight * src[rows[r]] interpolated linearly at (a, b, c) (per axis: lower index, upper index,
+    weight of the upper one, and whether the output voxel is outside the source grid: then the row that takes
+    the source's class 0, background, gets the weight and the others nothing). One pass over the output, parallel over its first axis."""
+    n_rows = rows.shape[0]
+    for i in numba.prange(out.shape[1]):
+        wa = aw[i]
+        for r in range(n_rows):
+            s0 = src[rows[r], a0[i]]
+            s1 = src[rows[r], a1[i]]
+            o = out[r, i]
+            for j in range(out.shape[2]):
+                wb = bw[j]
+                p00, p01 = s0[b0[j]], s0[b1[j]]
+                p10, p11 = s1[b0[j]], s1[b1[j]]
+                outside_ij = aoff[i] or boff[j]
+                for k in range(out.shape[3]):
+                    if outside_ij or coff[k]:
+                        if rows[r] == 0:  # the source's background
+                            o[j, k] += weight
+                        continue
+                    k0, k1, wc = c0[k], c1[k], cw[k]
+                    lo = (p00[k0] * (1 - wc) + p00[k1] * wc) * (1 - wb) + (p01[k0] * (1 - wc) + p01[k1] * wc) * wb
+                    hi = (p10[k0] * (1 - wc) + p10[k1] * wc) * (1 - wb) + (p11[k0] * (1 - wc) + p11[k1] * wc) * wb
+                    o[j, k] += weight * (lo * (1 - wa) + hi * wa)
+
+
 def nearest_indices(n_in: int, n_out: int) -> np.ndarray:
     """For each voxel of an axis of n_in voxels, the voxel of the n_out grid whose cell contains its centre."""
     return np.minimum(((np.arange(n_in) + 0.5) * (n_out / n_in)).astype(np.int64), n_out - 1)

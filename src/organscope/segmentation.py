@@ -42,31 +42,32 @@ class ClassProbabilities:
         shape = tuple(volume.shape)
         if tuple(self.array.shape[1:]) == shape and np.allclose(self.affine, volume.affine, atol=1e-4):
             return self.array
+        out = np.zeros((len(self.classes), *shape), dtype=np.float32)
+        self.add_on_grid(volume, out, 1.0)
+        return out
+
+    def add_on_grid(self, volume: Volume, out: np.ndarray, weight: float, order=None) -> None:
+        """out += weight * on_grid(volume), in one compiled pass (no full-size temporaries: 0.02-0.05 s where
+        numpy's axis-by-axis interpolation took ~1 s for 8 classes on a 164 x 164 x 180 grid). `order`: the class
+        of this array written to each row of `out` (default: the same order)."""
+        from .grid import trilinear_add
+
+        shape = tuple(volume.shape)
         m = np.linalg.inv(self.affine) @ np.asarray(volume.affine, float)  # scan voxel -> this grid's voxel
         lin = m[:3, :3]
         if not np.allclose(lin - np.diag(np.diag(lin)), 0.0, atol=1e-4 * max(1.0, float(np.abs(lin).max()))):
             raise ModelError("These class probabilities are on a grid whose axes are not the scan's; they cannot "
                              "be interpolated onto it.")
-        out = self.array
-        outside = np.zeros(shape, dtype=bool)
+        tables = []
         for a in range(3):
-            n_grid = out.shape[1 + a]
+            n_grid = self.array.shape[1 + a]
             u = m[a, a] * np.arange(shape[a]) + m[a, 3]
             off = (u < -0.5 - 1e-3) | (u > n_grid - 0.5 + 1e-3)
-            if off.any():
-                sl = [None, None, None]
-                sl[a] = slice(None)
-                outside |= off[tuple(sl)]
             u = np.clip(u, 0.0, n_grid - 1)
             i0 = np.floor(u).astype(np.int64)
-            i1 = np.minimum(i0 + 1, n_grid - 1)
-            w = (u - i0).astype(np.float32).reshape([1] + [-1 if b == a else 1 for b in range(3)])
-            out = np.take(out, i0, axis=1 + a) * (1.0 - w) + np.take(out, i1, axis=1 + a) * w
-        out = np.ascontiguousarray(out, dtype=np.float32)
-        if outside.any():
-            out[:, outside] = 0.0
-            out[0, outside] = 1.0
-        return out
+            tables += [i0, np.minimum(i0 + 1, n_grid - 1), (u - i0).astype(np.float32), off]
+        rows = np.arange(len(self.classes)) if order is None else np.asarray(order, dtype=np.int64)
+        trilinear_add(np.ascontiguousarray(self.array, dtype=np.float32), rows, *tables, np.float32(weight), out)
 
     def keep(self, names) -> "ClassProbabilities":
         """Background and the organs `names` only (in this order of classes); the other organs' probability

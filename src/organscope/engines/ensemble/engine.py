@@ -88,11 +88,9 @@ class EnsembleEngine:
             t = time.perf_counter()
             seg = eng.segment(volume, probabilities=True, progress=member_progress)
             probs = seg.probabilities
-            order = [probs.classes.index(c) for c in self.classes]
-            on_grid = probs.on_grid(target)
-            fused += w * (on_grid if order == list(range(len(order))) else on_grid[order])
+            probs.add_on_grid(target, fused, w, order=[probs.classes.index(c) for c in self.classes])
             timings[f"{eng.name}"] = time.perf_counter() - t
-            del seg, probs, on_grid
+            del seg, probs
         t = time.perf_counter()
         progress("fusing the members' probabilities", n / (n + 0.5))
         dtype = labels_dtype(len(self.classes))
@@ -103,8 +101,8 @@ class EnsembleEngine:
         out = np.empty(volume.shape, dtype=dtype)
         _expand_nearest(np.ascontiguousarray(labels), *[nearest_indices(a, b) for a, b in zip(volume.shape, shape)],
                         out)
-        present = set(np.unique(out).tolist())
-        confidence = {c: v for c, v in confidence.items() if self.classes.index(c) in present}
+        # every fusion voxel holds the centre of at least one scan voxel (the fusion grid is never finer than the
+        # scan's), so the organs on it are those of the map
         class_probs = ClassProbabilities(fused, affine, self.classes) if probabilities else None
         timings["fusion"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
