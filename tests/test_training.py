@@ -176,3 +176,24 @@ def test_out_of_fold_summary_means_organs_over_the_cases_that_contour_them():
     assert s["dice"] == {"x": 0.8, "y": 0.4} and s["mean_dice"] == 0.6 and s["cases"] == 3
     lo, hi = s["mean_dice_95ci"]
     assert lo <= s["mean_dice"] <= hi and lo < hi
+
+
+def test_pooled_folds_are_one_set_of_held_out_cases(tmp_path):
+    import json
+
+    from organscope.training.crossval import pool
+
+    def write(fold, cases):
+        (tmp_path / f"fold{fold}").mkdir()
+        scores = {c: {"organs": {"x": {"dice": d}}} for c, d in cases.items()}
+        (tmp_path / f"fold{fold}" / "scores.json").write_text(json.dumps(
+            {"fold": fold, "summary": {"mean_dice": 0.0}, "cases": scores}))
+
+    write(0, {"a": 0.5, "b": 0.7})
+    write(1, {"c": 0.9})
+    pooled = pool(tmp_path)
+    assert [f["fold"] for f in pooled["folds"]] == [0, 1]
+    assert pooled["summary"]["cases"] == 3 and pooled["summary"]["mean_dice"] == pytest.approx(0.7)
+    write(2, {"a": 0.1})  # a case held out twice: the folds are not a partition
+    with pytest.raises(SystemExit, match="two folds"):
+        pool(tmp_path)

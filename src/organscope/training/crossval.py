@@ -103,6 +103,21 @@ def summary(scores: dict) -> dict:
             "cases": len(ids)}
 
 
+def pool(out_dir: Path) -> dict:
+    """The out-of-fold scores of every fold scored so far under `out_dir` (foldK/scores.json), as one set of
+    held-out cases (each case is held out by exactly one fold), with the summary over all of them."""
+    folds, scores = [], {}
+    for path in sorted(Path(out_dir).glob("fold*/scores.json")):
+        r = json.loads(path.read_text())
+        if set(r["cases"]) & set(scores):
+            raise SystemExit(f"{path}: a case is held out by two folds")
+        folds.append({"fold": r["fold"], **r["summary"]})
+        scores.update(r["cases"])
+    if not scores:
+        raise SystemExit(f"no foldK/scores.json under {out_dir}")
+    return {"folds": folds, "summary": summary(scores)}
+
+
 def main(argv=None) -> None:
     import argparse
 
@@ -110,12 +125,21 @@ def main(argv=None) -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("engine", choices=["sparse"])
-    ap.add_argument("--fold", type=int, required=True)
-    ap.add_argument("--run", type=Path, required=True, help="the fold's training run folder (train_sparse --fold)")
-    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--fold", type=int, help="the fold to export and score")
+    ap.add_argument("--run", type=Path, help="the fold's training run folder (train_sparse --fold)")
+    ap.add_argument("--data", type=Path)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--checkpoint", default="last.pt")
+    ap.add_argument("--pool", action="store_true",
+                    help="pool the folds already scored under --out into OUT/pooled.json (no training run needed)")
     a = ap.parse_args(argv)
+    if a.pool:
+        result = pool(a.out)
+        (a.out / "pooled.json").write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps(result, indent=1))
+        return
+    if a.fold is None or a.run is None or a.data is None:
+        ap.error("--fold, --run and --data are needed to score a fold (or --pool)")
     name = f"{a.engine}_fold{a.fold}"
     fold_dir = a.out / f"fold{a.fold}"
     onnx_path = export_sparse_fold(a.run, fold_dir, name, checkpoint=a.checkpoint)
