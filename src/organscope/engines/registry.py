@@ -70,8 +70,9 @@ def engine_class(name: str) -> type:
     return _import(*_ENGINE_CLASSES[name])
 
 
-#: a card's `engine` field -> what reads it (the engines' names, and "locate" for the heat-map localiser)
-CARD_KINDS = (*ENGINE_INFO, "locate")
+#: a card's `engine` field -> what reads it (the engines with a model of their own, and "locate" for the heat-map
+#: localiser; the ensemble has none: it runs its members' models)
+CARD_KINDS = tuple(_CARD_CLASSES)
 
 
 def card_class(engine: str) -> "type[ModelCard]":
