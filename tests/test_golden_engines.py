@@ -1,5 +1,5 @@
-"""Golden tests of the shipped cnn3d, slice2d and cascade models: they still reach their recorded Dice on the three
-bundled OpenKBP validation cases (tests/data/openkbp/golden_<engine>.json, written by tests/make_golden.py
+"""Golden tests of the shipped cnn3d, slice2d and cascade models, and of the ensemble of the shipped members: they
+still reach their recorded Dice on the three bundled OpenKBP validation cases (tests/data/openkbp/golden_<engine>.json, written by tests/make_golden.py
 when the model shipped); a drop beyond the tolerance fails."""
 import json
 
@@ -9,7 +9,8 @@ from helpers.golden import DATA, engine_dice
 from organscope.engines.registry import ENGINES
 
 TOLERANCE = 0.02
-MODELS = {"cnn3d": "cnn3d_openkbp.onnx", "slice2d": "slice2d_openkbp.json", "cascade": "cascade_openkbp.json"}
+MODELS = {"cnn3d": ("cnn3d_openkbp.onnx",), "slice2d": ("slice2d_openkbp.json",), "cascade": ("cascade_openkbp.json",),
+          "ensemble": ("sparse_openkbp.onnx", "cnn3d_openkbp.onnx", "cascade_openkbp.json")}
 
 
 @pytest.mark.parametrize("engine", sorted(MODELS))
@@ -17,7 +18,7 @@ def test_shipped_model_reaches_recorded_accuracy(engine):
     from organscope.modelcard import MODELS_DIR
 
     golden_path = DATA / f"golden_{engine}.json"
-    if engine not in ENGINES or not (MODELS_DIR / MODELS[engine]).exists() or not golden_path.exists():
+    if engine not in ENGINES or not all((MODELS_DIR / m).exists() for m in MODELS[engine]) or not golden_path.exists():
         pytest.skip(f"no shipped {engine} model or golden file")
     golden = json.loads(golden_path.read_text())
     res = engine_dice(engine)
