@@ -197,3 +197,25 @@ def test_pooled_folds_are_one_set_of_held_out_cases(tmp_path):
     write(2, {"a": 0.1})  # a case held out twice: the folds are not a partition
     with pytest.raises(SystemExit, match="two folds"):
         pool(tmp_path)
+
+
+def test_cnn3d_fold_training_never_touches_the_folds_held_out_cases():
+    pytest.importorskip("torch")
+    from organscope.training.folds import assign_folds
+    from organscope.training.train_cnn3d import training_cases
+
+    ids = [f"case_{i:03d}" for i in range(203)]
+    meta = {"cases": ids, "splits": ["train"] * 170 + ["validation"] * 33}
+    train, val = training_cases(meta, 11)  # no fold: the train split, and 11 validation cases
+    assert len(train) == 170 and len(val) == 11 and all(meta["splits"][n] == "validation" for n in val)
+    folds = assign_folds(ids)
+    seen = set()
+    for fold in range(5):
+        train, val = training_cases(meta, 11, fold)
+        held = {n for n, c in enumerate(ids) if folds[c] == fold}
+        assert not (set(train) | set(val)) & held and not set(train) & set(val)
+        assert len(val) == 11 and len(train) + len(val) + len(held) == 203
+        seen |= held
+    assert seen == set(range(203))
+    with pytest.raises(ValueError, match="fold"):
+        training_cases(meta, 11, 7)

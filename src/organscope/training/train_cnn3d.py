@@ -112,19 +112,39 @@ def validate(net, images, targets, contoured, cases) -> np.ndarray:
     return scores
 
 
+def training_cases(meta: dict, val_cases: int, fold: int | None = None) -> tuple[list[int], list[int]]:
+    """(training, validation) indices into the cache. Without a fold: the dataset's train split, and every k-th
+    case of its validation split (val_cases of them) to pick the checkpoint. With a cross-validation fold
+    (training/folds.py, over the cache's cases, which must be all the dataset's cases, as build_cache's default
+    splits give for OpenKBP): every case outside the fold, less every k-th of them (val_cases), which pick the
+    checkpoint, so that the fold's held-out patients choose nothing."""
+    if fold is None:
+        train_ids = [n for n, s in enumerate(meta["splits"]) if s == "train"]
+        val_ids = [n for n, s in enumerate(meta["splits"]) if s == "validation"]
+        return train_ids, val_ids[::max(1, len(val_ids) // val_cases)][:val_cases]
+    from .folds import assign_folds
+
+    folds = assign_folds(meta["cases"])
+    if fold not in set(folds.values()):
+        raise ValueError(f"fold must be one of {sorted(set(folds.values()))}")
+    outside = [n for n, c in enumerate(meta["cases"]) if folds[c] != fold]
+    val_ids = outside[::max(1, len(outside) // val_cases)][:val_cases]
+    return [n for n in outside if n not in set(val_ids)], val_ids
+
+
 def train(cache: Path, run_dir: Path, settings: Cnn3dSettings, plan: PatchPlan = PatchPlan(),
-          init: Path | None = None) -> Path:
+          init: Path | None = None, fold: int | None = None) -> Path:
     """`init`: start a new run from another run's weights (a warm restart: fresh optimiser, step count and
-    learning-rate schedule); ignored when `run_dir` already has a checkpoint to resume."""
+    learning-rate schedule); ignored when `run_dir` already has a checkpoint to resume. `fold`: train for that
+    cross-validation fold (see training_cases). The cases trained on, and those that pick the checkpoint, are
+    written to RUN/data.json (crossval checks them against the fold's held-out cases)."""
     torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     meta = json.loads((cache / "cases.json").read_text())
     images = np.load(cache / "images.npy", mmap_mode="r")
     targets = np.load(cache / "targets.npy", mmap_mode="r")
     contoured = np.load(cache / "contoured.npy")
-    train_ids = [n for n, s in enumerate(meta["splits"]) if s == "train"]
-    val_ids = [n for n, s in enumerate(meta["splits"]) if s == "validation"]
-    val_ids = val_ids[::max(1, len(val_ids) // settings.val_cases)][:settings.val_cases]
+    train_ids, val_ids = training_cases(meta, settings.val_cases, fold)
     images = np.ascontiguousarray(images)  # ~850 MB: in memory, random patches need fast access
     targets = np.ascontiguousarray(targets)
 
@@ -147,6 +167,9 @@ def train(cache: Path, run_dir: Path, settings: Cnn3dSettings, plan: PatchPlan =
     state = open_run(net, opt, run_dir, warm_start if init is not None else None)
     (run_dir / "settings.json").write_text(json.dumps({"settings": asdict(settings), "plan": asdict(plan),
                                                        "organs": meta["organs"]}, indent=1))
+    (run_dir / "data.json").write_text(json.dumps({"fold": fold, "cases": [meta["cases"][n] for n in train_ids],
+                                                   "checkpoint_cases": [meta["cases"][n] for n in val_ids]},
+                                                  indent=1))
     sampler = PatchSampler(images, targets, plan, seed=settings.seed + state["step"])
     rng = np.random.default_rng(settings.seed + 1 + state["step"])
 
@@ -169,6 +192,9 @@ def main(argv=None):
     ap.add_argument("--run", type=Path, required=True)
     ap.add_argument("--init", type=Path, help="warm-start a new run from this checkpoint's (.pt) or shipped "
                     "model's (.onnx) weights")
+    ap.add_argument("--fold", type=int, default=None,
+                    help="train on the cases outside this cross-validation fold (training/folds.py, 5 folds over the "
+                         "cache's cases, which must be all of the dataset's), whatever their split")
     for f, v in asdict(Cnn3dSettings()).items():
         if isinstance(v, bool):
             ap.add_argument(f"--{f.replace('_', '-')}", action="store_true", default=v)
@@ -179,7 +205,7 @@ def main(argv=None):
     if a.init is not None and a.init.suffix == ".onnx" and not s.freeze_batchnorm:
         s = replace(s, freeze_batchnorm=True)
         print("starting from an ONNX model: batch norms frozen (--freeze-batchnorm)", flush=True)
-    train(a.cache, a.run, s, init=a.init)
+    train(a.cache, a.run, s, init=a.init, fold=a.fold)
 
 
 if __name__ == "__main__":
