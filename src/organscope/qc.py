@@ -157,37 +157,40 @@ _BODIES: dict[int, tuple[weakref.ref, tuple]] = {}
 _REGIONS: dict[int, tuple[weakref.ref, "RegionCheck"]] = {}
 
 
+def _per_array(cache: dict, array: np.ndarray, compute):
+    """compute() once per live array: kept in `cache` under the array's id for as long as the array lives (an
+    array type without weak references is not cached)."""
+    key = id(array)
+    hit = cache.get(key)
+    if hit is not None and hit[0]() is array:
+        return hit[1]
+    value = compute()
+    try:
+        cache[key] = (weakref.ref(array, lambda _r, k=key: cache.pop(k, None)), value)
+    except TypeError:
+        pass
+    return value
+
+
 def canonical_body(volume: Volume) -> tuple[np.ndarray, tuple[int, int, int]]:
     """(body mask on the coarse grid over the canonical axes, its voxel step) of `volume`: computed once per array,
     for both the region check (asked on every point query) and the organ checks of a segmentation."""
-    key = id(volume.array)
-    hit = _BODIES.get(key)
-    if hit is not None and hit[0]() is volume.array:
-        return hit[1]
-    can = volume.canonical()
-    body = body_mask_canonical(Volume(can.view(volume.array), can.affine))
-    try:
-        _BODIES[key] = (weakref.ref(volume.array, lambda _r, k=key: _BODIES.pop(k, None)), body)
-    except TypeError:  # an array type without weak references: not cached
-        pass
-    return body
+    def compute():
+        can = volume.canonical()
+        return body_mask_canonical(Volume(can.view(volume.array), can.affine))
+
+    return _per_array(_BODIES, volume.array, compute)
 
 
 def scan_region(volume: Volume) -> RegionCheck:
     """The body region of `volume`, from its body mask's cross-sections along the superior (canonical S) axis;
     worked out once per array, as its body mask is (the service asks on every query: 1.8 ms each time before)."""
-    key = id(volume.array)
-    hit = _REGIONS.get(key)
-    if hit is not None and hit[0]() is volume.array:
-        return hit[1]
-    mask, step = canonical_body(volume)
-    sp = np.linalg.norm(volume.canonical().affine[:3, :3], axis=0) * np.asarray(step)
-    region = region_from_mask(mask, sp, 2)
-    try:
-        _REGIONS[key] = (weakref.ref(volume.array, lambda _r, k=key: _REGIONS.pop(k, None)), region)
-    except TypeError:  # an array type without weak references: not cached
-        pass
-    return region
+    def compute():
+        mask, step = canonical_body(volume)
+        sp = np.linalg.norm(volume.canonical().affine[:3, :3], axis=0) * np.asarray(step)
+        return region_from_mask(mask, sp, 2)
+
+    return _per_array(_REGIONS, volume.array, compute)
 
 
 # ---- organ geometry (shared with the measurement in localize.organ_sizes) -------------------------------------
