@@ -148,9 +148,9 @@ def _segment_options(args):
 
 def _compile_notice(engine: str | None, shown: bool, *, query: bool = False) -> None:
     """One line on stderr when numba has not cached the engine's kernels yet (the first run after an installation
-    compiles them: 1-3.5 s more, benchmarks/bench_first_run.py), shown with the progress output (a terminal, or --progress), so that scripts and logs
-    keep their one line per scan; checked in about a millisecond, without importing numba. query=True: the
-    kernels of point queries."""
+    compiles them: 1-3.5 s more, benchmarks/bench_first_run.py), shown with the progress output (a terminal, or
+    --progress), so that scripts and logs keep their one line per scan; checked in about a millisecond, without
+    importing numba. query=True: the kernels of point queries."""
     if not shown:
         return
     from .jit_cache import NOTICE, kernels_cached

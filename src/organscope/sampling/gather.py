@@ -219,10 +219,6 @@ class CodeSampler:
         lin = origin + self.offsets.astype(np.int64) @ self.strides
         self.lin = lin.astype(np.int32) if padded.size < 2 ** 31 else lin
 
-    @property
-    def nbytes(self) -> int:
-        return self.codes.nbytes
-
     def __call__(self, centers: np.ndarray, out: np.ndarray) -> np.ndarray:
         fn = _codes_serial if centers.shape[0] < SERIAL_BELOW else _codes_parallel
         fn(self.codes, self.strides, centers, self.lin, out)

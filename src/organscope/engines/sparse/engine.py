@@ -33,9 +33,6 @@ __all__ = ["PointResult", "PreparedScan", "SegmentSettings", "SparseEngine"]
 SMALL_BATCH = 64  # fewer points than this (an interactive click) run single-threaded: see SparseEngine._model_for
 
 
-CLICK_MAX_POINTS = 8  # at most this many points may take the compiled path (ClickNet.max_points decides)
-
-
 RASTER_SORT_MIN = 64  # batches larger than this are gathered in memory order
 
 
@@ -191,7 +188,7 @@ class SparseEngine:
         centers = np.ascontiguousarray(np.asarray(centers_vox).reshape(-1, 3), dtype=np.int32)
         sampler = scan.sampler
         n = len(centers)
-        click = self._click_net() if n <= CLICK_MAX_POINTS else None
+        click = self._click_net()
         if click is not None and n <= click.max_points and isinstance(sampler, CodeSampler):
             return click.probabilities(sampler, centers, self.model.logit_bias)
         batch = batch or self.settings.batch
