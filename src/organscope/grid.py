@@ -145,7 +145,8 @@ def to_grid(volume: Volume, grid: tuple[int, int, int]) -> tuple[np.ndarray, Gri
 def trilinear_add(src, rows, a0, a1, aw, aoff, b0, b1, bw, boff, c0, c1, cw, coff, weight, out):
     """out[r] += weight * src[rows[r]] interpolated linearly at (a, b, c) (per axis: lower index, upper index,
     weight of the upper one, and whether the output voxel is outside the source grid: then the row that takes
-    the source's class 0, background, gets the weight and the others nothing). One pass over the output, parallel over its first axis."""
+    the source's class 0, background, gets the weight and the others nothing). One pass over the output,
+    parallel over its first axis."""
     n_rows = rows.shape[0]
     for i in numba.prange(out.shape[1]):
         wa = aw[i]
@@ -182,6 +183,14 @@ def _expand_nearest(small, ii, jj, kk, out):
             row = src[jj[b]]
             for c in range(out.shape[2]):
                 out[a, b, c] = row[kk[c]]
+
+
+def expand_nearest(small: np.ndarray, shape) -> np.ndarray:
+    """`small`, a grid over the same field of view in the same axis order, onto `shape` by nearest neighbour
+    (each output voxel takes the grid cell that holds its centre)."""
+    out = np.empty(tuple(shape), dtype=small.dtype)
+    _expand_nearest(np.ascontiguousarray(small), *[nearest_indices(n, m) for n, m in zip(shape, small.shape)], out)
+    return out
 
 
 def from_grid(labels_grid: np.ndarray, gmap: GridMap, volume: Volume) -> Volume:

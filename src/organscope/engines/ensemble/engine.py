@@ -22,7 +22,7 @@ import numpy as np
 from ...components import largest_components
 from ...errors import ModelError
 from ...geometry import scale_affine
-from ...grid import _expand_nearest, nearest_indices
+from ...grid import expand_nearest
 from ...segmentation import ClassProbabilities, Segmentation, labels_dtype
 from ...volume import Volume
 from ..base import ProgressFn, no_progress, organ_confidence, require_finite, select_organs
@@ -98,9 +98,7 @@ class EnsembleEngine:
         picked = np.take_along_axis(fused, labels[None].astype(np.int64), axis=0)[0]
         names = {i: c for i, c in enumerate(self.classes) if i > 0}
         confidence = organ_confidence(labels, picked, names)
-        out = np.empty(volume.shape, dtype=dtype)
-        _expand_nearest(np.ascontiguousarray(labels), *[nearest_indices(a, b) for a, b in zip(volume.shape, shape)],
-                        out)
+        out = expand_nearest(labels, volume.shape)
         # every fusion voxel holds the centre of at least one scan voxel (the fusion grid is never finer than the
         # scan's), so the organs on it are those of the map
         class_probs = ClassProbabilities(fused, affine, self.classes) if probabilities else None
