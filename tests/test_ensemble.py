@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from organscope.components import largest_components
+from organscope.concurrency import kernels_run_concurrently
 from organscope.engines.ensemble import EnsembleEngine
 from organscope.errors import ModelError
 from organscope.geometry import scale_affine
@@ -29,6 +30,10 @@ class FakeMember:
     def segment(self, volume, *, organs=None, probabilities=False, progress=None):
         self.calls += 1
         assert probabilities, "the ensemble asks every member for its probabilities"
+        labels = volume.with_array(np.zeros(volume.shape, np.uint8))
+        return Segmentation(labels, {1: self.classes[1], 2: self.classes[2]}, {}, {}, self.probabilities(volume))
+
+    def probabilities(self, volume):
         shape = tuple(int(n) for n in np.asarray(volume.shape) // self.zoom)
         rng = np.random.default_rng(self.seed)
         g = np.indices(shape).astype(float)
@@ -36,9 +41,7 @@ class FakeMember:
                            for c in range(len(self.classes))]).astype(np.float32)
         p = np.exp(2 * logits)
         p /= p.sum(0, keepdims=True)
-        probs = ClassProbabilities(p, scale_affine(volume.affine, self.zoom), self.classes)
-        labels = volume.with_array(np.zeros(volume.shape, np.uint8))
-        return Segmentation(labels, {1: self.classes[1], 2: self.classes[2]}, {}, {}, probs)
+        return ClassProbabilities(p, scale_affine(volume.affine, self.zoom), self.classes)
 
 
 def _members(*fakes):
@@ -76,6 +79,57 @@ def test_a_member_with_weight_zero_does_not_count(scan):
     only_a = EnsembleEngine(members=(("a", 1.0), ("b", 0.0)), engines=_members(a, b)).segment(scan)
     alone = EnsembleEngine(members=(("a", 1.0),), engines=_members(a)).segment(scan)
     np.testing.assert_array_equal(only_a.labels.array, alone.labels.array)
+
+
+class ProbabilityMember(FakeMember):
+    """A member that offers class_probabilities (no label map), finishing after `delay` seconds."""
+
+    def __init__(self, *args, delay=0.0, **kw):
+        super().__init__(*args, **kw)
+        self.delay, self.prob_calls = delay, 0
+
+    def class_probabilities(self, volume, *, progress=None):
+        import time
+
+        time.sleep(self.delay)
+        self.prob_calls += 1
+        return self.probabilities(volume)
+
+
+def test_members_run_side_by_side_and_are_summed_in_order(scan):
+    """Members that finish in another order than they were given (the first sleeps longest) give the very same
+    sums as members run one after another; class_probabilities is used where a member has it."""
+    def members():
+        return (ProbabilityMember("a", 1, delay=0.3), ProbabilityMember("b", 2, zoom=(4, 4, 2), delay=0.0),
+                FakeMember("c", 3))
+
+    runs = {}
+    for concurrent in (1, 3):
+        fakes = members()
+        eng = EnsembleEngine(members=(("a", 1.0), ("b", 0.7), ("c", 0.3)), engines=_members(*fakes),
+                             concurrent_members=concurrent, threads=3)
+        assert eng.concurrent_members == (concurrent if kernels_run_concurrently() else 1)
+        stages = []
+        runs[concurrent] = eng.segment(scan, probabilities=True, progress=lambda s, f: stages.append(f))
+        assert [f.prob_calls for f in fakes[:2]] == [1, 1] and fakes[0].calls == 0 and fakes[2].calls == 1
+        assert stages[-1] == 1.0 and all(0.0 <= f <= 1.0 for f in stages)
+    np.testing.assert_array_equal(runs[1].probabilities.array, runs[3].probabilities.array)
+    np.testing.assert_array_equal(runs[1].labels.array, runs[3].labels.array)
+
+
+@pytest.mark.parametrize("name", ["sparse", "cnn3d", "cascade"])
+def test_shipped_members_class_probabilities_are_those_of_segment(name):
+    """What the ensemble fuses (class_probabilities, no label map) is what segment(probabilities=True) returns."""
+    from organscope.engines.registry import get_engine
+    from organscope.io import load_volume
+
+    eng = get_engine(name, threads=1)
+    vol = load_volume(SCAN)
+    want = eng.segment(vol, probabilities=True).probabilities
+    got = eng.class_probabilities(vol)
+    assert got.classes == want.classes
+    np.testing.assert_array_equal(got.affine, want.affine)
+    np.testing.assert_array_equal(got.array, want.array)
 
 
 def test_organ_subset_and_errors(scan):

@@ -24,7 +24,10 @@ class Engine(Protocol):
     probabilities=True: `Segmentation.probabilities`, the class probabilities (background + the organs) on the
     engine's own working grid (cnn3d/cascade: the fixed network grid; slice2d: the body box; sparse: the finest
     level's grid), in the input's axis order with that grid's affine, so `on_grid(volume)` lands on the scan.
-    Without it nothing extra is computed or kept."""
+    Without it nothing extra is computed or kept.
+
+    An engine may also offer class_probabilities(volume, progress=None): those probabilities alone, without the
+    label map (the ensemble fuses them)."""
 
     name: str
     classes: tuple[str, ...]

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..concurrency import engine_lock
 from ..errors import InputError, OrganscopeError
 from ..volume import Volume
 
@@ -168,7 +169,7 @@ class ScanStore:
         #: point queries, one thread per core, first come first served (see app.query)
         self.query_pool = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1),
                                              thread_name_prefix="organscope-query")
-        self._query_lock = _engine_lock()
+        self._query_lock = engine_lock()
         self._warm_up()
 
     def _warm_up(self) -> None:
@@ -439,19 +440,3 @@ def _numba_threads(n: int):
         yield
     finally:
         numba.set_num_threads(old)
-
-
-def _engine_lock():
-    """A lock around engine calls where numba's threading layer cannot run kernels from several threads at
-    once (the 'workqueue' layer aborts the process on concurrent launches); no lock with omp or tbb."""
-    import numba
-
-    from ..sampling.gather import gather
-
-    gather(np.zeros((4, 4, 4), np.int16), np.zeros((128, 3), np.int32), np.zeros((1, 3), np.int32))  # starts the layer
-    try:
-        layer = numba.threading_layer()
-    except ValueError:
-        layer = "workqueue"
-    return threading.Lock() if layer == "workqueue" else contextlib.nullcontext()
-

@@ -26,7 +26,7 @@ from ...errors import ModelError
 from ...geometry import world_to_voxel
 from ...intensity import windows
 from ...modelcard import card_path, open_session
-from ...segmentation import Segmentation, labels_dtype
+from ...segmentation import ClassProbabilities, Segmentation, labels_dtype
 from ...volume import Volume
 from ..base import (ProgressFn, no_progress, organ_confidence, present_on_output, probabilities_to_input,
                     require_finite, select_organs)
@@ -133,26 +133,7 @@ class CascadeEngine:
         progress = progress or no_progress
         wanted = self.select(organs)
         t0 = time.perf_counter()
-        progress("resample to the card's spacing", 0.0)
-        hu, gmap = self.work_grid(volume)
-        timings = {"prepare": time.perf_counter() - t0}
-        t = time.perf_counter()
-        progress(f"locate organs ({self.localizer})", 0.2)
-        locations = self.locate(volume, hu, gmap)
-        timings["locate"] = time.perf_counter() - t
-        crops = self.group_boxes(locations, gmap, wanted)
-        best = np.zeros(gmap.shape, np.float32)
-        labels = np.zeros(gmap.shape, labels_dtype(len(self.classes)))
-        organ_probs = np.zeros((len(self.classes), *gmap.shape), np.float32) if probabilities else None
-        for n, (gname, (found, start, size)) in enumerate(crops.items()):
-            t = time.perf_counter()
-            progress(f"segment {gname}", 0.4 + 0.5 * n / max(1, len(crops)))
-            prob = self.group_probabilities(gname, windows(extract(hu, start, size), self.windows_hu))
-            members = [self.class_id[o] if o in found else 0 for o in self.groups[gname].organs]
-            merge_crop(best, labels, prob, start, members)
-            if organ_probs is not None:
-                merge_probabilities(organ_probs, prob, start, members)
-            timings[f"group_{gname}"] = time.perf_counter() - t
+        gmap, labels, best, organ_probs, timings = self._groups(volume, wanted, True, probabilities, progress)
         t = time.perf_counter()
         progress("labels back to the scan's grid", 0.9)
         labels = np.ascontiguousarray(gmap.crop_inner(labels))  # the scan's part of the work grid
@@ -166,15 +147,56 @@ class CascadeEngine:
                                        labels.shape, names)
         probs = None
         if organ_probs is not None:
-            organ_probs[0] = np.clip(1.0 - organ_probs[1:].sum(axis=0), 0.0, 1.0)
-            probs = probabilities_to_input(np.ascontiguousarray(gmap.crop_inner(organ_probs)), gmap.inner.grid_affine,
-                                           gmap.canonical, self.classes)
+            probs = self._class_probabilities(organ_probs, gmap)
             if organs is not None:
                 probs = probs.keep(wanted)
         timings["postprocess"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
         progress("done", 1.0)
         return Segmentation(out, names, timings, confidence, probs)
+
+    def class_probabilities(self, volume: Volume, *, progress: ProgressFn | None = None) -> ClassProbabilities:
+        """What segment(probabilities=True) returns as its probabilities, without building the label map (the
+        ensemble fuses these)."""
+        progress = progress or no_progress
+        gmap, _, _, organ_probs, _ = self._groups(volume, self.select(None), False, True, progress)
+        progress("done", 1.0)
+        return self._class_probabilities(organ_probs, gmap)
+
+    def _groups(self, volume: Volume, wanted, labels: bool, probabilities: bool, progress: ProgressFn):
+        """Steps 1-4 on the work grid: (grid map, labels and the probability of each label written, per-class
+        organ probabilities, timings); the labels (with their probabilities) or the per-class array are None
+        when not asked for."""
+        t0 = time.perf_counter()
+        progress("resample to the card's spacing", 0.0)
+        hu, gmap = self.work_grid(volume)
+        timings = {"prepare": time.perf_counter() - t0}
+        t = time.perf_counter()
+        progress(f"locate organs ({self.localizer})", 0.2)
+        locations = self.locate(volume, hu, gmap)
+        timings["locate"] = time.perf_counter() - t
+        crops = self.group_boxes(locations, gmap, wanted)
+        best = np.zeros(gmap.shape, np.float32) if labels else None
+        label_map = np.zeros(gmap.shape, labels_dtype(len(self.classes))) if labels else None
+        organ_probs = np.zeros((len(self.classes), *gmap.shape), np.float32) if probabilities else None
+        for n, (gname, (found, start, size)) in enumerate(crops.items()):
+            t = time.perf_counter()
+            progress(f"segment {gname}", 0.4 + 0.5 * n / max(1, len(crops)))
+            prob = self.group_probabilities(gname, windows(extract(hu, start, size), self.windows_hu))
+            members = [self.class_id[o] if o in found else 0 for o in self.groups[gname].organs]
+            if label_map is not None:
+                merge_crop(best, label_map, prob, start, members)
+            if organ_probs is not None:
+                merge_probabilities(organ_probs, prob, start, members)
+            timings[f"group_{gname}"] = time.perf_counter() - t
+        return gmap, label_map, best, organ_probs, timings
+
+    def _class_probabilities(self, organ_probs: np.ndarray, gmap: gridmod.SpacingMap) -> ClassProbabilities:
+        """The merged organ probabilities (filled in place: background = 1 - the organs) on the scan's part of the
+        work grid, in the input's axis order."""
+        organ_probs[0] = np.clip(1.0 - organ_probs[1:].sum(axis=0), 0.0, 1.0)
+        return probabilities_to_input(np.ascontiguousarray(gmap.crop_inner(organ_probs)), gmap.inner.grid_affine,
+                                      gmap.canonical, self.classes)
 
 
 def merge_probabilities(organ_probs: np.ndarray, prob: np.ndarray, start, members) -> None:

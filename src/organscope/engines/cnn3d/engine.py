@@ -85,6 +85,18 @@ class Cnn3dEngine:
         seg = Segmentation(out, names, timings, confidence, probs)
         return seg if organs is None else seg.keep(wanted)
 
+    def class_probabilities(self, volume: Volume, *, progress: ProgressFn | None = None) -> ClassProbabilities:
+        """What segment(probabilities=True) returns as its probabilities, without building the label map (the
+        ensemble fuses these)."""
+        progress = progress or no_progress
+        progress("resample to the network's spacing", 0.0)
+        x, smap = self.network_input(volume)
+        progress("3D CNN", 0.2)
+        probs = self._probabilities(np.ascontiguousarray(smap.crop_inner(self.network_probabilities(x, smap))),
+                                    smap.inner)
+        progress("done", 1.0)
+        return probs
+
     @staticmethod
     def _confidence(prob: np.ndarray, labels: np.ndarray, names: dict[int, str], out: Volume) -> dict[str, float]:
         """Per organ, the mean softmax probability of the network class picked, over the organ's grid voxels.

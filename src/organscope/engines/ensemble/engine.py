@@ -6,20 +6,24 @@ their own probabilities, largest component per organ), and of their probabilitie
 0.718. The weights are equal until they are fitted on out-of-fold predictions (cv/README.md): choosing them on
 those 33 cases would be choosing on the cases that report the result.
 
-Each member segments the scan as usual and returns its class probabilities on its own working grid (a network
-grid, a refinement level); they are interpolated (linearly) onto the fusion grid, the scan's own grid coarsened
-to at most FUSION_MM per voxel (a 512 x 512 x 300 scan at 0.8 x 0.8 x 1.5 mm: 164 x 164 x 180), averaged with
-the weights, and the winner of each fusion voxel is kept as its largest 26-connected component per organ; the
-label map comes back to the scan's voxels by nearest neighbour. An organ's confidence is the mean fused
-probability of the class picked over its fusion voxels."""
+Each member computes its class probabilities on its own working grid (a network grid, a refinement level), as
+its segment(probabilities=True) would but without its label map (`class_probabilities`), one member per core at
+once. They are interpolated (linearly) onto the fusion grid, the scan's own grid coarsened to at most FUSION_MM
+per voxel (a 512 x 512 x 300 scan at 0.8 x 0.8 x 1.5 mm: 164 x 164 x 180), averaged with the weights, and the
+winner of each fusion voxel is kept as its largest 26-connected component per organ; the label map comes back
+to the scan's voxels by nearest neighbour. An organ's confidence is the mean fused probability of the class picked over its fusion voxels."""
 from __future__ import annotations
 
+import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
 import numpy as np
 
 from ...components import largest_components
+from ...concurrency import kernels_run_concurrently
 from ...errors import ModelError
 from ...geometry import scale_affine
 from ...grid import expand_nearest
@@ -39,9 +43,10 @@ class EnsembleEngine:
     name = "ensemble"
 
     def __init__(self, model=None, *, threads: int | None = None, members: Sequence[tuple[str, float]] = DEFAULT_MEMBERS,
-                 engines: Callable[..., object] | None = None):
+                 engines: Callable[..., object] | None = None, concurrent_members: int | None = None):
         """`members`: (engine name, weight) pairs; `engines(name, threads=...)` builds a member (the registry's
-        get_engine)."""
+        get_engine); `concurrent_members`: how many members run at once (default: one per thread, at most all;
+        one where numba cannot launch kernels from several threads)."""
         if model is not None:
             raise ModelError("The ensemble engine has no model of its own: it runs the shipped models of "
                              f"{', '.join(n for n, _ in members)}; pass --model to one of those engines instead.")
@@ -49,7 +54,13 @@ class EnsembleEngine:
             from ..registry import get_engine as engines
         if not members or any(w < 0 for _, w in members) or sum(w for _, w in members) <= 0:
             raise ModelError("An ensemble needs at least one member and non-negative weights that are not all 0.")
-        self.members = [(engines(n, threads=threads), float(w)) for n, w in members]
+        cores = threads or os.cpu_count() or 1
+        #: how many members run at once; each gets an equal share of the threads (4 threads on 2 cores, two
+        #: members of 2 each, cost 0.3-0.6 s more on the benchmark scan than two of 1)
+        self.concurrent_members = (min(len(members), cores, max(1, concurrent_members or cores))
+                                   if kernels_run_concurrently() else 1)
+        member_threads = max(1, cores // self.concurrent_members)
+        self.members = [(engines(n, threads=member_threads), float(w)) for n, w in members]
         first = self.members[0][0]
         for eng, _ in self.members[1:]:
             if tuple(eng.classes) != tuple(first.classes):
@@ -81,16 +92,39 @@ class EnsembleEngine:
         fused = np.zeros((len(self.classes), *shape), dtype=np.float32)
         timings: dict[str, float] = {}
         n = len(self.members)
-        for m, ((eng, _), w) in enumerate(zip(self.members, self.weights)):
-            def member_progress(stage: str, frac: float, m=m, eng=eng):
-                progress(f"{eng.name}: {stage}", (m + min(max(frac, 0.0), 1.0)) / (n + 0.5))
+        done = [0.0] * n
+        lock = threading.Lock()  # guards `done` and the progress callback
+
+        def run(m: int):
+            eng = self.members[m][0]
+
+            def member_progress(stage: str, frac: float) -> None:
+                with lock:
+                    done[m] = min(max(frac, 0.0), 1.0)
+                    progress(f"{eng.name}: {stage}", sum(done) / (n + 0.5))
 
             t = time.perf_counter()
-            seg = eng.segment(volume, probabilities=True, progress=member_progress)
-            probs = seg.probabilities
-            probs.add_on_grid(target, fused, w, order=[probs.classes.index(c) for c in self.classes])
-            timings[f"{eng.name}"] = time.perf_counter() - t
-            del seg, probs
+            if hasattr(eng, "class_probabilities"):  # no label map of its own, which the fusion would not use
+                probs = eng.class_probabilities(volume, progress=member_progress)
+            else:
+                probs = eng.segment(volume, probabilities=True, progress=member_progress).probabilities
+            timings[eng.name] = time.perf_counter() - t
+            return probs
+
+        def add(m: int, probs: ClassProbabilities) -> None:
+            probs.add_on_grid(target, fused, self.weights[m], order=[probs.classes.index(c) for c in self.classes])
+
+        # members side by side (each is partly serial: resampling, numpy), added in the members' order whatever
+        # order they finish in, so that the sums, hence the labels, never depend on timing
+        if self.concurrent_members > 1:
+            with ThreadPoolExecutor(self.concurrent_members, thread_name_prefix="ensemble") as pool:
+                futures = [pool.submit(run, m) for m in range(n)]
+                for m, f in enumerate(futures):
+                    add(m, f.result())
+                    futures[m] = None  # drop the member's probabilities once added
+        else:
+            for m in range(n):
+                add(m, run(m))
         t = time.perf_counter()
         progress("fusing the members' probabilities", n / (n + 0.5))
         dtype = labels_dtype(len(self.classes))

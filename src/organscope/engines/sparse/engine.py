@@ -20,7 +20,7 @@ from ...grid import GridMap, nearest_indices
 from ...sampling.gather import KIND_F32, KIND_U8, CodeSampler, Sampler, contiguous_int16, hu_int16, make_sampler
 from ...sampling.points import body_mask, body_steps, superior_axis
 from ...volume import Volume
-from ...segmentation import Segmentation, labels_dtype
+from ...segmentation import ClassProbabilities, Segmentation, labels_dtype
 from ..base import ProgressFn, no_progress, organ_confidence, probabilities_to_input, require_finite, select_organs
 from . import refine
 from .click import ClickNet, nearest_voxels, top3
@@ -261,6 +261,43 @@ class SparseEngine:
         progress = progress or no_progress
         wanted = select_organs(self.classes[1:], organs, self.name)
         t0 = time.perf_counter()
+        scan, grid, step, picked, probs, timings = self._levels(volume, probabilities, progress)
+        n_classes = len(self.classes)
+        t = time.perf_counter()
+        progress("clean-up", 0.95)
+        if self.settings.largest_component:
+            grid = components.largest_components(grid, n_classes)  # on the finest grid: same result as on voxels
+        timings["components"] = time.perf_counter() - t
+        t = time.perf_counter()
+        out = np.empty(scan.volume.shape, dtype=grid.dtype)  # on the input's grid, in its orientation
+        refine.expand_into(grid, step, scan.canon.view(out), scan.input_voxel_tables())
+        timings["expand"] = time.perf_counter() - t
+        progress("done", 1.0)
+        out = scan.volume.with_array(out)
+        names = {i: n for i, n in enumerate(self.classes) if i > 0}
+        # every finest grid point's cell holds at least one voxel, so the organs on the grid are those of the map
+        confidence = organ_confidence(grid, picked, names)
+        class_probs = None if probs is None else self._class_probabilities(scan, probs, step)
+        timings["total"] = time.perf_counter() - t0
+        seg = Segmentation(out, names, timings, confidence, class_probs)
+        return seg if organs is None else seg.keep(wanted)
+
+    def class_probabilities(self, volume, *, progress: ProgressFn | None = None) -> ClassProbabilities:
+        """What segment(probabilities=True) returns as its probabilities (the finest level's grid), without the
+        clean-up and the label map on the scan's voxels (the ensemble fuses these)."""
+        progress = progress or no_progress
+        scan, _, step, _, probs, _ = self._levels(volume, True, progress)
+        progress("done", 1.0)
+        return self._class_probabilities(scan, probs, step)
+
+    def _class_probabilities(self, scan: PreparedScan, probs: np.ndarray, step) -> ClassProbabilities:
+        return probabilities_to_input(np.moveaxis(probs, -1, 0), level_affine(scan.canonical.affine, step),
+                                      scan.canon, self.classes)
+
+    def _levels(self, volume, probabilities: bool, progress: ProgressFn):
+        """The coarse-to-fine levels: (prepared scan, finest grid's labels, its step in voxels, probability of the
+        class picked at each point, the whole probability vectors (grid, class) or None, timings)."""
+        t0 = time.perf_counter()
         scan = self._as_prepared(volume)
         shape = scan.canonical.shape
         scan.body_coarse  # noqa: B018 -- computed here so that it is timed as preparation
@@ -273,7 +310,7 @@ class SparseEngine:
         queried = 0
         for level, step in enumerate(steps):
             t = time.perf_counter()
-            progress(f"level {level + 1}/{len(steps)} ({'x'.join(map(str, step))} voxels)", level / len(steps))
+            progress(f"level {level + 1}/{len(steps)} ({'x'.join(map(str, step))} voxels)", 0.95 * level / len(steps))
             body = scan.body_grid(step)
             seen = np.zeros(body.shape, dtype=bool)  # scratch of refine.edges_near
             if grid is None:
@@ -296,29 +333,8 @@ class SparseEngine:
                 grid = components.largest_components(grid, n_classes)
             prev_step = step
             timings[f"level_{level + 1}"] = time.perf_counter() - t
-        t = time.perf_counter()
-        progress("clean-up", 1.0 - 0.5 / len(steps))
-        if st.largest_component:
-            grid = components.largest_components(grid, n_classes)  # on the finest grid: same result as on voxels
-        timings["components"] = time.perf_counter() - t
-        t = time.perf_counter()
-        out = np.empty(scan.volume.shape, dtype=dtype)  # on the input's grid, in its orientation
-        refine.expand_into(grid, prev_step, scan.canon.view(out), scan.input_voxel_tables())
-        timings["expand"] = time.perf_counter() - t
-        progress("done", 1.0)
-        out = scan.volume.with_array(out)
-        names = {i: n for i, n in enumerate(self.classes) if i > 0}
-        # every finest grid point's cell holds at least one voxel, so the organs on the grid are those of the map
-        confidence = organ_confidence(grid, picked, names)
-        class_probs = None
-        if probs is not None:
-            class_probs = probabilities_to_input(np.moveaxis(probs, -1, 0), level_affine(scan.canonical.affine,
-                                                                                          prev_step),
-                                                 scan.canon, self.classes)
-        timings["total"] = time.perf_counter() - t0
         timings["points_classified"] = float(queried)
-        seg = Segmentation(out, names, timings, confidence, class_probs)
-        return seg if organs is None else seg.keep(wanted)
+        return scan, grid, prev_step, picked, probs, timings
 
     def _sweeps(self, scan: PreparedScan, grid: np.ndarray, step, body: np.ndarray, todo: np.ndarray,
                 seen: np.ndarray, picked: np.ndarray, kept: np.ndarray | None = None) -> int:
