@@ -177,3 +177,16 @@ def test_on_grid_and_add_on_grid_match_axis_by_axis_interpolation():
         acc = np.ones((4, *vol.shape), np.float32)
         probs.add_on_grid(vol, acc, 0.5, order=[3, 2, 1, 0])
         np.testing.assert_allclose(acc, 1 + 0.5 * expected[[3, 2, 1, 0]], atol=1e-6)
+        # argmax_on_grid: the class of the highest interpolated value (voxels whose top two are within rounding
+        # of each other may go either way), also into a box of a larger map with that box's grid
+        top2 = np.sort(expected, axis=0)[-2:]
+        clear = top2[1] - top2[0] > 1e-5
+        labels = probs.argmax_on_grid(vol)
+        assert labels.dtype == np.uint8 and labels.shape == vol.shape
+        np.testing.assert_array_equal(labels[clear], expected.argmax(0)[clear])
+        big = np.full((15, 13, 11), 9, np.uint8)
+        box_affine = affine.copy()
+        box_affine[:3, 3] = affine[:3, :3] @ [2, 0, 1] + affine[:3, 3]
+        probs.argmax_on_grid(Volume(np.zeros((11, 11, 8), np.int16), box_affine), out=big[2:13, :11, 1:9])
+        np.testing.assert_array_equal(big[2:13, :11, 1:9][clear[2:, :, 1:]], expected.argmax(0)[2:, :, 1:][clear[2:, :, 1:]])
+        assert (big[:2] == 9).all() and (big[13:] == 9).all()

@@ -74,6 +74,25 @@ def test_fused_labels_are_the_weighted_average_of_the_members(scan):
     assert set(seg.confidence) == {CLASSES[v] for v in np.unique(seg.labels.array) if v}
 
 
+def test_linear_output_is_the_argmax_of_the_interpolated_fused_probabilities(scan):
+    """linear_output: the labels are the argmax of the fused probabilities interpolated at every scan voxel,
+    largest component per organ, inside the box of the fusion grid's organs (background outside it)."""
+    a, b = FakeMember("a", 1), FakeMember("b", 2, zoom=(4, 4, 2))
+    members = (("a", 1.0), ("b", 1.0))
+    nearest = EnsembleEngine(members=members, engines=_members(a, b)).segment(scan, probabilities=True)
+    linear = EnsembleEngine(members=members, engines=_members(a, b), linear_output=True).segment(scan)
+    fine = nearest.probabilities.on_grid(scan)
+    top2 = np.sort(fine, axis=0)[-2:]
+    assert (top2[1] - top2[0] > 1e-5).all(), "the synthetic fields have no near-ties"
+    expected = largest_components(fine.argmax(0).astype(np.uint8), 3)
+    organs = np.nonzero(expected)
+    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in organs)
+    np.testing.assert_array_equal(linear.labels.array[box], expected[box])
+    assert np.count_nonzero(linear.labels.array) == np.count_nonzero(expected)  # nothing outside the box
+    assert (linear.labels.array != nearest.labels.array).any(), "smooth labels differ from the blocks"
+    assert set(linear.confidence) == {CLASSES[v] for v in np.unique(linear.labels.array) if v}
+
+
 def test_a_member_with_weight_zero_does_not_count(scan):
     a, b = FakeMember("a", 1), FakeMember("b", 2)
     only_a = EnsembleEngine(members=(("a", 1.0), ("b", 0.0)), engines=_members(a, b)).segment(scan)

@@ -170,6 +170,35 @@ def trilinear_add(src, rows, a0, a1, aw, aoff, b0, b1, bw, boff, c0, c1, cw, cof
                     o[j, k] += weight * (lo * (1 - wa) + hi * wa)
 
 
+@numba.njit(parallel=True, cache=True)
+def trilinear_argmax(src, a0, a1, aw, aoff, b0, b1, bw, boff, c0, c1, cw, coff, out):
+    """out = the class (row of src) whose linearly interpolated value is highest at (a, b, c) (tables as in
+    trilinear_add; the first class wins a tie, as numpy's argmax; outside the source grid: class 0). No
+    (classes x voxels) temporary: one pass over the output, parallel over its first axis."""
+    n_classes = src.shape[0]
+    for i in numba.prange(out.shape[0]):
+        wa = aw[i]
+        for j in range(out.shape[1]):
+            wb = bw[j]
+            outside_ij = aoff[i] or boff[j]
+            for k in range(out.shape[2]):
+                if outside_ij or coff[k]:
+                    out[i, j, k] = 0
+                    continue
+                k0, k1, wc = c0[k], c1[k], cw[k]
+                best, arg = np.float32(-1.0), 0
+                for r in range(n_classes):
+                    s0 = src[r, a0[i]]
+                    s1 = src[r, a1[i]]
+                    p00, p01, p10, p11 = s0[b0[j]], s0[b1[j]], s1[b0[j]], s1[b1[j]]
+                    lo = (p00[k0] * (1 - wc) + p00[k1] * wc) * (1 - wb) + (p01[k0] * (1 - wc) + p01[k1] * wc) * wb
+                    hi = (p10[k0] * (1 - wc) + p10[k1] * wc) * (1 - wb) + (p11[k0] * (1 - wc) + p11[k1] * wc) * wb
+                    v = lo * (1 - wa) + hi * wa
+                    if v > best:
+                        best, arg = v, r
+                out[i, j, k] = arg
+
+
 def nearest_indices(n_in: int, n_out: int) -> np.ndarray:
     """For each voxel of an axis of n_in voxels, the voxel of the n_out grid whose cell contains its centre."""
     return np.minimum(((np.arange(n_in) + 0.5) * (n_out / n_in)).astype(np.int64), n_out - 1)

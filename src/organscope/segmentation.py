@@ -52,6 +52,24 @@ class ClassProbabilities:
         of this array written to each row of `out` (default: the same order)."""
         from .grid import trilinear_add
 
+        rows = np.arange(len(self.classes)) if order is None else np.asarray(order, dtype=np.int64)
+        trilinear_add(np.ascontiguousarray(self.array, dtype=np.float32), rows, *self._tables(volume),
+                      np.float32(weight), out)
+
+    def argmax_on_grid(self, volume: Volume, out: np.ndarray | None = None) -> np.ndarray:
+        """on_grid(volume).argmax(axis=0) (the class index per scan voxel), without the (C, *scan) array: the
+        probabilities are interpolated linearly at each voxel and compared there. `out`: a labels array of the
+        scan's shape to write into (e.g. a view of a box of a larger map, with `volume` that box's grid)."""
+        from .grid import trilinear_argmax
+
+        if out is None:
+            out = np.empty(tuple(volume.shape), dtype=labels_dtype(len(self.classes)))
+        trilinear_argmax(np.ascontiguousarray(self.array, dtype=np.float32), *self._tables(volume), out)
+        return out
+
+    def _tables(self, volume: Volume) -> list[np.ndarray]:
+        """Per axis of `volume`'s grid: lower and upper index on this grid, weight of the upper one, and whether
+        the voxel lies more than half a grid voxel outside this grid."""
         shape = tuple(volume.shape)
         m = np.linalg.inv(self.affine) @ np.asarray(volume.affine, float)  # scan voxel -> this grid's voxel
         lin = m[:3, :3]
@@ -66,8 +84,7 @@ class ClassProbabilities:
             u = np.clip(u, 0.0, n_grid - 1)
             i0 = np.floor(u).astype(np.int64)
             tables += [i0, np.minimum(i0 + 1, n_grid - 1), (u - i0).astype(np.float32), off]
-        rows = np.arange(len(self.classes)) if order is None else np.asarray(order, dtype=np.int64)
-        trilinear_add(np.ascontiguousarray(self.array, dtype=np.float32), rows, *tables, np.float32(weight), out)
+        return tables
 
     def keep(self, names) -> "ClassProbabilities":
         """Background and the organs `names` only (in this order of classes); the other organs' probability

@@ -43,10 +43,13 @@ class EnsembleEngine:
     name = "ensemble"
 
     def __init__(self, model=None, *, threads: int | None = None, members: Sequence[tuple[str, float]] = DEFAULT_MEMBERS,
-                 engines: Callable[..., object] | None = None, concurrent_members: int | None = None):
+                 engines: Callable[..., object] | None = None, concurrent_members: int | None = None,
+                 linear_output: bool = False):
         """`members`: (engine name, weight) pairs; `engines(name, threads=...)` builds a member (the registry's
         get_engine); `concurrent_members`: how many members run at once (default: one per thread, at most all;
-        one where numba cannot launch kernels from several threads)."""
+        one where numba cannot launch kernels from several threads); `linear_output`: the scan's labels from the
+        fused probabilities interpolated linearly at its voxels (`linear_labels`) instead of the fusion grid's
+        labels by nearest neighbour."""
         if model is not None:
             raise ModelError("The ensemble engine has no model of its own: it runs the shipped models of "
                              f"{', '.join(n for n, _ in members)}; pass --model to one of those engines instead.")
@@ -54,6 +57,7 @@ class EnsembleEngine:
             from ..registry import get_engine as engines
         if not members or any(w < 0 for _, w in members) or sum(w for _, w in members) <= 0:
             raise ModelError("An ensemble needs at least one member and non-negative weights that are not all 0.")
+        self.linear_output = linear_output
         cores = threads or os.cpu_count() or 1
         #: how many members run at once; each gets an equal share of the threads (4 threads on 2 cores, two
         #: members of 2 each, cost 0.3-0.6 s more on the benchmark scan than two of 1)
@@ -132,15 +136,44 @@ class EnsembleEngine:
         picked = np.take_along_axis(fused, labels[None].astype(np.int64), axis=0)[0]
         names = {i: c for i, c in enumerate(self.classes) if i > 0}
         confidence = organ_confidence(labels, picked, names)
-        out = expand_nearest(labels, volume.shape)
-        # every fusion voxel holds the centre of at least one scan voxel (the fusion grid is never finer than the
-        # scan's), so the organs on it are those of the map
-        class_probs = ClassProbabilities(fused, affine, self.classes) if probabilities else None
+        fused_probs = ClassProbabilities(fused, affine, self.classes)
+        if self.linear_output:
+            out, present = linear_labels(fused_probs, labels, volume)
+            confidence = {n: c for n, c in confidence.items() if n in {names[v] for v in present if v in names}}
+        else:
+            # every fusion voxel holds the centre of at least one scan voxel (the fusion grid is never finer than
+            # the scan's), so the organs on it are those of the map
+            out = expand_nearest(labels, volume.shape)
+        class_probs = fused_probs if probabilities else None
         timings["fusion"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
         progress("done", 1.0)
         seg = Segmentation(volume.with_array(out), names, timings, confidence, class_probs)
         return seg if organs is None else seg.keep(wanted)
+
+
+def linear_labels(fused: ClassProbabilities, labels: np.ndarray, volume: Volume) -> tuple[np.ndarray, set[int]]:
+    """The scan's labels as the argmax of the fused probabilities interpolated linearly at each of its voxels,
+    within the box of the fusion grid's organ voxels (grown by one fusion voxel; background outside it), then the
+    largest component per organ there: contours follow the probabilities between fusion voxels instead of
+    their blocks. Returns (labels, the label values present)."""
+    out = np.zeros(volume.shape, dtype=labels.dtype)
+    organ = np.nonzero(labels)
+    if not organ[0].size:
+        return out, set()
+    start, stop = [], []
+    for a, idx in enumerate(organ):
+        n, m = volume.shape[a], labels.shape[a]
+        lo, hi = max(int(idx.min()) - 1, 0), min(int(idx.max()) + 2, m)   # fusion voxels [lo, hi)
+        start.append(int(np.floor(lo * n / m)))                           # scan voxels whose centres lie there
+        stop.append(min(n, int(np.ceil(hi * n / m))))
+    box = tuple(slice(a, b) for a, b in zip(start, stop))
+    affine = np.asarray(volume.affine, float).copy()
+    affine[:3, 3] = affine[:3, :3] @ np.asarray(start, float) + affine[:3, 3]
+    grid = Volume(np.broadcast_to(np.int16(0), tuple(b - a for a, b in zip(start, stop))), affine)
+    fine = largest_components(fused.argmax_on_grid(grid), len(fused.classes))
+    out[box] = fine
+    return out, {int(v) for v in np.flatnonzero(np.bincount(fine.ravel()))}
 
 
 def _body_region(engine) -> str | None:
