@@ -219,3 +219,34 @@ def test_cnn3d_fold_training_never_touches_the_folds_held_out_cases():
     assert seen == set(range(203))
     with pytest.raises(ValueError, match="fold"):
         training_cases(meta, 11, 7)
+
+
+def test_prior_bias_at_the_shipped_alpha_is_the_shipped_bias():
+    from organscope.modelcard import MODELS_DIR
+    from organscope.training.crossval import prior_bias
+
+    card = json.loads((MODELS_DIR / "sparse_openkbp.json").read_text())
+    np.testing.assert_allclose(prior_bias(card["calibration"]["alpha"]), card["logit_bias"], atol=5e-4)  # priors are stored rounded
+    assert not prior_bias(0.0).any()
+
+
+def test_alpha_sweep_rescores_each_fold_once_per_alpha_and_pools_complete_alphas(tmp_path, monkeypatch):
+    from organscope.training import crossval
+
+    calls = []
+
+    def fake_score(onnx_path, data_root, cases, *, threads=2, logit_bias=None, quiet=False):
+        calls.append((onnx_path.name, round(float(logit_bias[1]), 4)))
+        d = 0.8 - abs(float(logit_bias[1]) + 1.0)  # best near a brainstem bias of -1 (alpha 0.5: -1.07)
+        return {c: {"organs": {"brainstem": {"dice": d, "confidence": 0.9}}, "seconds": 0.1} for c in cases}
+
+    monkeypatch.setattr(crossval, "score_fold", fake_score)
+    for fold, held in ((0, ["a", "b"]), (1, ["c"])):
+        (tmp_path / f"fold{fold}").mkdir()
+        (tmp_path / f"fold{fold}" / "scores.json").write_text(json.dumps({"fold": fold, "held_out": held}))
+    first = crossval.sweep_alpha(tmp_path, tmp_path, [0.0, 0.5])
+    assert len(calls) == 4 and first["folds"] == ["0", "1"] and set(first["pooled"]) == {"0", "0.5"}
+    assert first["pooled"]["0.5"]["cases"] == 3
+    assert first["pooled"]["0.5"]["mean_dice"] > first["pooled"]["0"]["mean_dice"]
+    again = crossval.sweep_alpha(tmp_path, tmp_path, [0.0, 0.5, 1.0])  # only alpha 1 is new
+    assert len(calls) == 6 and set(again["pooled"]) == {"0", "0.5", "1"}

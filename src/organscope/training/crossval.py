@@ -53,13 +53,25 @@ def export_sparse_fold(run_dir: Path, out_dir: Path, name: str, *, checkpoint: s
     return onnx_path
 
 
-def score_fold(onnx_path: Path, data_root: Path, cases: list[str], *, threads: int = 2) -> dict:
-    """Per held-out case: {organ: {"dice", "confidence"}} for the contoured organs, and seconds."""
+def prior_bias(alpha: float) -> np.ndarray:
+    """The sparse engine's logit bias for prior-correction strength `alpha`: alpha * log(body prior / training
+    prior) per class, the priors of the shipped card's calibration (sparse_pipeline: 0 = none, 1 = full)."""
+    cal = json.loads((MODELS_DIR / "sparse_openkbp.json").read_text())["calibration"]
+    return (alpha * np.log(np.asarray(cal["body_prior"]) / np.asarray(cal["train_prior"]))).astype(np.float32)
+
+
+def score_fold(onnx_path: Path, data_root: Path, cases: list[str], *, threads: int = 2,
+               logit_bias: np.ndarray | None = None, quiet: bool = False) -> dict:
+    """Per held-out case: {organ: {"dice", "confidence"}} for the contoured organs, and seconds. `logit_bias`:
+    instead of the card's."""
     from ..engines.sparse import SparseEngine, SparseModel
 
     ds = Dataset(data_root)
     by_id = {c.case_id: c for c in ds.cases}
-    eng = SparseEngine(model=SparseModel.load(onnx_path, threads=threads))
+    model = SparseModel.load(onnx_path, threads=threads)
+    if logit_bias is not None:
+        model.logit_bias = np.asarray(logit_bias, np.float32)
+    eng = SparseEngine(model=model)
     ids = {n: i for i, n in enumerate(eng.classes)}
     out = {}
     for cid in cases:
@@ -75,8 +87,40 @@ def score_fold(onnx_path: Path, data_root: Path, cases: list[str], *, threads: i
             organs[organ] = {"dice": round(float(d), 4) if np.isfinite(d) else None,
                              "confidence": seg.confidence.get(organ)}
         out[cid] = {"organs": organs, "seconds": round(sec, 3)}
-        print(cid, {o: r["dice"] for o, r in organs.items()}, flush=True)
+        if not quiet:
+            print(cid, {o: r["dice"] for o, r in organs.items()}, flush=True)
     return out
+
+
+def sweep_alpha(out_dir: Path, data_root: Path, alphas, *, threads: int = 2) -> dict:
+    """Out-of-fold choice of the prior-correction strength: every fold model scored so far under `out_dir`
+    (foldK/sparse_foldK.onnx + scores.json) re-scored on its own held-out cases with the logit bias of each alpha;
+    per alpha, the pooled summary over all those cases. Writes OUT/sweep_alpha.json, reusing the folds already
+    swept there (by fold and alpha)."""
+    path = Path(out_dir) / "sweep_alpha.json"
+    done = json.loads(path.read_text()) if path.exists() else {"folds": {}}
+    for scores_path in sorted(Path(out_dir).glob("fold*/scores.json")):
+        r = json.loads(scores_path.read_text())
+        onnx_path = scores_path.parent / f"sparse_fold{r['fold']}.onnx"
+        per_fold = done["folds"].setdefault(str(r["fold"]), {})
+        for alpha in alphas:
+            key = f"{alpha:g}"
+            if key not in per_fold:
+                t = time.perf_counter()
+                per_fold[key] = score_fold(onnx_path, data_root, r["held_out"], threads=threads,
+                                           logit_bias=prior_bias(alpha), quiet=True)
+                print(f"fold {r['fold']} alpha {key}: {summary(per_fold[key])['mean_dice']:.4f} "
+                      f"({time.perf_counter() - t:.0f} s)", flush=True)
+                path.write_text(json.dumps(done) + "\n")
+    keys = sorted({k for f in done["folds"].values() for k in f}, key=float)
+    done["pooled"] = {}
+    for key in keys:
+        if all(key in f for f in done["folds"].values()):
+            cases = {cid: v for f in done["folds"].values() for cid, v in f[key].items()}
+            done["pooled"][key] = summary(cases)
+    done["folds_swept"] = sorted(done["folds"], key=int)
+    path.write_text(json.dumps(done) + "\n")
+    return {"folds": done["folds_swept"], "pooled": done["pooled"]}
 
 
 def summary(scores: dict) -> dict:
@@ -132,7 +176,17 @@ def main(argv=None) -> None:
     ap.add_argument("--checkpoint", default="last.pt")
     ap.add_argument("--pool", action="store_true",
                     help="pool the folds already scored under --out into OUT/pooled.json (no training run needed)")
+    ap.add_argument("--sweep-alpha", default=None,
+                    help="comma-separated prior-correction strengths: re-score every scored fold's model on its "
+                         "held-out cases with each (needs --data), pooled per alpha into OUT/sweep_alpha.json")
+    ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
+    if a.sweep_alpha:
+        if a.data is None:
+            ap.error("--sweep-alpha needs --data")
+        result = sweep_alpha(a.out, a.data, [float(x) for x in a.sweep_alpha.split(",")], threads=a.threads)
+        print(json.dumps(result, indent=1))
+        return
     if a.pool:
         result = pool(a.out)
         (a.out / "pooled.json").write_text(json.dumps(result, indent=1) + "\n")
