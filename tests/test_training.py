@@ -250,3 +250,41 @@ def test_alpha_sweep_rescores_each_fold_once_per_alpha_and_pools_complete_alphas
     assert first["pooled"]["0.5"]["mean_dice"] > first["pooled"]["0"]["mean_dice"]
     again = crossval.sweep_alpha(tmp_path, tmp_path, [0.0, 0.5, 1.0])  # only alpha 1 is new
     assert len(calls) == 6 and set(again["pooled"]) == {"0", "0.5", "1"}
+
+
+def test_cnn3d_fold_export_fits_offsets_on_the_folds_training_cases_only(tmp_path):
+    """export_cnn3d_fold on a tiny network and a synthetic cache: the offsets come from every sixth of the run's
+    training cases (data.json), never from cases outside them; the card keeps the shipped grid and records the
+    fold; the exported model loads in the cnn3d engine."""
+    from organscope.engines.cnn3d import Cnn3dEngine
+    from organscope.modelcard import MODELS_DIR
+    from organscope.training.cnn3d_net import Cnn3dNet
+    from organscope.training.crossval import export_cnn3d_fold
+    from organscope.training.logit_offsets import cached_samples
+
+    organs = json.loads((MODELS_DIR / "cnn3d_openkbp.json").read_text())["classes"][1:]
+    ids = [f"case_{i:02d}" for i in range(14)]
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    cache.mkdir()
+    run.mkdir()
+    rng = np.random.default_rng(0)
+    np.save(cache / "images.npy", rng.integers(-1000, 400, (14, 16, 16, 16)).astype(np.int16))
+    np.save(cache / "targets.npy", rng.integers(0, 2 + len(organs), (14, 16, 16, 16)).astype(np.int8))
+    np.save(cache / "contoured.npy", np.ones((14, len(organs)), bool))
+    (cache / "cases.json").write_text(json.dumps({"cases": ids, "splits": ["train"] * 14, "organs": organs,
+                                                  "grid": [16, 16, 16]}))
+    train = ids[2:14:2]  # 6 training cases: every sixth is the first of them only
+    (run / "data.json").write_text(json.dumps({"fold": 3, "cases": train, "checkpoint_cases": ids[1:2]}))
+    torch.manual_seed(0)
+    net = Cnn3dNet(2 + len(organs), width=4)
+    settings = {"width": 4}
+    (run / "settings.json").write_text(json.dumps({"organs": organs, "settings": settings, "plan": {}}))
+    torch.save({"net": net.state_dict(), "state": {"step": 1, "elapsed_s": 1.0, "history": []}}, run / "best.pt")
+    onnx_path = export_cnn3d_fold(run, tmp_path / "out", "cnn3d_fold3", cache, threads=1)
+    card = json.loads(onnx_path.with_suffix(".json").read_text())
+    assert card["training"]["fold"] == 3 and card["training"]["cases"] == train
+    assert card["logit_offsets_fit"]["cases"].endswith("(1)") and len(card["logit_offsets"]) == 2 + len(organs)
+    picked = cached_samples(onnx_path, cache, threads=1, cases=train)
+    assert len(picked) == 1
+    np.testing.assert_array_equal(picked[0][1], np.load(cache / "targets.npy")[2])  # case_02, a training case
+    assert Cnn3dEngine(model=onnx_path, threads=1).classes == ("background", *organs)

@@ -1,12 +1,16 @@
 """Out-of-fold evaluation (issue 14): a model trained on one fold's training cases (training/folds.py) is exported
-and scored on that fold's held-out cases, per case and organ, so that settings and ensemble weights can later be
-chosen on out-of-fold predictions of every case instead of on the 33 validation cases.
+and scored on that fold's held-out cases, per case and organ, so that settings and ensemble weights can be chosen
+on out-of-fold predictions of every case instead of on the 33 validation cases.
 
     python -m organscope.training.crossval sparse --fold 0 --run RUN --data OPENKBP --out cv/sparse
+    python -m organscope.training.crossval cnn3d --fold 0 --run RUN --data OPENKBP --cache CACHE --out cv/cnn3d
+    python -m organscope.training.crossval sparse --pool --out cv/sparse
+    python -m organscope.training.crossval sparse --sweep-alpha 0,0.25,0.5,0.75,1 --data OPENKBP --out cv/sparse
 
-writes OUT/fold0/sparse_fold0.onnx (+ card) and OUT/fold0/scores.json: per held-out case, per contoured organ, Dice
-of the engine's own label map (no anatomy check, no priors) and the organ's confidence. The card copies the
-shipped model's calibration (logit bias, segmentation settings): out-of-fold selection of those is the next step.
+writes OUT/fold0/ENGINE_fold0.onnx (+ card) and OUT/fold0/scores.json: per held-out case, per contoured organ, Dice
+of the engine's own label map (no anatomy check, no priors) and the organ's confidence. A sparse fold's card copies
+the shipped model's calibration (logit bias, segmentation settings; the bias's strength is chosen out of fold by
+--sweep-alpha); a cnn3d fold's card gets logit offsets fitted on the fold's own training cases.
 """
 from __future__ import annotations
 
@@ -53,6 +57,37 @@ def export_sparse_fold(run_dir: Path, out_dir: Path, name: str, *, checkpoint: s
     return onnx_path
 
 
+def export_cnn3d_fold(run_dir: Path, out_dir: Path, name: str, cache: Path, *, checkpoint: str = "best.pt",
+                      threads: int = 2) -> Path:
+    """RUN/checkpoint of `train_cnn3d --fold K` -> OUT/name.onnx with a card: the shipped card's grid, spacing,
+    windows and largest-component setting; logit offsets fitted (as cnn3d_pipeline does) on every sixth of the
+    fold's own training cases, never on its held-out ones; this run's training record."""
+    from .cnn3d_data import N_SPECIAL
+    from .cnn3d_pipeline import export, load_run
+    from .logit_offsets import cached_samples, fit_offsets
+
+    net, run, state = load_run(run_dir, checkpoint)
+    data = json.loads((run_dir / "data.json").read_text())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path = out_dir / f"{name}.onnx"
+    err = export(net, onnx_path)
+    shipped = json.loads((MODELS_DIR / "cnn3d_openkbp.json").read_text())
+    keep = ("engine", "body_region", "format", "classes", "network_classes", "grid", "spacing_mm", "spacing_note",
+            "input", "windows_hu", "output", "largest_component")
+    card = {k: shipped[k] for k in keep if k in shipped}
+    samples = cached_samples(onnx_path, cache, threads=threads, cases=data["cases"])
+    card.update(name=name, onnx_parity_max_abs_diff=err,
+                logit_offsets=[float(v) for v in fit_offsets(samples, N_SPECIAL)],
+                logit_offsets_fit={"cases": f"every sixth of the fold's training cases ({len(samples)})"},
+                training={"fold": data.get("fold"), "cases": data["cases"], "checkpoint_cases": data.get("checkpoint_cases"),
+                          "settings": run["settings"], "patches": run["plan"], "checkpoint": checkpoint,
+                          "steps": state["step"], "minutes": round(state["elapsed_s"] / 60, 1),
+                          "history": state["history"]},
+                calibration_note="largest-component setting copied from cnn3d_openkbp (not refitted on this fold)")
+    onnx_path.with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n")
+    return onnx_path
+
+
 def prior_bias(alpha: float) -> np.ndarray:
     """The sparse engine's logit bias for prior-correction strength `alpha`: alpha * log(body prior / training
     prior) per class, the priors of the shipped card's calibration (sparse_pipeline: 0 = none, 1 = full)."""
@@ -66,12 +101,17 @@ def score_fold(onnx_path: Path, data_root: Path, cases: list[str], *, threads: i
     instead of the card's."""
     from ..engines.sparse import SparseEngine, SparseModel
 
-    ds = Dataset(data_root)
-    by_id = {c.case_id: c for c in ds.cases}
     model = SparseModel.load(onnx_path, threads=threads)
     if logit_bias is not None:
         model.logit_bias = np.asarray(logit_bias, np.float32)
-    eng = SparseEngine(model=model)
+    return score_cases(SparseEngine(model=model), data_root, cases, quiet=quiet)
+
+
+def score_cases(eng, data_root: Path, cases: list[str], *, quiet: bool = False) -> dict:
+    """Per case: {organ: {"dice", "confidence"}} for the contoured organs of the engine's own label map (no
+    anatomy check, no priors), and seconds."""
+    ds = Dataset(data_root)
+    by_id = {c.case_id: c for c in ds.cases}
     ids = {n: i for i, n in enumerate(eng.classes)}
     out = {}
     for cid in cases:
@@ -168,12 +208,13 @@ def main(argv=None) -> None:
     from .folds import fold_cases
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("engine", choices=["sparse"])
+    ap.add_argument("engine", choices=["sparse", "cnn3d"])
     ap.add_argument("--fold", type=int, help="the fold to export and score")
     ap.add_argument("--run", type=Path, help="the fold's training run folder (train_sparse --fold)")
     ap.add_argument("--data", type=Path)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--checkpoint", default="last.pt")
+    ap.add_argument("--checkpoint", default=None, help="default: last.pt (sparse), best.pt (cnn3d)")
+    ap.add_argument("--cache", type=Path, help="cnn3d: the training cache (train_cnn3d --cache), for the offsets")
     ap.add_argument("--pool", action="store_true",
                     help="pool the folds already scored under --out into OUT/pooled.json (no training run needed)")
     ap.add_argument("--sweep-alpha", default=None,
@@ -196,12 +237,21 @@ def main(argv=None) -> None:
         ap.error("--fold, --run and --data are needed to score a fold (or --pool)")
     name = f"{a.engine}_fold{a.fold}"
     fold_dir = a.out / f"fold{a.fold}"
-    onnx_path = export_sparse_fold(a.run, fold_dir, name, checkpoint=a.checkpoint)
     train_ids, held = fold_cases(a.data, a.fold)
     data = json.loads((a.run / "data.json").read_text())
-    if set(data.get("cases", [])) & set(held):
+    if (set(data.get("cases", [])) | set(data.get("checkpoint_cases", []))) & set(held):
         raise SystemExit(f"{a.run} was trained on cases of fold {a.fold}'s held-out set")
-    scores = score_fold(onnx_path, a.data, held)
+    if a.engine == "cnn3d":
+        if a.cache is None:
+            ap.error("cnn3d needs --cache (its logit offsets are fitted on the fold's training cases)")
+        from ..engines.cnn3d import Cnn3dEngine
+
+        onnx_path = export_cnn3d_fold(a.run, fold_dir, name, a.cache, checkpoint=a.checkpoint or "best.pt",
+                                      threads=a.threads)
+        scores = score_cases(Cnn3dEngine(model=onnx_path, threads=a.threads), a.data, held)
+    else:
+        onnx_path = export_sparse_fold(a.run, fold_dir, name, checkpoint=a.checkpoint or "last.pt")
+        scores = score_fold(onnx_path, a.data, held, threads=a.threads)
     result = {"engine": a.engine, "fold": a.fold, "held_out": held, "summary": summary(scores), "cases": scores}
     (fold_dir / "scores.json").write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result["summary"], indent=1))

@@ -51,11 +51,13 @@ def fit_offsets(samples: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], n_
     return off
 
 
-def cached_samples(onnx_path: Path, cache: Path, every: int = 6, threads: int = 2, group_organs=None, crop=None):
+def cached_samples(onnx_path: Path, cache: Path, every: int = 6, threads: int = 2, group_organs=None, crop=None,
+                   cases=None):
     """(logits float16, target, contoured) of every `every`-th training case of a cnn3d cache, through an
     exported model: the whole cached grid (the cnn3d network; the cache holds each case as the engine resamples
     it), or, with `group_organs` and `crop`, a cascade group's crop around the true group box (as its training
-    and validation cut it), targets and contoured flags in the group network's classes."""
+    and validation cut it), targets and contoured flags in the group network's classes. `cases`: case ids to draw
+    from instead of the training split (a cross-validation fold's training cases)."""
     import onnxruntime as ort
 
     from ..engines.cascade.groups import MARGIN_VOX, crop_window, extract
@@ -71,7 +73,11 @@ def cached_samples(onnx_path: Path, cache: Path, every: int = 6, threads: int = 
     opts.intra_op_num_threads = threads
     sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
-    ids = [n for n, s in enumerate(meta["splits"]) if s == "train"][::every]
+    if cases is None:
+        ids = [n for n, s in enumerate(meta["splits"]) if s == "train"][::every]
+    else:
+        wanted = set(cases)
+        ids = [n for n, c in enumerate(meta["cases"]) if c in wanted][::every]
     if group_organs is not None:
         lut = target_lut(meta["organs"], group_organs)
         members = member_indices(meta["organs"], group_organs)
