@@ -138,6 +138,8 @@ WRONG = [
     ("locate", ("grid",), [64, 64], "grid", "3 positive integers"),
     ("locate", ("tau",), "0.4", "tau", "finite number"),
     ("locate", ("box_half_extent_mm", "brainstem"), [1.0, 2.0], "box_half_extent_mm.brainstem", "3 positive"),
+    ("sparse", ("qc_min_confidence",), 1.5, "qc_min_confidence", "between 0 and 1"),
+    ("cnn3d", ("qc_min_confidence",), "high", "qc_min_confidence", "between 0 and 1"),
 ]
 
 

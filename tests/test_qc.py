@@ -62,6 +62,26 @@ def test_bundled_head_and_neck_truth_is_all_kept_and_one_voxel_dropped(hn):
     assert "esophagus" not in seg.confidence
 
 
+def test_an_organ_below_the_models_confidence_threshold_is_left_out(hn):
+    """qc_min_confidence (the sparse card's, chosen out of fold): a plausible organ with a lower confidence
+    fails with that reason; without a threshold, or above it, it passes."""
+    from dataclasses import replace
+
+    from organscope.engines.registry import get_engine
+    from organscope.qc import model_min_confidence
+
+    vol, lab = hn
+    seg = fake_seg(vol, lab.array)
+    unsure = replace(seg, confidence={**seg.confidence, "larynx": 0.62})
+    assert apply_qc(vol, unsure).qc.unverified() == []
+    checked = apply_qc(vol, unsure, min_confidence=0.7)
+    assert checked.qc.dropped() == ["larynx"] and "larynx" not in checked.present()
+    assert "confidence 0.62 is below 0.70" in checked.qc.organs["larynx"].reasons[0]
+    assert apply_qc(vol, seg, min_confidence=0.7).qc.unverified() == []
+    assert model_min_confidence(get_engine("sparse")) == pytest.approx(0.7)
+    assert model_min_confidence(get_engine("ensemble")) is None  # several models: no one threshold
+
+
 def test_shipped_engine_keeps_every_organ_of_the_bundled_scan(hn):
     from organscope.pipeline import SegmentOptions, segment_volume
 

@@ -288,3 +288,18 @@ def test_cnn3d_fold_export_fits_offsets_on_the_folds_training_cases_only(tmp_pat
     assert len(picked) == 1
     np.testing.assert_array_equal(picked[0][1], np.load(cache / "targets.npy")[2])  # case_02, a training case
     assert Cnn3dEngine(model=onnx_path, threads=1).classes == ("background", *organs)
+
+
+def test_confidence_threshold_is_the_highest_where_organs_below_were_nearly_all_wrong(tmp_path):
+    from organscope.training.crossval import confidence_threshold
+
+    organs = {"a": (0.55, 0.1), "b": (0.62, 0.2), "c": (0.66, 0.8), "d": (0.68, 0.3), "e": (0.9, 0.9),
+              "f": (0.95, None)}
+    for fold, names in ((0, "abc"), (1, "def")):
+        (tmp_path / f"fold{fold}").mkdir()
+        cases = {f"case_{n}": {"organs": {"x": {"confidence": organs[n][0], "dice": organs[n][1]}}} for n in names}
+        (tmp_path / f"fold{fold}" / "scores.json").write_text(json.dumps({"cases": cases}))
+    r = confidence_threshold(tmp_path, min_precision=0.9, grid=(0.6, 0.65, 0.67, 0.7))
+    assert r["threshold"] == 0.65 and r["organs_scored"] == 5 and r["failures"] == 3
+    assert r["per_threshold"]["0.70"] == {"below": 4, "failures_below": 3, "mean_dice_below": 0.35}
+    assert confidence_threshold(tmp_path, min_precision=0.7, grid=(0.6, 0.65, 0.67, 0.7))["threshold"] == 0.7

@@ -246,6 +246,12 @@ def _frozen(v):
 BODY_REGIONS = ("head-and-neck", "thorax", "abdomen", "pelvis", "whole-body")
 
 
+def probability(v) -> float:
+    if not (_is_number(v) and 0.0 < v < 1.0):
+        raise CardFieldError("must be a number between 0 and 1")
+    return float(v)
+
+
 def _body_region(v) -> str:
     if v not in BODY_REGIONS:
         raise CardFieldError(f"must be one of {', '.join(BODY_REGIONS)}")
@@ -264,6 +270,9 @@ class ModelCard:
     #: the body region the model was trained on and covers ("head-and-neck" for the OpenKBP models); the anatomy
     #: check (organscope.qc) refuses organs in scans of another region. None: not stated, no region check.
     body_region: str | None = card_field(default=None, parse=_body_region)
+    #: organs whose confidence (Segmentation.confidence) is below this fail the anatomy check ("qc_min_confidence",
+    #: chosen out of fold where the card says so: organs that unsure were nearly always wrong). None: no threshold.
+    qc_min_confidence: float | None = card_field(default=None, parse=probability)
 
     @classmethod
     def load(cls: type[C], path: str | os.PathLike) -> C:

@@ -66,7 +66,7 @@ def segment_volume(volume: Volume, options: SegmentOptions = SegmentOptions(), *
     organ subset and priors, organs failing the anatomy check left out (unless options.keep_unverified) and the
     check in `Segmentation.qc`. The priors' anchors may be organs the user did not ask for, so with priors
     everything is segmented and the subset kept afterwards."""
-    from .qc import apply_qc, model_region
+    from .qc import apply_qc, model_min_confidence, model_region
 
     eng = load_engine(options)
     with ordinary_pages():  # full-size maps and masks, written once: see memory.py
@@ -79,7 +79,7 @@ def segment_volume(volume: Volume, options: SegmentOptions = SegmentOptions(), *
             seg = seg if options.organs is None else seg.keep(options.organs)
         t0 = time.perf_counter()
         seg = apply_qc(volume, seg, model_region=model_region(eng), keep_unverified=options.keep_unverified,
-                       engine=getattr(eng, "name", options.engine))
+                       engine=getattr(eng, "name", options.engine), min_confidence=model_min_confidence(eng))
     return replace(seg, timings_s={**seg.timings_s, "qc": time.perf_counter() - t0})
 
 

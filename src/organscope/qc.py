@@ -13,9 +13,10 @@ validation cases):
    tried: 0 mm). Cheap (the body mask on a ~4 mm grid), so the query path runs it once per prepared scan.
 2. Each organ found (`check_organs`): at least half the smallest volume seen in training (and 2 voxels), at
    most 1.5x the largest; its centroid's offset (R, A) from the body outline's centre at its level, and its
-   superior offset from the other organs found, within the training range plus a margin. (No threshold on the
-   organ's mean probability yet: `Segmentation.confidence` is reported, not used to drop.) An organ touching a
-   border of the scan is marked "cut off" (its volume is not whole): the lower size limits do not apply to it.
+   superior offset from the other organs found, within the training range plus a margin; and, where the model's
+   card names one (`qc_min_confidence`, chosen out of fold: cv/README.md), a confidence at least that high. An
+   organ touching a border of the scan is marked "cut off" (its volume is not whole): the lower size limits do
+   not apply to it.
 
 An organ that fails is "unverified": `apply_qc` removes it from the label map (and so from statistics, masks,
 DICOM outputs) unless asked to keep it, and `Segmentation.qc` lists it with the reasons.
@@ -290,8 +291,10 @@ def _organ_reasons(name: str, g: OrganGeometry, others: dict[str, OrganGeometry]
 
 def check_organs(volume: Volume, labels: Volume, names: dict[int, str], confidence: dict[str, float], *,
                  model_region: str | None = HEAD_AND_NECK, region: RegionCheck | None = None,
-                 dataset: str = "openkbp", engine: str | None = None) -> tuple[RegionCheck, dict[str, OrganCheck]]:
-    """The region of the scan and each present organ's check (kept is left True: `apply_qc` decides)."""
+                 dataset: str = "openkbp", engine: str | None = None,
+                 min_confidence: float | None = None) -> tuple[RegionCheck, dict[str, OrganCheck]]:
+    """The region of the scan and each present organ's check (kept is left True: `apply_qc` decides).
+    `min_confidence`: organs with a lower confidence fail (the model card's `qc_min_confidence`)."""
     from .localize.organ_sizes import organ_sizes
 
     region = region or (scan_region(volume) if model_region is not None else RegionCheck("unknown", 0.0))
@@ -307,16 +310,19 @@ def check_organs(volume: Volume, labels: Volume, names: dict[int, str], confiden
         if model_region is not None and region.region != model_region and name not in KEPT_OUTSIDE_REGION:
             reasons.append(f"the scan is not {model_region} CT")
         reasons += _organ_reasons(name, g, geo, ref)
+        if min_confidence is not None and conf is not None and conf < min_confidence:
+            reasons.append(f"its confidence {conf:.2f} is below {min_confidence:.2f}, where the model was nearly "
+                           "always wrong on patients it never saw")
         out[name] = OrganCheck(name, not reasons, tuple(reasons), g.volume_ml, g.voxels, conf, g.cut_off)
     return region, out
 
 
 def apply_qc(volume: Volume, seg, *, model_region: str | None = HEAD_AND_NECK, keep_unverified: bool = False,
-             engine: str | None = None, dataset: str = "openkbp"):
+             engine: str | None = None, dataset: str = "openkbp", min_confidence: float | None = None):
     """`seg` (a Segmentation on `volume`'s grid) checked: unverified organs removed from the label map and from
     `confidence` (unless `keep_unverified`), and `seg.qc` set."""
     region, organs = check_organs(volume, seg.labels, seg.names, seg.confidence, model_region=model_region,
-                                  dataset=dataset, engine=engine)
+                                  dataset=dataset, engine=engine, min_confidence=min_confidence)
     drop = [] if keep_unverified else [n for n, c in organs.items() if not c.verified]
     organs = {n: replace(c, kept=n not in drop) for n, c in organs.items()}
     qc = QCResult(model_region, region, organs, keep_unverified)
@@ -344,6 +350,15 @@ def model_region(engine) -> str | None:
     if card is None:
         card = getattr(getattr(engine, "model", None), "card", None)
     return getattr(card, "body_region", None)
+
+
+def model_min_confidence(engine) -> float | None:
+    """The lowest organ confidence the anatomy check accepts from an engine's model (its card's
+    `qc_min_confidence`), or None (an engine of several models, a card that does not say)."""
+    card = getattr(engine, "card", None)
+    if card is None:
+        card = getattr(getattr(engine, "model", None), "card", None)
+    return getattr(card, "qc_min_confidence", None)
 
 
 def query_region(engine, volume: Volume | None) -> tuple[str | None, RegionCheck | None]:

@@ -6,6 +6,7 @@ on out-of-fold predictions of every case instead of on the 33 validation cases.
     python -m organscope.training.crossval cnn3d --fold 0 --run RUN --data OPENKBP --cache CACHE --out cv/cnn3d
     python -m organscope.training.crossval sparse --pool --out cv/sparse
     python -m organscope.training.crossval sparse --sweep-alpha 0,0.25,0.5,0.75,1 --data OPENKBP --out cv/sparse
+    python -m organscope.training.crossval sparse --confidence-threshold --out cv/sparse
 
 writes OUT/fold0/ENGINE_fold0.onnx (+ card) and OUT/fold0/scores.json: per held-out case, per contoured organ, Dice
 of the engine's own label map (no anatomy check, no priors) and the organ's confidence. A sparse fold's card copies
@@ -202,6 +203,35 @@ def pool(out_dir: Path) -> dict:
     return {"folds": folds, "summary": summary(scores)}
 
 
+def confidence_threshold(out_dir: Path, *, fail_dice: float = 0.5, min_precision: float = 0.9,
+                         grid=tuple(np.round(np.arange(0.50, 0.951, 0.01), 2))) -> dict:
+    """The anatomy check's lowest acceptable organ confidence, chosen out of fold: over every held-out organ of
+    the folds scored under `out_dir`, the highest threshold on the grid at which the organs below it are failures
+    (Dice < fail_dice) at least `min_precision` of the time, so that an organ left out for low confidence was
+    almost always wrong. With the counts per threshold."""
+    pooled = {}
+    for path in sorted(Path(out_dir).glob("fold*/scores.json")):
+        pooled.update(json.loads(path.read_text())["cases"])
+    conf, dice_ = [], []
+    for r in pooled.values():
+        for v in r["organs"].values():
+            if v["dice"] is not None and v["confidence"] is not None:
+                conf.append(v["confidence"])
+                dice_.append(v["dice"])
+    conf, dice_ = np.asarray(conf, float), np.asarray(dice_, float)
+    fails = dice_ < fail_dice
+    table, chosen = {}, None
+    for t in grid:
+        below = conf < t
+        n, wrong = int(below.sum()), int((below & fails).sum())
+        table[f"{t:.2f}"] = {"below": n, "failures_below": wrong,
+                             "mean_dice_below": round(float(dice_[below].mean()), 4) if n else None}
+        if n and wrong >= min_precision * n:
+            chosen = float(t)
+    return {"threshold": chosen, "organs_scored": int(len(conf)), "failures": int(fails.sum()),
+            "fail_dice": fail_dice, "min_precision": min_precision, "cases": len(pooled), "per_threshold": table}
+
+
 def main(argv=None) -> None:
     import argparse
 
@@ -220,8 +250,16 @@ def main(argv=None) -> None:
     ap.add_argument("--sweep-alpha", default=None,
                     help="comma-separated prior-correction strengths: re-score every scored fold's model on its "
                          "held-out cases with each (needs --data), pooled per alpha into OUT/sweep_alpha.json")
+    ap.add_argument("--confidence-threshold", action="store_true",
+                    help="choose the anatomy check's lowest organ confidence from the folds scored under --out "
+                         "(OUT/confidence_threshold.json)")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
+    if a.confidence_threshold:
+        result = confidence_threshold(a.out)
+        (a.out / "confidence_threshold.json").write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps({k: v for k, v in result.items() if k != "per_threshold"}, indent=1))
+        return
     if a.sweep_alpha:
         if a.data is None:
             ap.error("--sweep-alpha needs --data")
