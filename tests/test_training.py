@@ -303,3 +303,40 @@ def test_confidence_threshold_is_the_highest_where_organs_below_were_nearly_all_
     assert r["threshold"] == 0.65 and r["organs_scored"] == 5 and r["failures"] == 3
     assert r["per_threshold"]["0.70"] == {"below": 4, "failures_below": 3, "mean_dice_below": 0.35}
     assert confidence_threshold(tmp_path, min_precision=0.7, grid=(0.6, 0.65, 0.67, 0.7))["threshold"] == 0.7
+
+
+def test_mirrored_chunks_read_the_pattern_flipped_and_swap_left_and_right(tmp_path):
+    """flip_fraction 1: every chunk reads the descriptor with the pattern's R-L offsets negated, and its labels
+    (and, for partial labels, the uncontoured organs) become their left-right counterparts."""
+    from organscope.training.sparse_data import EpochSampler, mirror_lut
+
+    _phantom_dataset(tmp_path / "data")
+    meta = json.loads((tmp_path / "data" / "dataset.json").read_text())
+    meta["labels"] = {"background": 0, "gland_right": 1, "gland_left": 2}
+    for c in meta["cases"]:
+        c["organs"] = ["gland_right", "gland_left"] if c["organs"] == ["one", "two"] else ["gland_right"]
+    (tmp_path / "data" / "dataset.json").write_text(json.dumps(meta))
+    assert mirror_lut(meta["labels"]).tolist() == [0, 2, 1]
+    assert mirror_lut({"background": 0, "brainstem": 1, "parotid_right": 3}).tolist() == [0, 1, 2, 3]
+    pattern = paper_pattern()
+    plan = SamplingPlan(n_body=60, n_band=30, n_balanced=30, aug_fraction=0.0, flip_fraction=1.0)
+    sampler = EpochSampler(tmp_path / "data", pattern, plan)
+    X = np.zeros((sampler.size, pattern.size), np.int8)
+    y, bits, case = sampler.fill(X, np.random.default_rng(3))
+    plain = EpochSampler(tmp_path / "data", pattern, SamplingPlan(n_body=60, n_band=30, n_balanced=30,
+                                                                   aug_fraction=0.0))
+    Xp = np.zeros_like(X)
+    yp, bitsp, _ = plain.fill(Xp, np.random.default_rng(3))
+    first = case == 0  # the same points in the same rows (drawn before any chunk's flip)
+    np.testing.assert_array_equal(y[first], np.array([0, 2, 1])[yp[first]])
+    # feature i of a mirrored row reads the voxel that the plain row's feature at the mirrored offset reads
+    vox = pattern.offsets_vox(sampler.index[0].affine)
+    at = {tuple(v): j for j, v in enumerate(vox)}
+    mirror = np.array([at[(-v[0], v[1], v[2])] for v in vox])
+    np.testing.assert_array_equal(X[first], Xp[first][:, mirror])
+    assert not np.array_equal(X[first], Xp[first])
+    # partial labels: case b does not contour gland_left (2); mirrored, its background may be gland_right (1)
+    second = case == 1
+    background = second & (y == 0)
+    assert background.any() and np.all(bits[background] == (1 | (1 << 1)))
+    assert np.all(bitsp[(case == 1) & (yp == 0)] == (1 | (1 << 2)))

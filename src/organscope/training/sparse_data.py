@@ -36,6 +36,7 @@ class SamplingPlan:
     cut_fraction: float = 0.0    # fraction of chunks read as if the scan's in-plane field of view were cut (below)
     cut_mm: tuple[float, float] = (200.0, 400.0)  # ... to a square this wide (uniform), around the body's centre
     cut_shift_mm: float = 30.0   # ... shifted by up to this
+    flip_fraction: float = 0.0   # fraction of chunks read left-right mirrored, their left/right organs swapped
 
 
 #: The sampling of the shipped model: 80 % of point chunks with a random pattern rotation (to 12 deg), scaling
@@ -63,6 +64,17 @@ def random_transform(rng: np.random.Generator, max_rotation_deg: float, max_scal
     k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
     rot = np.eye(3) + np.sin(ang) * k + (1 - np.cos(ang)) * (k @ k)
     return rot @ np.diag(1 + rng.uniform(-max_scale, max_scale, 3))
+
+
+def mirror_lut(ids: dict[str, int]) -> np.ndarray:
+    """Label id -> the id of the organ's left-right counterpart (name ending _right <-> _left, when the dataset
+    has both), itself otherwise."""
+    lut = np.arange(max(ids.values()) + 1)
+    for name, i in ids.items():
+        for a, b in (("_right", "_left"), ("_left", "_right")):
+            if name.endswith(a) and name[: -len(a)] + b in ids:
+                lut[i] = ids[name[: -len(a)] + b]
+    return lut
 
 
 def allowed_bits(point_labels: np.ndarray, uncontoured_ids) -> np.ndarray:
@@ -183,6 +195,8 @@ class EpochSampler:
                 [np.flatnonzero(flat == i).astype(np.int32) for i in contoured if np.any(flat == i)],
                 [i for n, i in ids.items() if i != 0 and i not in contoured], _inplane_centre(body)))
         self.per_case = plan.n_body + plan.n_band + plan.n_balanced
+        #: label id -> the id of its left-right counterpart (x_right <-> x_left), itself otherwise
+        self.mirror_lut = mirror_lut(ids)
         self.size = self.per_case * len(self.index)
 
     def fill(self, X: np.ndarray, rng: np.random.Generator, *, augment: bool = True):
@@ -204,20 +218,29 @@ class EpochSampler:
             rng.shuffle(flat)
             centers = np.stack(np.unravel_index(flat, ix.volume.shape), axis=1).astype(np.int32)
             bounds = np.linspace(0, len(centers), plan.aug_chunks + 1).astype(int)
+            lab = ix.labels[flat]
+            mirrored = np.zeros(len(flat), bool)
             for a, b in zip(bounds[:-1], bounds[1:]):
                 tf = None
                 if augment and rng.random() < plan.aug_fraction:
                     tf = random_transform(rng, plan.max_rotation_deg, plan.max_scale)
+                augmented = tf is not None
+                if augment and plan.flip_fraction and rng.random() < plan.flip_fraction:
+                    # the patient seen mirrored: the pattern's offsets negated along R-L (the scans are canonical
+                    # RAS+), so a left organ's surroundings look like a right one's, and its label says so
+                    tf = np.diag([-1.0, 1.0, 1.0]) @ (np.eye(3) if tf is None else tf)
+                    lab[a:b] = self.mirror_lut[lab[a:b]]
+                    mirrored[a:b] = True
                 gather_q8(ix.volume, centers[a:b], self.pattern.offsets_vox(ix.affine, transform=tf),
                           out=X[n + a:n + b])
-                if tf is not None and (plan.hu_scale_jitter or plan.hu_shift_jitter):
+                if augmented and (plan.hu_scale_jitter or plan.hu_shift_jitter):
                     _jitter_codes(X[n + a:n + b], rng, plan)
                 if augment and plan.cut_fraction and rng.random() < plan.cut_fraction:
                     cut_field_of_view(X[n + a:n + b], centers[a:b], self.pattern.offsets_vox(ix.affine, transform=tf),
                                       ix, rng, plan)
-            lab = ix.labels[flat]
             ys.append(lab)
-            bits.append(allowed_bits(lab, ix.uncontoured))
+            bits.append(np.where(mirrored, allowed_bits(lab, self.mirror_lut[np.asarray(ix.uncontoured, int)]),
+                                 allowed_bits(lab, ix.uncontoured)))
             cases.append(np.full(len(flat), ci, np.int16))
             n += len(flat)
         return np.concatenate(ys), np.concatenate(bits), np.concatenate(cases)

@@ -165,6 +165,8 @@ def main(argv=None):
     ap.add_argument("--cut-fraction", type=float, default=0.0,
                     help="fraction of point chunks read as from a scan whose in-plane field of view is cut to "
                          "200-400 mm (samples outside it read 0, as outside a scan)")
+    ap.add_argument("--flip-fraction", type=float, default=0.0,
+                    help="fraction of point chunks read left-right mirrored, left and right organs swapped")
     a = ap.parse_args(argv)
     source = a.train
     if a.resample_from is not None:
@@ -174,7 +176,7 @@ def main(argv=None):
         from dataclasses import replace
 
         plan = SHIPPED_PLAN if a.strong_augmentation else SamplingPlan()
-        plan = replace(plan, cut_fraction=a.cut_fraction)
+        plan = replace(plan, cut_fraction=a.cut_fraction, flip_fraction=a.flip_fraction)
         cases = None
         if a.fold is not None:
             from .folds import fold_cases
