@@ -90,3 +90,11 @@ def test_label_map_from_dataset_json_both_forms():
         o.LabelMap("x", {1: "liver", 2: "Liver"})
     with pytest.raises(InputError):
         o.label_map_from_dataset_json({"labels": {"liver": "one"}})
+
+
+def test_lateral_twin_swaps_only_the_side_suffix():
+    from organscope.organs import lateral_twin
+
+    assert lateral_twin("parotid_right") == "parotid_left" and lateral_twin("kidney_left") == "kidney_right"
+    assert lateral_twin("lung_upper_lobe_left") == "lung_upper_lobe_right"
+    assert lateral_twin("brainstem") == "brainstem" and lateral_twin("left_atrium") == "left_atrium"

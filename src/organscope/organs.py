@@ -244,6 +244,14 @@ _RT_SYNONYMS = {
 _SIDE_WORDS = {"l": "left", "lt": "left", "left": "left", "r": "right", "rt": "right", "right": "right"}
 
 
+def lateral_twin(name: str) -> str:
+    """The organ on the other side of the body (`parotid_right` <-> `parotid_left`); a midline organ's own name."""
+    for side, other in (("_right", "_left"), ("_left", "_right")):
+        if name.endswith(side):
+            return name[: -len(side)] + other
+    return name
+
+
 def tg263_name(name: str) -> str:
     """The TG-263 name of an organ (catalogue name or alias), or for organs TG-263 does not list here a
     derived name in its style: Title_Case words, side as _L/_R ("iliopsoas_left" -> "Iliopsoas_L")."""

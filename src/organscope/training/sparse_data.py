@@ -15,6 +15,7 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
+from ..organs import lateral_twin
 from ..sampling.gather import gather_q8
 from ..sampling.pattern import Pattern
 from ..sampling.points import body_mask
@@ -71,9 +72,7 @@ def mirror_lut(ids: dict[str, int]) -> np.ndarray:
     has both), itself otherwise."""
     lut = np.arange(max(ids.values()) + 1)
     for name, i in ids.items():
-        for a, b in (("_right", "_left"), ("_left", "_right")):
-            if name.endswith(a) and name[: -len(a)] + b in ids:
-                lut[i] = ids[name[: -len(a)] + b]
+        lut[i] = ids.get(lateral_twin(name), i)
     return lut
 
 

@@ -26,6 +26,7 @@ from ...errors import ModelError
 from ...geometry import world_to_voxel
 from ...intensity import windows
 from ...modelcard import card_path, open_session
+from ...organs import lateral_twin
 from ...segmentation import ClassProbabilities, Segmentation, labels_dtype
 from ...volume import Volume
 from ..base import (ProgressFn, no_progress, organ_confidence, present_on_output, probabilities_to_input,
@@ -223,8 +224,7 @@ def mirror_permutation(organs) -> list[int]:
     idx = {o: i for i, o in enumerate(organs)}
     perm = []
     for o in organs:
-        twin = o.replace("_right", "_left") if o.endswith("_right") else o.replace("_left", "_right")
-        perm.append(N_BACKGROUND + idx.get(twin, idx[o]))
+        perm.append(N_BACKGROUND + idx.get(lateral_twin(o), idx[o]))
     return [0, 1, *perm]
 
 
