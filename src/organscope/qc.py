@@ -346,19 +346,19 @@ def model_region(engine) -> str | None:
     """The body region an engine's model covers (its card's `body_region`), or None if it does not say."""
     if getattr(engine, "body_region", None) is not None:  # an engine of several models (the ensemble)
         return engine.body_region
-    card = getattr(engine, "card", None)
-    if card is None:
-        card = getattr(getattr(engine, "model", None), "card", None)
-    return getattr(card, "body_region", None)
+    return getattr(_model_card(engine), "body_region", None)
 
 
 def model_min_confidence(engine) -> float | None:
     """The lowest organ confidence the anatomy check accepts from an engine's model (its card's
     `qc_min_confidence`), or None (an engine of several models, a card that does not say)."""
+    return getattr(_model_card(engine), "qc_min_confidence", None)
+
+
+def _model_card(engine):
+    """An engine's model card (`engine.card`, or `engine.model.card` for the sparse engine), or None."""
     card = getattr(engine, "card", None)
-    if card is None:
-        card = getattr(getattr(engine, "model", None), "card", None)
-    return getattr(card, "qc_min_confidence", None)
+    return card if card is not None else getattr(getattr(engine, "model", None), "card", None)
 
 
 def query_region(engine, volume: Volume | None) -> tuple[str | None, RegionCheck | None]:
