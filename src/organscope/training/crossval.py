@@ -80,8 +80,8 @@ def export_cnn3d_fold(run_dir: Path, out_dir: Path, name: str, cache: Path, *, c
     card.update(name=name, onnx_parity_max_abs_diff=err,
                 logit_offsets=[float(v) for v in fit_offsets(samples, N_SPECIAL)],
                 logit_offsets_fit={"cases": f"every sixth of the fold's training cases ({len(samples)})"},
-                training={"fold": data.get("fold"), "cases": data["cases"], "checkpoint_cases": data.get("checkpoint_cases"),
-                          "settings": run["settings"], "patches": run["plan"], "checkpoint": checkpoint,
+                training={"fold": data.get("fold"), "cases": data["cases"],
+                          "checkpoint_cases": data.get("checkpoint_cases"), "settings": run["settings"], "patches": run["plan"], "checkpoint": checkpoint,
                           "steps": state["step"], "minutes": round(state["elapsed_s"] / 60, 1),
                           "history": state["history"]},
                 calibration_note="largest-component setting copied from cnn3d_openkbp (not refitted on this fold)")
@@ -188,19 +188,26 @@ def summary(scores: dict) -> dict:
             "cases": len(ids)}
 
 
-def pool(out_dir: Path) -> dict:
-    """The out-of-fold scores of every fold scored so far under `out_dir` (foldK/scores.json), as one set of
-    held-out cases (each case is held out by exactly one fold), with the summary over all of them."""
+def pooled_scores(out_dir: Path) -> tuple[list[dict], dict]:
+    """(each fold's scores.json, their per-case scores as one set): every fold scored so far under `out_dir`
+    (foldK/scores.json); each case must be held out by exactly one fold."""
     folds, scores = [], {}
     for path in sorted(Path(out_dir).glob("fold*/scores.json")):
         r = json.loads(path.read_text())
         if set(r["cases"]) & set(scores):
             raise SystemExit(f"{path}: a case is held out by two folds")
-        folds.append({"fold": r["fold"], **r["summary"]})
+        folds.append(r)
         scores.update(r["cases"])
     if not scores:
         raise SystemExit(f"no foldK/scores.json under {out_dir}")
-    return {"folds": folds, "summary": summary(scores)}
+    return folds, scores
+
+
+def pool(out_dir: Path) -> dict:
+    """The out-of-fold scores of every fold scored so far under `out_dir`, as one set of held-out cases, with the
+    summary over all of them."""
+    folds, scores = pooled_scores(out_dir)
+    return {"folds": [{"fold": r["fold"], **r["summary"]} for r in folds], "summary": summary(scores)}
 
 
 def confidence_threshold(out_dir: Path, *, fail_dice: float = 0.5, min_precision: float = 0.9,
@@ -209,9 +216,7 @@ def confidence_threshold(out_dir: Path, *, fail_dice: float = 0.5, min_precision
     the folds scored under `out_dir`, the highest threshold on the grid at which the organs below it are failures
     (Dice < fail_dice) at least `min_precision` of the time, so that an organ left out for low confidence was
     almost always wrong. With the counts per threshold."""
-    pooled = {}
-    for path in sorted(Path(out_dir).glob("fold*/scores.json")):
-        pooled.update(json.loads(path.read_text())["cases"])
+    _, pooled = pooled_scores(out_dir)
     conf, dice_ = [], []
     for r in pooled.values():
         for v in r["organs"].values():
