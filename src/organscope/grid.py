@@ -141,6 +141,15 @@ def to_grid(volume: Volume, grid: tuple[int, int, int]) -> tuple[np.ndarray, Gri
     return np.ascontiguousarray(can.view(small)), gmap
 
 
+@numba.njit(inline="always", cache=True)
+def _trilinear(p00, p01, p10, p11, k0, k1, wa, wb, wc):
+    """The value between four rows of a source grid (p{a}{b}: lower/upper along the first axis, then the second)
+    at position k0 + wc along the third, wb along the second and wa along the first."""
+    lo = (p00[k0] * (1 - wc) + p00[k1] * wc) * (1 - wb) + (p01[k0] * (1 - wc) + p01[k1] * wc) * wb
+    hi = (p10[k0] * (1 - wc) + p10[k1] * wc) * (1 - wb) + (p11[k0] * (1 - wc) + p11[k1] * wc) * wb
+    return lo * (1 - wa) + hi * wa
+
+
 @numba.njit(parallel=True, cache=True)
 def trilinear_add(src, rows, a0, a1, aw, aoff, b0, b1, bw, boff, c0, c1, cw, coff, weight, out):
     """out[r] += weight * src[rows[r]] interpolated linearly at (a, b, c) (per axis: lower index, upper index,
@@ -164,10 +173,7 @@ def trilinear_add(src, rows, a0, a1, aw, aoff, b0, b1, bw, boff, c0, c1, cw, cof
                         if rows[r] == 0:  # the source's background
                             o[j, k] += weight
                         continue
-                    k0, k1, wc = c0[k], c1[k], cw[k]
-                    lo = (p00[k0] * (1 - wc) + p00[k1] * wc) * (1 - wb) + (p01[k0] * (1 - wc) + p01[k1] * wc) * wb
-                    hi = (p10[k0] * (1 - wc) + p10[k1] * wc) * (1 - wb) + (p11[k0] * (1 - wc) + p11[k1] * wc) * wb
-                    o[j, k] += weight * (lo * (1 - wa) + hi * wa)
+                    o[j, k] += weight * _trilinear(p00, p01, p10, p11, c0[k], c1[k], wa, wb, cw[k])
 
 
 @numba.njit(parallel=True, cache=True)
@@ -190,10 +196,7 @@ def trilinear_argmax(src, a0, a1, aw, aoff, b0, b1, bw, boff, c0, c1, cw, coff, 
                 for r in range(n_classes):
                     s0 = src[r, a0[i]]
                     s1 = src[r, a1[i]]
-                    p00, p01, p10, p11 = s0[b0[j]], s0[b1[j]], s1[b0[j]], s1[b1[j]]
-                    lo = (p00[k0] * (1 - wc) + p00[k1] * wc) * (1 - wb) + (p01[k0] * (1 - wc) + p01[k1] * wc) * wb
-                    hi = (p10[k0] * (1 - wc) + p10[k1] * wc) * (1 - wb) + (p11[k0] * (1 - wc) + p11[k1] * wc) * wb
-                    v = lo * (1 - wa) + hi * wa
+                    v = _trilinear(s0[b0[j]], s0[b1[j]], s1[b0[j]], s1[b1[j]], k0, k1, wa, wb, wc)
                     if v > best:
                         best, arg = v, r
                 out[i, j, k] = arg
