@@ -226,7 +226,8 @@ def test_prior_bias_at_the_shipped_alpha_is_the_shipped_bias():
     from organscope.training.crossval import prior_bias
 
     card = json.loads((MODELS_DIR / "sparse_openkbp.json").read_text())
-    np.testing.assert_allclose(prior_bias(card["calibration"]["alpha"]), card["logit_bias"], atol=5e-4)  # priors are stored rounded
+    # the card's priors are stored rounded, hence the tolerance
+    np.testing.assert_allclose(prior_bias(card["calibration"]["alpha"]), card["logit_bias"], atol=5e-4)
     assert not prior_bias(0.0).any()
 
 

@@ -26,8 +26,8 @@ class Engine(Protocol):
     level's grid), in the input's axis order with that grid's affine, so `on_grid(volume)` lands on the scan.
     Without it nothing extra is computed or kept.
 
-    An engine may also offer class_probabilities(volume, progress=None): those probabilities alone, without the
-    label map (the ensemble fuses them)."""
+    An engine may also offer class_probabilities(volume, progress=None): those probabilities alone, without
+    the label map (the ensemble fuses them)."""
 
     name: str
     classes: tuple[str, ...]

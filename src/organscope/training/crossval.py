@@ -81,7 +81,8 @@ def export_cnn3d_fold(run_dir: Path, out_dir: Path, name: str, cache: Path, *, c
                 logit_offsets=[float(v) for v in fit_offsets(samples, N_SPECIAL)],
                 logit_offsets_fit={"cases": f"every sixth of the fold's training cases ({len(samples)})"},
                 training={"fold": data.get("fold"), "cases": data["cases"],
-                          "checkpoint_cases": data.get("checkpoint_cases"), "settings": run["settings"], "patches": run["plan"], "checkpoint": checkpoint,
+                          "checkpoint_cases": data.get("checkpoint_cases"), "settings": run["settings"],
+                          "patches": run["plan"], "checkpoint": checkpoint,
                           "steps": state["step"], "minutes": round(state["elapsed_s"] / 60, 1),
                           "history": state["history"]},
                 calibration_note="largest-component setting copied from cnn3d_openkbp (not refitted on this fold)")

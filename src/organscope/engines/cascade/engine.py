@@ -156,7 +156,8 @@ class CascadeEngine:
         progress("done", 1.0)
         return Segmentation(out, names, timings, confidence, probs)
 
-    def class_probabilities(self, volume: Volume, *, progress: ProgressFn | None = None) -> ClassProbabilities:
+    def class_probabilities(self, volume: Volume, *,
+                            progress: ProgressFn | None = None) -> ClassProbabilities:
         """What segment(probabilities=True) returns as its probabilities, without building the label map (the
         ensemble fuses these)."""
         progress = progress or no_progress
@@ -193,11 +194,11 @@ class CascadeEngine:
         return gmap, label_map, best, organ_probs, timings
 
     def _class_probabilities(self, organ_probs: np.ndarray, gmap: gridmod.SpacingMap) -> ClassProbabilities:
-        """The merged organ probabilities (filled in place: background = 1 - the organs) on the scan's part of the
-        work grid, in the input's axis order."""
+        """The merged organ probabilities (filled in place: background = 1 - the organs) on the scan's part of
+        the work grid, in the input's axis order."""
         organ_probs[0] = np.clip(1.0 - organ_probs[1:].sum(axis=0), 0.0, 1.0)
-        return probabilities_to_input(np.ascontiguousarray(gmap.crop_inner(organ_probs)), gmap.inner.grid_affine,
-                                      gmap.canonical, self.classes)
+        return probabilities_to_input(np.ascontiguousarray(gmap.crop_inner(organ_probs)),
+                                      gmap.inner.grid_affine, gmap.canonical, self.classes)
 
 
 def merge_probabilities(organ_probs: np.ndarray, prob: np.ndarray, start, members) -> None:

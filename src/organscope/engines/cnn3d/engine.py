@@ -85,15 +85,16 @@ class Cnn3dEngine:
         seg = Segmentation(out, names, timings, confidence, probs)
         return seg if organs is None else seg.keep(wanted)
 
-    def class_probabilities(self, volume: Volume, *, progress: ProgressFn | None = None) -> ClassProbabilities:
+    def class_probabilities(self, volume: Volume, *,
+                            progress: ProgressFn | None = None) -> ClassProbabilities:
         """What segment(probabilities=True) returns as its probabilities, without building the label map (the
         ensemble fuses these)."""
         progress = progress or no_progress
         progress("resample to the network's spacing", 0.0)
         x, smap = self.network_input(volume)
         progress("3D CNN", 0.2)
-        probs = self._probabilities(np.ascontiguousarray(smap.crop_inner(self.network_probabilities(x, smap))),
-                                    smap.inner)
+        prob = np.ascontiguousarray(smap.crop_inner(self.network_probabilities(x, smap)))
+        probs = self._probabilities(prob, smap.inner)
         progress("done", 1.0)
         return probs
 

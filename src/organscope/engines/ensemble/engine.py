@@ -11,7 +11,8 @@ its segment(probabilities=True) would but without its label map (`class_probabil
 once. They are interpolated (linearly) onto the fusion grid, the scan's own grid coarsened to at most FUSION_MM
 per voxel (a 512 x 512 x 300 scan at 0.8 x 0.8 x 1.5 mm: 164 x 164 x 180), averaged with the weights, and the
 winner of each fusion voxel is kept as its largest 26-connected component per organ; the label map comes back
-to the scan's voxels by nearest neighbour. An organ's confidence is the mean fused probability of the class picked over its fusion voxels."""
+to the scan's voxels by nearest neighbour. An organ's confidence is the mean fused probability of the class
+picked over its fusion voxels."""
 from __future__ import annotations
 
 import os
@@ -139,7 +140,8 @@ class EnsembleEngine:
         fused_probs = ClassProbabilities(fused, affine, self.classes)
         if self.linear_output:
             out, present = linear_labels(fused_probs, labels, volume)
-            confidence = {n: c for n, c in confidence.items() if n in {names[v] for v in present if v in names}}
+            kept = {names[v] for v in present if v in names}
+            confidence = {n: c for n, c in confidence.items() if n in kept}
         else:
             # every fusion voxel holds the centre of at least one scan voxel (the fusion grid is never finer than
             # the scan's), so the organs on it are those of the map

@@ -310,7 +310,8 @@ class SparseEngine:
         queried = 0
         for level, step in enumerate(steps):
             t = time.perf_counter()
-            progress(f"level {level + 1}/{len(steps)} ({'x'.join(map(str, step))} voxels)", 0.95 * level / len(steps))
+            progress(f"level {level + 1}/{len(steps)} ({'x'.join(map(str, step))} voxels)",
+                     0.95 * level / len(steps))
             body = scan.body_grid(step)
             seen = np.zeros(body.shape, dtype=bool)  # scratch of refine.edges_near
             if grid is None:
