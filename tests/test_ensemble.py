@@ -93,6 +93,26 @@ def test_linear_output_is_the_argmax_of_the_interpolated_fused_probabilities(sca
     assert set(linear.confidence) == {CLASSES[v] for v in np.unique(linear.labels.array) if v}
 
 
+def test_fuse_with_other_weights_equals_segment_with_them(scan):
+    """fuse(): the members' probabilities computed once, fused with any weights, give what segment() gives with
+    those weights (how out-of-fold weights are swept); with no weights, the ensemble's own."""
+    a, b = FakeMember("a", 1), FakeMember("b", 2, zoom=(4, 4, 2))
+    probs = [a.probabilities(scan), b.probabilities(scan)]
+    equal = EnsembleEngine(members=(("a", 1.0), ("b", 1.0)), engines=_members(a, b))
+    for weights in ((1.0, 1.0), (3.0, 1.0), (0.2, 0.8), (0.0, 1.0)):
+        expected = EnsembleEngine(members=(("a", weights[0]), ("b", weights[1])),
+                                  engines=_members(a, b)).segment(scan, probabilities=True)
+        got = equal.fuse(scan, probs, weights, probabilities=True)
+        np.testing.assert_array_equal(got.labels.array, expected.labels.array)
+        np.testing.assert_allclose(got.probabilities.array, expected.probabilities.array, atol=1e-6)
+        assert got.confidence == pytest.approx(expected.confidence, rel=1e-5)
+    np.testing.assert_array_equal(equal.fuse(scan, probs).labels.array, equal.segment(scan).labels.array)
+    with pytest.raises(ValueError):
+        equal.fuse(scan, probs[:1])
+    with pytest.raises(ValueError):
+        equal.fuse(scan, probs, (-1.0, 2.0))
+
+
 def test_a_member_with_weight_zero_does_not_count(scan):
     a, b = FakeMember("a", 1), FakeMember("b", 2)
     only_a = EnsembleEngine(members=(("a", 1.0), ("b", 0.0)), engines=_members(a, b)).segment(scan)

@@ -6,6 +6,7 @@ on out-of-fold predictions of every case instead of on the 33 validation cases.
     python -m organscope.training.crossval cnn3d --fold 0 --run RUN --data OPENKBP --cache CACHE --out cv/cnn3d
     python -m organscope.training.crossval sparse --pool --out cv/sparse
     python -m organscope.training.crossval sparse --sweep-alpha 0,0.25,0.5,0.75,1 --data OPENKBP --out cv/sparse
+    python -m organscope.training.crossval sparse --sweep-segmentation majority=0,14,20 --data OPENKBP --out cv/sparse
     python -m organscope.training.crossval sparse --confidence-threshold --out cv/sparse
 
 writes OUT/fold0/ENGINE_fold0.onnx (+ card) and OUT/fold0/scores.json: per held-out case, per contoured organ, Dice
@@ -98,15 +99,18 @@ def prior_bias(alpha: float) -> np.ndarray:
 
 
 def score_fold(onnx_path: Path, data_root: Path, cases: list[str], *, threads: int = 2,
-               logit_bias: np.ndarray | None = None, quiet: bool = False) -> dict:
+               logit_bias: np.ndarray | None = None, segmentation: dict | None = None, quiet: bool = False) -> dict:
     """Per held-out case: {organ: {"dice", "confidence"}} for the contoured organs, and seconds. `logit_bias`:
-    instead of the card's."""
+    instead of the card's; `segmentation`: SegmentSettings fields that replace the card's."""
+    from dataclasses import replace
+
     from ..engines.sparse import SparseEngine, SparseModel
 
     model = SparseModel.load(onnx_path, threads=threads)
     if logit_bias is not None:
         model.logit_bias = np.asarray(logit_bias, np.float32)
-    return score_cases(SparseEngine(model=model), data_root, cases, quiet=quiet)
+    settings = replace(model.card.segmentation, **(segmentation or {}))
+    return score_cases(SparseEngine(model=model, settings=settings), data_root, cases, quiet=quiet)
 
 
 def score_cases(eng, data_root: Path, cases: list[str], *, quiet: bool = False) -> dict:
@@ -139,22 +143,46 @@ def sweep_alpha(out_dir: Path, data_root: Path, alphas, *, threads: int = 2) -> 
     (foldK/sparse_foldK.onnx + scores.json) re-scored on its own held-out cases with the logit bias of each alpha;
     per alpha, the pooled summary over all those cases. Writes OUT/sweep_alpha.json, reusing the folds already
     swept there (by fold and alpha)."""
-    path = Path(out_dir) / "sweep_alpha.json"
+    variants = {f"{alpha:g}": {"logit_bias": prior_bias(alpha)} for alpha in alphas}
+    return _sweep(out_dir, data_root, variants, "sweep_alpha.json", threads=threads)
+
+
+def sweep_segmentation(out_dir: Path, data_root: Path, name: str, values, *, threads: int = 2) -> dict:
+    """Out-of-fold choice of one coarse-to-fine setting (a SegmentSettings field, e.g. majority): every fold model
+    re-scored on its own held-out cases with each value (the card's other settings and logit bias), pooled per
+    value into OUT/sweep_segmentation.json (keys "name=value"), reusing what was swept there before."""
+    from ..engines.sparse.card import _SETTING_PARSERS
+
+    if name not in _SETTING_PARSERS or name == "batch":
+        raise SystemExit(f"--sweep-segmentation: {name!r} is not a segmentation setting "
+                         f"(one of {', '.join(k for k in _SETTING_PARSERS if k != 'batch')})")
+    variants = {}
+    for v in values:
+        parsed = _SETTING_PARSERS[name](v)
+        variants[f"{name}={json.dumps(parsed) if not isinstance(parsed, tuple) else json.dumps(list(parsed))}"] = {
+            "segmentation": {name: parsed}}
+    return _sweep(out_dir, data_root, variants, "sweep_segmentation.json", threads=threads)
+
+
+def _sweep(out_dir: Path, data_root: Path, variants: dict, filename: str, *, threads: int) -> dict:
+    """Every fold model scored so far under `out_dir` re-scored on its own held-out cases once per variant
+    (score_fold keyword arguments, by key); per key, the pooled summary over all folds. Writes OUT/filename,
+    reusing the (fold, key) pairs already there."""
+    path = Path(out_dir) / filename
     done = json.loads(path.read_text()) if path.exists() else {"folds": {}}
     for scores_path in sorted(Path(out_dir).glob("fold*/scores.json")):
         r = json.loads(scores_path.read_text())
         onnx_path = scores_path.parent / f"sparse_fold{r['fold']}.onnx"
         per_fold = done["folds"].setdefault(str(r["fold"]), {})
-        for alpha in alphas:
-            key = f"{alpha:g}"
+        for key, kwargs in variants.items():
             if key not in per_fold:
                 t = time.perf_counter()
-                per_fold[key] = score_fold(onnx_path, data_root, r["held_out"], threads=threads,
-                                           logit_bias=prior_bias(alpha), quiet=True)
-                print(f"fold {r['fold']} alpha {key}: {summary(per_fold[key])['mean_dice']:.4f} "
+                per_fold[key] = score_fold(onnx_path, data_root, r["held_out"], threads=threads, quiet=True,
+                                           **kwargs)
+                print(f"fold {r['fold']} {key}: {summary(per_fold[key])['mean_dice']:.4f} "
                       f"({time.perf_counter() - t:.0f} s)", flush=True)
                 path.write_text(json.dumps(done) + "\n")
-    keys = sorted({k for f in done["folds"].values() for k in f}, key=float)
+    keys = sorted({k for f in done["folds"].values() for k in f}, key=_sweep_order)
     done["pooled"] = {}
     for key in keys:
         if all(key in f for f in done["folds"].values()):
@@ -163,6 +191,15 @@ def sweep_alpha(out_dir: Path, data_root: Path, alphas, *, threads: int = 2) -> 
     done["folds_swept"] = sorted(done["folds"], key=int)
     path.write_text(json.dumps(done) + "\n")
     return {"folds": done["folds_swept"], "pooled": done["pooled"]}
+
+
+def _sweep_order(key: str):
+    """Alphas by value, settings by name then value."""
+    try:
+        return (0, "", float(key))
+    except ValueError:
+        name, _, value = key.partition("=")
+        return (1, name, value)
 
 
 def summary(scores: dict) -> dict:
@@ -256,6 +293,10 @@ def main(argv=None) -> None:
     ap.add_argument("--sweep-alpha", default=None,
                     help="comma-separated prior-correction strengths: re-score every scored fold's model on its "
                          "held-out cases with each (needs --data), pooled per alpha into OUT/sweep_alpha.json")
+    ap.add_argument("--sweep-segmentation", default=None, metavar="NAME=V1,V2",
+                    help="one coarse-to-fine setting (majority, largest_component, components_before_refinement, "
+                         "max_sweeps; levels_mm as 8/4/2) with each value re-scored like --sweep-alpha, into "
+                         "OUT/sweep_segmentation.json")
     ap.add_argument("--confidence-threshold", action="store_true",
                     help="choose the anatomy check's lowest organ confidence from the folds scored under --out "
                          "(OUT/confidence_threshold.json)")
@@ -270,6 +311,15 @@ def main(argv=None) -> None:
         if a.data is None:
             ap.error("--sweep-alpha needs --data")
         result = sweep_alpha(a.out, a.data, [float(x) for x in a.sweep_alpha.split(",")], threads=a.threads)
+        print(json.dumps(result, indent=1))
+        return
+    if a.sweep_segmentation:
+        if a.data is None or "=" not in a.sweep_segmentation:
+            ap.error("--sweep-segmentation needs NAME=V1,V2,... and --data")
+        name, _, values = a.sweep_segmentation.partition("=")
+        values = [[float(x) for x in v.split("/")] if name == "levels_mm" else json.loads(v.lower())
+                  for v in values.split(",")]
+        result = sweep_segmentation(a.out, a.data, name, values, threads=a.threads)
         print(json.dumps(result, indent=1))
         return
     if a.pool:

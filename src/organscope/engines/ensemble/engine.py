@@ -117,7 +117,7 @@ class EnsembleEngine:
             return probs
 
         def add(m: int, probs: ClassProbabilities) -> None:
-            probs.add_on_grid(target, fused, self.weights[m], order=[probs.classes.index(c) for c in self.classes])
+            self._add(probs, target, fused, self.weights[m])
 
         # members side by side (each is partly serial: resampling, numpy), added in the members' order whatever
         # order they finish in, so that the sums, hence the labels, never depend on timing
@@ -132,6 +132,41 @@ class EnsembleEngine:
                 add(m, run(m))
         t = time.perf_counter()
         progress("fusing the members' probabilities", n / (n + 0.5))
+        seg = self._labels(volume, fused, affine, probabilities)
+        timings["fusion"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t0
+        seg.timings_s.update(timings)
+        progress("done", 1.0)
+        return seg if organs is None else seg.keep(wanted)
+
+    def fuse(self, volume: Volume, member_probs: Sequence[ClassProbabilities],
+             weights: Sequence[float] | None = None, *, probabilities: bool = False) -> Segmentation:
+        """The segmentation from members' class probabilities already computed (one per member, in the members'
+        order) with `weights` (default: the ensemble's; normalised to sum 1), as segment() would fuse them: how
+        out-of-fold weights are chosen (training/crossval.py) without running the members once per weight."""
+        if weights is None:
+            weights = self.weights  # already normalised: the same sums as segment()
+        else:
+            weights = np.asarray(weights, float)
+            if weights.shape != (len(self.members),) or weights.min() < 0 or weights.sum() <= 0:
+                raise ValueError("fuse needs one non-negative weight per member, not all 0")
+            weights = weights / weights.sum()
+        if len(member_probs) != len(self.members):
+            raise ValueError(f"fuse needs one probability set per member ({len(self.members)})")
+        shape, affine = self.fusion_grid(volume)
+        target = Volume(np.broadcast_to(np.int16(0), shape), affine)
+        fused = np.zeros((len(self.classes), *shape), dtype=np.float32)
+        for probs, w in zip(member_probs, weights):
+            if w > 0:
+                self._add(probs, target, fused, float(w))
+        return self._labels(volume, fused, affine, probabilities)
+
+    def _add(self, probs: ClassProbabilities, target: Volume, fused: np.ndarray, weight: float) -> None:
+        probs.add_on_grid(target, fused, weight, order=[probs.classes.index(c) for c in self.classes])
+
+    def _labels(self, volume: Volume, fused: np.ndarray, affine: np.ndarray, probabilities: bool) -> Segmentation:
+        """Fused probabilities on the fusion grid -> the segmentation of the scan (largest component per organ,
+        confidence, labels by nearest neighbour or `linear_labels`)."""
         dtype = labels_dtype(len(self.classes))
         labels = largest_components(fused.argmax(axis=0).astype(dtype), len(self.classes))
         picked = np.take_along_axis(fused, labels[None].astype(np.int64), axis=0)[0]
@@ -146,12 +181,7 @@ class EnsembleEngine:
             # every fusion voxel holds the centre of at least one scan voxel (the fusion grid is never finer than
             # the scan's), so the organs on it are those of the map
             out = expand_nearest(labels, volume.shape)
-        class_probs = fused_probs if probabilities else None
-        timings["fusion"] = time.perf_counter() - t
-        timings["total"] = time.perf_counter() - t0
-        progress("done", 1.0)
-        seg = Segmentation(volume.with_array(out), names, timings, confidence, class_probs)
-        return seg if organs is None else seg.keep(wanted)
+        return Segmentation(volume.with_array(out), names, {}, confidence, fused_probs if probabilities else None)
 
 
 def linear_labels(fused: ClassProbabilities, labels: np.ndarray, volume: Volume) -> tuple[np.ndarray, set[int]]:
