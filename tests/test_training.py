@@ -178,6 +178,45 @@ def test_out_of_fold_summary_means_organs_over_the_cases_that_contour_them():
     assert lo <= s["mean_dice"] <= hi and lo < hi
 
 
+def test_weight_grid_and_paired_difference():
+    from organscope.training.crossval import paired_difference, weight_grid
+
+    grid = weight_grid(3, 0.25)
+    assert len(grid) == 15 and all(abs(sum(w) - 1) < 1e-9 and min(w) >= 0 for w in grid)
+    assert (1.0, 0.0, 0.0) in grid and (0.25, 0.25, 0.5) in grid and len(set(grid)) == len(grid)
+    assert weight_grid(2, 0.1)[0] == (1.0, 0.0) and len(weight_grid(2, 0.1)) == 11
+    a = {c: {"organs": {"x": {"dice": d}}} for c, d in (("p", 0.9), ("q", 0.7), ("r", 0.8))}
+    b = {c: {"organs": {"x": {"dice": r["organs"]["x"]["dice"] - 0.1}}} for c, r in a.items()}
+    d = paired_difference(a, b)
+    assert d["difference"] == pytest.approx(0.1) and d["cases"] == 3
+    assert d["difference_95ci"] == pytest.approx([0.1, 0.1])  # the same shift on every case: no spread
+
+
+def test_ensemble_weights_are_chosen_without_the_cases_they_are_scored_on(tmp_path):
+    """_weights_summary: the best weights over all folds, and a cross-fitted figure where each fold's cases are
+    scored with the weights best on the other folds (two halves of one fold when there is one)."""
+    import json
+
+    from organscope.training.crossval import _weights_summary
+
+    keys = ["1,0", "0.5,0.5", "0,1"]
+    # fold 0 likes "0.5,0.5", fold 1 likes "0,1": cross-fitted, each fold is scored with the other's choice
+    dice_ = {"0": {"1,0": 0.6, "0.5,0.5": 0.9, "0,1": 0.5}, "1": {"1,0": 0.6, "0.5,0.5": 0.7, "0,1": 0.95}}
+    cases = {"0": ["a", "b"], "1": ["c", "d"]}
+    done = {"members": ["sparse", "cnn3d"], "folds": {f: {k: {c: {"organs": {"x": {"dice": dice_[f][k]}}}
+                                                              for c in cases[f]} for k in keys} for f in dice_}}
+    out = _weights_summary(done, keys, tmp_path / "w.json")
+    assert out["best"]["weights"] == "0.5,0.5" and out["best"]["mean_dice"] == pytest.approx(0.8)
+    assert out["cross_fitted"]["chosen_per_group"] == ["0,1", "0.5,0.5"]
+    assert out["cross_fitted"]["mean_dice"] == pytest.approx((0.5 + 0.7) / 2)
+    assert out["cross_fitted_minus_member"]["sparse"]["difference"] == pytest.approx(0.6 - 0.6)
+    assert json.loads((tmp_path / "w.json").read_text())["best"]["weights"] == "0.5,0.5"
+    one = {"members": done["members"], "folds": {"0": done["folds"]["0"]}}
+    halves = _weights_summary(one, keys, tmp_path / "w1.json")
+    assert halves["cross_fitted"]["chosen_per_group"] == ["0.5,0.5", "0.5,0.5"]
+    assert halves["cross_fitted"]["cases"] == 2
+
+
 def test_pooled_folds_are_one_set_of_held_out_cases(tmp_path):
     import json
 

@@ -8,11 +8,14 @@ on out-of-fold predictions of every case instead of on the 33 validation cases.
     python -m organscope.training.crossval sparse --sweep-alpha 0,0.25,0.5,0.75,1 --data OPENKBP --out cv/sparse
     python -m organscope.training.crossval sparse --sweep-segmentation majority=0,14,20 --data OPENKBP --out cv/sparse
     python -m organscope.training.crossval sparse --confidence-threshold --out cv/sparse
+    python -m organscope.training.crossval ensemble --members sparse=cv/sparse,cnn3d=cv/cnn3d --data OPENKBP \
+        --out cv/ensemble
 
 writes OUT/fold0/ENGINE_fold0.onnx (+ card) and OUT/fold0/scores.json: per held-out case, per contoured organ, Dice
 of the engine's own label map (no anatomy check, no priors) and the organ's confidence. A sparse fold's card copies
 the shipped model's calibration (logit bias, segmentation settings; the bias's strength is chosen out of fold by
---sweep-alpha); a cnn3d fold's card gets logit offsets fitted on the fold's own training cases.
+--sweep-alpha); a cnn3d fold's card gets logit offsets fitted on the fold's own training cases. The ensemble's
+weights are swept on the folds every member has scored (`sweep_weights`).
 """
 from __future__ import annotations
 
@@ -128,9 +131,7 @@ def score_cases(eng, data_root: Path, cases: list[str], *, quiet: bool = False) 
         sec = time.perf_counter() - t
         organs = {}
         for organ in case.organs:
-            v = ds.label_map.ids[organ]
-            d = dice(confusion(seg.labels.array == ids[organ], lab == v))
-            organs[organ] = {"dice": round(float(d), 4) if np.isfinite(d) else None,
+            organs[organ] = {"dice": _dice_or_none(seg.labels.array == ids[organ], lab == ds.label_map.ids[organ]),
                              "confidence": seg.confidence.get(organ)}
         out[cid] = {"organs": organs, "seconds": round(sec, 3)}
         if not quiet:
@@ -206,24 +207,41 @@ def summary(scores: dict) -> dict:
     """Mean Dice per organ over the cases contouring it, the mean over organs, and 95 % intervals (bootstrap over
     cases, 2000 draws, seed 0) of that mean."""
     organs = sorted({o for r in scores.values() for o in r["organs"]})
-    per = {o: [r["organs"][o]["dice"] for r in scores.values() if o in r["organs"] and r["organs"][o]["dice"]
-               is not None] for o in organs}
-    means = {o: float(np.mean(v)) for o, v in per.items() if v}
-    rng = np.random.default_rng(0)
     ids = list(scores)
-    boot = []
-    for _ in range(2000):
-        pick = [ids[i] for i in rng.integers(0, len(ids), len(ids))]
-        m = []
-        for o in organs:
-            v = [scores[c]["organs"][o]["dice"] for c in pick if o in scores[c]["organs"]
-                 and scores[c]["organs"][o]["dice"] is not None]
-            if v:
-                m.append(np.mean(v))
-        boot.append(np.mean(m))
+    means = _organ_means(scores, ids, organs)
+    rng = np.random.default_rng(0)
+    boot = [np.mean(list(_organ_means(scores, [ids[i] for i in rng.integers(0, len(ids), len(ids))],
+                                      organs).values())) for _ in range(2000)]
     return {"dice": {o: round(v, 4) for o, v in means.items()}, "mean_dice": round(float(np.mean(list(means.values()))), 4),
             "mean_dice_95ci": [round(float(np.percentile(boot, 2.5)), 4), round(float(np.percentile(boot, 97.5)), 4)],
             "cases": len(ids)}
+
+
+def paired_difference(a: dict, b: dict) -> dict:
+    """Mean Dice (mean over organs) of scores `a` minus that of `b` on the same cases, with a 95 % interval by
+    bootstrap over cases (2000 draws, seed 0; both sides resampled alike)."""
+    ids = sorted(set(a) & set(b))
+    organs = sorted({o for r in a.values() for o in r["organs"]})
+
+    def diff(pick):
+        return (np.mean(list(_organ_means(a, pick, organs).values()))
+                - np.mean(list(_organ_means(b, pick, organs).values())))
+
+    rng = np.random.default_rng(0)
+    boot = [diff([ids[i] for i in rng.integers(0, len(ids), len(ids))]) for _ in range(2000)]
+    return {"difference": round(float(diff(ids)), 4), "difference_95ci": [round(float(np.percentile(boot, 2.5)), 4),
+            round(float(np.percentile(boot, 97.5)), 4)], "cases": len(ids)}
+
+
+def _organ_means(scores: dict, pick, organs) -> dict:
+    """Per organ, the mean Dice over the picked cases that contour it (organs no picked case contours left out)."""
+    out = {}
+    for o in organs:
+        v = [scores[c]["organs"][o]["dice"] for c in pick if o in scores[c]["organs"]
+             and scores[c]["organs"][o]["dice"] is not None]
+        if v:
+            out[o] = float(np.mean(v))
+    return out
 
 
 def pooled_scores(out_dir: Path) -> tuple[list[dict], dict]:
@@ -275,13 +293,112 @@ def confidence_threshold(out_dir: Path, *, fail_dice: float = 0.5, min_precision
             "fail_dice": fail_dice, "min_precision": min_precision, "cases": len(pooled), "per_threshold": table}
 
 
+def weight_grid(n_members: int, step: float) -> list[tuple[float, ...]]:
+    """Every weight vector of n_members non-negative multiples of `step` summing to 1."""
+    k = int(round(1 / step))
+
+    def parts(n, total):
+        if n == 1:
+            yield (total,)
+            return
+        for i in range(total, -1, -1):
+            for rest in parts(n - 1, total - i):
+                yield (i, *rest)
+
+    return [tuple(round(i / k, 6) for i in p) for p in parts(n_members, k)]
+
+
+def sweep_weights(members: dict[str, Path], out_dir: Path, data_root: Path, *, step: float = 0.1,
+                  threads: int = 1) -> dict:
+    """Out-of-fold ensemble weights: for every fold that each member (name -> its cv folder, e.g. cv/sparse) has
+    scored, the members' fold models compute their class probabilities on the fold's held-out cases once, and
+    EnsembleEngine.fuse scores each weight vector of `weight_grid` on them. Writes OUT/sweep_weights.json (reusing
+    folds swept before): per weight vector the pooled summary, the best, and a cross-fitted figure for the
+    choice (weights chosen on the other folds' cases, scored on each fold's; with one fold, on the other half of
+    its cases), so the chosen weights' figure is not measured on the cases that chose them."""
+    from ..engines.ensemble import EnsembleEngine
+    from ..engines.registry import get_engine
+
+    names = list(members)
+    grid = weight_grid(len(names), step)
+    keys = [",".join(f"{w:g}" for w in ws) for ws in grid]
+    path = Path(out_dir) / "sweep_weights.json"
+    done = json.loads(path.read_text()) if path.exists() else {"members": names, "folds": {}}
+    if done["members"] != names:
+        raise SystemExit(f"{path} holds a sweep of {done['members']}, not {names}")
+    folds = sorted(set.intersection(*[{int(p.parent.name[4:]) for p in Path(d).glob("fold*/scores.json")}
+                                      for d in members.values()]))
+    ds = Dataset(data_root)
+    by_id = {c.case_id: c for c in ds.cases}
+    for k in folds:
+        held = [json.loads((Path(members[n]) / f"fold{k}" / "scores.json").read_text())["held_out"] for n in names]
+        if any(h != held[0] for h in held):
+            raise SystemExit(f"fold {k}: the members' held-out cases differ")
+        per_fold = done["folds"].setdefault(str(k), {})
+        if all(key in per_fold and set(per_fold[key]) == set(held[0]) for key in keys):
+            continue
+        engines = {n: get_engine(n, model=Path(members[n]) / f"fold{k}" / f"{n}_fold{k}.onnx", threads=threads)
+                   for n in names}
+        ens = EnsembleEngine(members=[(n, 1.0) for n in names], engines=lambda n, threads=None: engines[n],
+                             threads=1)
+        ids = {c: i for i, c in enumerate(ens.classes)}
+        t = time.perf_counter()
+        for cid in held[0]:
+            case = by_id[cid]
+            vol, lab = case.load_image(), case.load_labels().array
+            probs = [e.class_probabilities(vol) for e, _ in ens.members]
+            for key, ws in zip(keys, grid):
+                seg = ens.fuse(vol, probs, ws)
+                per_fold.setdefault(key, {})[cid] = {"organs": {
+                    o: {"dice": _dice_or_none(seg.labels.array == ids[o], lab == ds.label_map.ids[o]),
+                        "confidence": seg.confidence.get(o)} for o in case.organs}}
+        print(f"fold {k}: {len(held[0])} cases, {len(keys)} weight vectors ({time.perf_counter() - t:.0f} s)",
+              flush=True)
+        path.write_text(json.dumps(done) + "\n")
+    return _weights_summary(done, keys, path)
+
+
+def _weights_summary(done: dict, keys: list[str], path: Path) -> dict:
+    folds = sorted(done["folds"], key=int)
+    pooled = {key: {c: v for f in folds for c, v in done["folds"][f][key].items()} for key in keys}
+    done["pooled"] = {key: summary(cases) for key, cases in pooled.items()}
+    best = max(keys, key=lambda key: done["pooled"][key]["mean_dice"])
+    # cross-fitted: the choice made without the cases it is scored on
+    groups = ([set(done["folds"][f][keys[0]]) for f in folds] if len(folds) > 1
+              else [set(sorted(done["folds"][folds[0]][keys[0]])[i::2]) for i in (0, 1)])
+    fitted, chosen = {}, []
+    for g in groups:
+        def mean_outside(key, g=g):
+            return float(np.mean(list(_organ_means(pooled[key], [c for c in pooled[key] if c not in g],
+                                                   sorted({o for r in pooled[key].values() for o in r["organs"]})
+                                                   ).values())))
+        pick = max(keys, key=mean_outside)
+        chosen.append(pick)
+        fitted.update({c: pooled[pick][c] for c in g})
+    single = {n: ",".join("1" if i == j else "0" for j in range(len(done["members"])))
+              for i, n in enumerate(done["members"])}
+    done["best"] = {"weights": best, **done["pooled"][best]}
+    done["cross_fitted"] = {"chosen_per_group": chosen, **summary(fitted)}
+    done["cross_fitted_minus_member"] = {n: paired_difference(fitted, pooled[k]) for n, k in single.items()
+                                         if k in pooled}
+    path.write_text(json.dumps(done) + "\n")
+    return {"members": done["members"], "folds": folds, "best": done["best"], "cross_fitted": done["cross_fitted"],
+            "cross_fitted_minus_member": done["cross_fitted_minus_member"],
+            "pooled_mean_dice": {k: v["mean_dice"] for k, v in done["pooled"].items()}}
+
+
+def _dice_or_none(pred: np.ndarray, truth: np.ndarray):
+    d = dice(confusion(pred, truth))
+    return round(float(d), 4) if np.isfinite(d) else None
+
+
 def main(argv=None) -> None:
     import argparse
 
     from .folds import fold_cases
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("engine", choices=["sparse", "cnn3d"])
+    ap.add_argument("engine", choices=["sparse", "cnn3d", "ensemble"])
     ap.add_argument("--fold", type=int, help="the fold to export and score")
     ap.add_argument("--run", type=Path, help="the fold's training run folder (train_sparse --fold)")
     ap.add_argument("--data", type=Path)
@@ -300,8 +417,20 @@ def main(argv=None) -> None:
     ap.add_argument("--confidence-threshold", action="store_true",
                     help="choose the anatomy check's lowest organ confidence from the folds scored under --out "
                          "(OUT/confidence_threshold.json)")
+    ap.add_argument("--members", default=None, metavar="NAME=CV_DIR,...",
+                    help="ensemble: the members and their cv folders (e.g. sparse=cv/sparse,cnn3d=cv/cnn3d); their "
+                         "folds' models are fused with every weight vector on a grid (--step) into "
+                         "OUT/sweep_weights.json")
+    ap.add_argument("--step", type=float, default=0.1, help="ensemble: the weight grid's step")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
+    if a.engine == "ensemble":
+        if a.members is None or a.data is None:
+            ap.error("ensemble needs --members and --data")
+        members = dict((n, Path(d)) for n, _, d in (m.partition("=") for m in a.members.split(",")))
+        a.out.mkdir(parents=True, exist_ok=True)
+        print(json.dumps(sweep_weights(members, a.out, a.data, step=a.step, threads=a.threads), indent=1))
+        return
     if a.confidence_threshold:
         result = confidence_threshold(a.out)
         (a.out / "confidence_threshold.json").write_text(json.dumps(result, indent=1) + "\n")
