@@ -167,6 +167,10 @@ def main(argv=None):
                          "200-400 mm (samples outside it read 0, as outside a scan)")
     ap.add_argument("--flip-fraction", type=float, default=0.0,
                     help="fraction of point chunks read left-right mirrored, left and right organs swapped")
+    ap.add_argument("--width", type=int, default=TrainSettings.width, help="hidden units of the residual MLP")
+    ap.add_argument("--points-scale", type=float, default=1.0,
+                    help="with --resample-from: fresh points drawn per case every epoch, as a multiple of the plan's "
+                         "(body, edge band and class-balanced points scaled alike)")
     a = ap.parse_args(argv)
     source = a.train
     if a.resample_from is not None:
@@ -176,7 +180,9 @@ def main(argv=None):
         from dataclasses import replace
 
         plan = SHIPPED_PLAN if a.strong_augmentation else SamplingPlan()
-        plan = replace(plan, cut_fraction=a.cut_fraction, flip_fraction=a.flip_fraction)
+        plan = replace(plan, cut_fraction=a.cut_fraction, flip_fraction=a.flip_fraction,
+                       n_body=round(plan.n_body * a.points_scale), n_band=round(plan.n_band * a.points_scale),
+                       n_balanced=round(plan.n_balanced * a.points_scale))
         cases = None
         if a.fold is not None:
             from .folds import fold_cases
@@ -184,7 +190,7 @@ def main(argv=None):
             cases = fold_cases(a.resample_from, a.fold)[0]
         source = EpochSampler(a.resample_from, paper_pattern(), plan, cases=cases)
     train(source, a.val, a.run, TrainSettings(epochs=a.epochs, batch_size=a.batch_size, threads=a.threads,
-                                              weight_decay_l2=a.weight_decay, lr=a.lr), a.classes,
+                                              weight_decay_l2=a.weight_decay, lr=a.lr, width=a.width), a.classes,
           init_onnx=a.init_onnx)
 
 
