@@ -330,6 +330,31 @@ def test_cnn3d_fold_export_fits_offsets_on_the_folds_training_cases_only(tmp_pat
     assert Cnn3dEngine(model=onnx_path, threads=1).classes == ("background", *organs)
 
 
+def test_cascade_fold_training_never_touches_the_folds_held_out_cases(tmp_path):
+    """train_cascade --fold on a synthetic cache: the group network trains on, and picks its checkpoint on, cases
+    outside the fold only (RUN/data.json, which crossval checks)."""
+    from organscope.training.folds import assign_folds
+    from organscope.training.train_cascade import CascadeSettings, train_group
+
+    organs = ["brainstem", "spinal_cord", "parotid_right", "parotid_left", "esophagus", "larynx", "mandible"]
+    ids = [f"case_{i:02d}" for i in range(40)]  # 11 of those outside the fold pick the checkpoint
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    rng = np.random.default_rng(0)
+    np.save(cache / "images.npy", rng.integers(-1000, 400, (40, 32, 32, 32)).astype(np.int16))
+    np.save(cache / "targets.npy", rng.integers(0, 2 + len(organs), (40, 32, 32, 32)).astype(np.int8))
+    np.save(cache / "contoured.npy", np.ones((40, len(organs)), bool))
+    (cache / "cases.json").write_text(json.dumps({"cases": ids, "splits": ["train"] * 30 + ["validation"] * 10,
+                                                  "organs": organs, "grid": [32, 32, 32]}))
+    settings = CascadeSettings(minutes=5, steps=2, width=4, val_every=1000)
+    train_group(cache, tmp_path / "run", "midline", settings, fold=2)
+    data = json.loads((tmp_path / "run" / "data.json").read_text())
+    held = {c for c, f in assign_folds(ids).items() if f == 2}
+    assert data["fold"] == 2 and held and not (set(data["cases"]) | set(data["checkpoint_cases"])) & held
+    assert set(data["cases"]) | set(data["checkpoint_cases"]) == set(ids) - held
+    assert (tmp_path / "run" / "last.pt").exists()
+
+
 def test_confidence_threshold_is_the_highest_where_organs_below_were_nearly_all_wrong(tmp_path):
     from organscope.training.crossval import confidence_threshold
 

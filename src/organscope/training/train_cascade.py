@@ -9,7 +9,7 @@ from Dice). A group network may start from a whole-scan cnn3d checkpoint (`--ini
 output rows of the group's classes; on a 2-core CPU this saves most of the training.
 
     python -m organscope.training.train_cascade --cache work/cnn3d/cache --run work/cascade/run1 \
-        --group midline [--init work/cnn3d/run4/best.pt] [--minutes 20]
+        --group midline [--init work/cnn3d/run4/best.pt] [--minutes 20] [--fold K]
 """
 from __future__ import annotations
 
@@ -28,7 +28,10 @@ from .cascade_data import GroupPlan, GroupSampler, crop_shape, group_boxes, memb
 from .cnn3d_data import N_SPECIAL
 from .cnn3d_net import Cnn3dNet
 from .loop import open_run, run_loop
-from .train_cnn3d import dice_scores, partial_loss
+from .train_cnn3d import dice_scores, partial_loss, training_cases
+
+#: cases outside a cross-validation fold that pick a fold run's checkpoint (as train_cnn3d's val_cases)
+FOLD_CHECKPOINT_CASES = 11
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,10 @@ def validate(net, images, targets, contoured, boxes, ids, lut, members, crop) ->
 
 
 def train_group(cache: Path, run_dir: Path, group: str, settings: CascadeSettings, init: Path | None = None,
-                plan: GroupPlan = GroupPlan()) -> Path:
+                plan: GroupPlan = GroupPlan(), fold: int | None = None) -> Path:
+    """`fold`: train on the cases outside that cross-validation fold, with FOLD_CHECKPOINT_CASES of them picking
+    the checkpoint (train_cnn3d.training_cases; start from the same fold's cnn3d run, never the shipped model,
+    which saw the fold's patients); RUN/data.json lists both for crossval's check."""
     torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     meta = json.loads((cache / "cases.json").read_text())
@@ -85,8 +91,12 @@ def train_group(cache: Path, run_dir: Path, group: str, settings: CascadeSetting
     targets = np.load(cache / "targets.npy", mmap_mode="r")
     contoured = np.load(cache / "contoured.npy")
     boxes = group_boxes(targets, organs, members_names)
-    train_ids = [n for n, s in enumerate(meta["splits"]) if s == "train" and boxes[n] is not None]
-    val_ids = [n for n, s in enumerate(meta["splits"]) if s == "validation"]
+    if fold is None:
+        train_ids = [n for n, s in enumerate(meta["splits"]) if s == "train" and boxes[n] is not None]
+        val_ids = [n for n, s in enumerate(meta["splits"]) if s == "validation"]
+    else:
+        train_ids, val_ids = training_cases(meta, FOLD_CHECKPOINT_CASES, fold)
+        train_ids = [n for n in train_ids if boxes[n] is not None]
     crop = crop_shape(boxes, train_ids)
     lut = target_lut(organs, members_names)
     images, targets = np.ascontiguousarray(images), np.ascontiguousarray(targets)
@@ -103,6 +113,9 @@ def train_group(cache: Path, run_dir: Path, group: str, settings: CascadeSetting
     (run_dir / "settings.json").write_text(json.dumps(
         {"group": group, "organs": list(members_names), "crop": list(crop), "settings": asdict(settings),
          "plan": asdict(plan), "init": str(init) if init else None}, indent=1))
+    (run_dir / "data.json").write_text(json.dumps({"fold": fold, "cases": [meta["cases"][n] for n in train_ids],
+                                                   "checkpoint_cases": [meta["cases"][n] for n in val_ids]},
+                                                  indent=1))
     print(f"{label}organs {', '.join(members_names)}, crop {crop}, {len(train_ids)} training cases", flush=True)
     sampler = GroupSampler(images, targets, boxes, lut, crop, plan, seed=settings.seed + state["step"])
     rng = np.random.default_rng(settings.seed + 1 + state["step"])
@@ -124,11 +137,13 @@ def main(argv=None):
     ap.add_argument("--run", type=Path, required=True, help="run folder (one per group)")
     ap.add_argument("--group", required=True, choices=sorted(GROUPS))
     ap.add_argument("--init", type=Path, help="start from this whole-scan cnn3d checkpoint")
+    ap.add_argument("--fold", type=int, default=None,
+                    help="train on the cases outside this cross-validation fold (the cache over all cases)")
     for f, v in asdict(CascadeSettings()).items():
         ap.add_argument(f"--{f.replace('_', '-')}", type=type(v), default=v)
     a = ap.parse_args(argv)
     s = CascadeSettings(**{f: getattr(a, f) for f in asdict(CascadeSettings())})
-    train_group(a.cache, a.run, a.group, s, init=a.init)
+    train_group(a.cache, a.run, a.group, s, init=a.init, fold=a.fold)
 
 
 if __name__ == "__main__":

@@ -122,14 +122,20 @@ def training_cases(meta: dict, val_cases: int, fold: int | None = None) -> tuple
         train_ids = [n for n, s in enumerate(meta["splits"]) if s == "train"]
         val_ids = [n for n, s in enumerate(meta["splits"]) if s == "validation"]
         return train_ids, val_ids[::max(1, len(val_ids) // val_cases)][:val_cases]
+    outside = cases_outside_fold(meta, fold)
+    val_ids = outside[::max(1, len(outside) // val_cases)][:val_cases]
+    return [n for n in outside if n not in set(val_ids)], val_ids
+
+
+def cases_outside_fold(meta: dict, fold: int) -> list[int]:
+    """Indices into the cache of every case outside cross-validation fold `fold` (training/folds.py, over the
+    cache's cases)."""
     from .folds import assign_folds
 
     folds = assign_folds(meta["cases"])
     if fold not in set(folds.values()):
         raise ValueError(f"fold must be one of {sorted(set(folds.values()))}")
-    outside = [n for n, c in enumerate(meta["cases"]) if folds[c] != fold]
-    val_ids = outside[::max(1, len(outside) // val_cases)][:val_cases]
-    return [n for n in outside if n not in set(val_ids)], val_ids
+    return [n for n, c in enumerate(meta["cases"]) if folds[c] != fold]
 
 
 def train(cache: Path, run_dir: Path, settings: Cnn3dSettings, plan: PatchPlan = PatchPlan(),

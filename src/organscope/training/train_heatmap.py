@@ -388,12 +388,27 @@ def main(argv=None):
     ap.add_argument("--box-quantile", type=float, default=0.95,
                     help="box half-extents: this quantile over the training cases (fit_box_half_extents)")
     ap.add_argument("--quick", action="store_true", help="score every third validation case, heat-map only")
+    ap.add_argument("--fold", type=int, default=None,
+                    help="train on the cases outside this cross-validation fold (the cache over all cases); the "
+                         "presence threshold and box sizes are fitted on every fifth of those, and the fold's "
+                         "held-out cases are not scored here (crossval scores the whole cascade on them)")
     ap.add_argument("--install", action="store_true")
     a = ap.parse_args(argv)
+    if a.fold is not None and a.install:
+        ap.error("a fold's heat-map model is not installed (it is for cross-validation)")
     torch.set_num_threads(a.threads)
     meta, images, heat, known, targets, affines = heatmap_set(a.cache, a.data)
-    train_ids = [n for n, s in enumerate(meta["splits"]) if s == "train"]
+    if a.fold is None:
+        train_ids = [n for n, s in enumerate(meta["splits"]) if s == "train"]
+        data_note = "OpenKBP training split"
+    else:
+        from .train_cnn3d import cases_outside_fold
+
+        train_ids = cases_outside_fold(meta, a.fold)
+        data_note = f"OpenKBP, every case outside cross-validation fold {a.fold} ({len(train_ids)})"
     a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "data.json").write_text(json.dumps({"fold": a.fold, "cases": [meta["cases"][n] for n in train_ids]},
+                                                indent=1))
     net = train(images, heat, known, train_ids, steps=a.steps, minutes=a.minutes, crop=a.crop, width=a.width,
                 lr=a.lr, fg_weight=a.fg_weight, init=a.init, run_dir=a.out, cut_prob=a.cut_prob, targets=targets,
                 affines=affines, organ_cut_share=a.organ_cut_share, fp_weight=a.fp_weight,
@@ -408,7 +423,7 @@ def main(argv=None):
             "date": _dt.date.today().isoformat(),
             "network": "cnn3d network (factorised residual 3D U-Net, width 16) with one output per organ, averaged "
                        "2x2x2 down to the 64^3 coarse grid; reads the scan on the cnn3d 128^3 grid (two CT windows)",
-            "training": {"data": "OpenKBP training split", "steps": net.steps_done, "crop": a.crop,
+            "training": {"data": data_note, "fold": a.fold, "steps": net.steps_done, "crop": a.crop,
                          "width": a.width, "lr": a.lr, "batch": 1,
                          "loss": "L2, voxel weight 1 + fg_weight * target + fp_weight * prediction (not "
                                  "differentiated), uncontoured organs masked",
@@ -418,7 +433,9 @@ def main(argv=None):
     if a.init is not None and a.init.suffix == ".onnx" and a.init.with_suffix(".json").exists():
         card["training"]["init_training"] = json.loads(a.init.with_suffix(".json").read_text()).get("training")
     path.with_suffix(".json").write_text(json.dumps(card, indent=1))
-    fit_cases = Dataset(a.data).split("train")[::5]
+    trained = {meta["cases"][n] for n in train_ids}
+    fit_cases = [c for c in Dataset(a.data).cases if c.case_id in trained][::5] if a.fold is not None \
+        else Dataset(a.data).split("train")[::5]
     card["tau"], card["tau_fit"] = fit_presence_threshold(path, a.data, fit_cases)
     card["tau_fit"]["cases"] = f"every fifth training case ({len(fit_cases)}), whole and cut"
     path.with_suffix(".json").write_text(json.dumps(card, indent=1))
@@ -427,6 +444,8 @@ def main(argv=None):
     card["box_fit"] = {"cases": f"every fifth training case ({len(fit_cases)})", "voxel_quantile": 0.995,
                        "case_quantile": a.box_quantile}
     path.with_suffix(".json").write_text(json.dumps(card, indent=1))
+    if a.fold is not None:
+        return
     cases = Dataset(a.data).split("validation")
     if a.quick:
         cases = cases[::3]
