@@ -1,6 +1,7 @@
 """Training smoke test on a synthetic phantom dataset (needs the train extra): build a descriptor set with
 partial labels, train one short epoch, export to ONNX with the parity check, and load it as a SparseModel."""
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -10,6 +11,8 @@ torch = pytest.importorskip("torch")
 
 from organscope.sampling import paper_pattern  # noqa: E402
 from organscope.training.sparse_data import SamplingPlan, allowed_bits, build  # noqa: E402
+
+SCAN = Path(__file__).resolve().parents[1] / "src" / "organscope" / "data" / "okbp_validation_222.nii.gz"
 
 
 def _phantom_dataset(root):
@@ -330,29 +333,80 @@ def test_cnn3d_fold_export_fits_offsets_on_the_folds_training_cases_only(tmp_pat
     assert Cnn3dEngine(model=onnx_path, threads=1).classes == ("background", *organs)
 
 
+def _synthetic_cnn3d_cache(root, n_cases=40, size=32):
+    """A cnn3d training cache of `n_cases` random scans (all splits 'train' but the last quarter)."""
+    organs = ["brainstem", "spinal_cord", "parotid_right", "parotid_left", "esophagus", "larynx", "mandible"]
+    ids = [f"case_{i:02d}" for i in range(n_cases)]
+    cache = root / "cache"
+    cache.mkdir()
+    rng = np.random.default_rng(0)
+    np.save(cache / "images.npy", rng.integers(-1000, 400, (n_cases, size, size, size)).astype(np.int16))
+    np.save(cache / "targets.npy", rng.integers(0, 2 + len(organs), (n_cases, size, size, size)).astype(np.int8))
+    np.save(cache / "contoured.npy", np.ones((n_cases, len(organs)), bool))
+    splits = ["train"] * (n_cases * 3 // 4) + ["validation"] * (n_cases - n_cases * 3 // 4)
+    (cache / "cases.json").write_text(json.dumps({"cases": ids, "splits": splits, "organs": organs,
+                                                  "grid": [size] * 3}))
+    return cache, ids
+
+
 def test_cascade_fold_training_never_touches_the_folds_held_out_cases(tmp_path):
     """train_cascade --fold on a synthetic cache: the group network trains on, and picks its checkpoint on, cases
     outside the fold only (RUN/data.json, which crossval checks)."""
     from organscope.training.folds import assign_folds
     from organscope.training.train_cascade import CascadeSettings, train_group
 
-    organs = ["brainstem", "spinal_cord", "parotid_right", "parotid_left", "esophagus", "larynx", "mandible"]
-    ids = [f"case_{i:02d}" for i in range(40)]  # 11 of those outside the fold pick the checkpoint
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    rng = np.random.default_rng(0)
-    np.save(cache / "images.npy", rng.integers(-1000, 400, (40, 32, 32, 32)).astype(np.int16))
-    np.save(cache / "targets.npy", rng.integers(0, 2 + len(organs), (40, 32, 32, 32)).astype(np.int8))
-    np.save(cache / "contoured.npy", np.ones((40, len(organs)), bool))
-    (cache / "cases.json").write_text(json.dumps({"cases": ids, "splits": ["train"] * 30 + ["validation"] * 10,
-                                                  "organs": organs, "grid": [32, 32, 32]}))
-    settings = CascadeSettings(minutes=5, steps=2, width=4, val_every=1000)
-    train_group(cache, tmp_path / "run", "midline", settings, fold=2)
+    cache, ids = _synthetic_cnn3d_cache(tmp_path)  # 11 of the cases outside the fold pick the checkpoint
+    train_group(cache, tmp_path / "run", "midline", CascadeSettings(minutes=5, steps=2, width=4, val_every=1000),
+                fold=2)
     data = json.loads((tmp_path / "run" / "data.json").read_text())
     held = {c for c, f in assign_folds(ids).items() if f == 2}
     assert data["fold"] == 2 and held and not (set(data["cases"]) | set(data["checkpoint_cases"])) & held
     assert set(data["cases"]) | set(data["checkpoint_cases"]) == set(ids) - held
     assert (tmp_path / "run" / "last.pt").exists()
+
+
+def test_cascade_fold_export_keeps_its_heatmap_beside_the_card_and_segments(tmp_path):
+    """export_cascade_fold: the three group runs and the heat-map run of one fold -> a card with the group
+    networks and the fold's heat-map model beside it (found there by the engine, wherever the working folder is),
+    offsets fitted where the shipped card has them; runs of different folds are refused."""
+    import shutil
+
+    from organscope.engines.registry import get_engine
+    from organscope.io import load_volume
+    from organscope.modelcard import MODELS_DIR
+    from organscope.training.crossval import export_cascade_fold
+    from organscope.training.train_cascade import CascadeSettings, train_group
+
+    if not (MODELS_DIR / "heatmap_openkbp.onnx").exists():
+        pytest.skip("no shipped heat-map model")
+    cache, ids = _synthetic_cnn3d_cache(tmp_path)
+    shipped = json.loads((MODELS_DIR / "cascade_openkbp.json").read_text())
+    runs = {}
+    for g in shipped["groups"]:
+        runs[g] = tmp_path / f"run_{g}"
+        train_group(cache, runs[g], g, CascadeSettings(minutes=5, steps=1, width=4, val_every=1000), fold=2)
+    heat = tmp_path / "heat"
+    heat.mkdir()
+    for suffix in (".onnx", ".json"):
+        shutil.copy2(MODELS_DIR / f"heatmap_openkbp{suffix}", heat / f"heatmap_openkbp{suffix}")
+    heat_card = json.loads((heat / "heatmap_openkbp.json").read_text())
+    heat_card["tau"] = 0.987  # a mark: the engine must read this copy, not the shipped heat-map model
+    (heat / "heatmap_openkbp.json").write_text(json.dumps(heat_card))
+    (heat / "data.json").write_text(json.dumps({"fold": 1, "cases": ids[:5]}))
+    with pytest.raises(SystemExit, match="one cross-validation fold"):
+        export_cascade_fold(runs, heat, tmp_path / "out", "cascade_fold2", cache, threads=1)
+    (heat / "data.json").write_text(json.dumps({"fold": 2, "cases": ids[:5]}))
+    card_path = export_cascade_fold(runs, heat, tmp_path / "out", "cascade_fold2", cache, threads=1)
+    card = json.loads(card_path.read_text())
+    assert card["fold"] == 2 and card["heatmap_model"] == "cascade_fold2_heatmap.onnx"
+    assert (card_path.parent / card["heatmap_model"]).exists()
+    for g, spec in card["groups"].items():
+        assert (card_path.parent / spec["file"]).exists() and spec["training"]["fold"] == 2
+        assert (spec["logit_offsets"] is None) == (shipped["groups"][g].get("logit_offsets") is None)
+    eng = get_engine("cascade", model=card_path, threads=1)
+    seg = eng.segment(load_volume(SCAN))
+    assert seg.labels.shape == load_volume(SCAN).shape
+    assert eng._locator.tau == pytest.approx(0.987)
 
 
 def test_confidence_threshold_is_the_highest_where_organs_below_were_nearly_all_wrong(tmp_path):

@@ -4,6 +4,8 @@ on out-of-fold predictions of every case instead of on the 33 validation cases.
 
     python -m organscope.training.crossval sparse --fold 0 --run RUN --data OPENKBP --out cv/sparse
     python -m organscope.training.crossval cnn3d --fold 0 --run RUN --data OPENKBP --cache CACHE --out cv/cnn3d
+    python -m organscope.training.crossval cascade --fold 0 --run 'RUN_{group}' --heatmap HEATMAP_RUN --data OPENKBP \
+        --cache CACHE --out cv/cascade
     python -m organscope.training.crossval sparse --pool --out cv/sparse
     python -m organscope.training.crossval sparse --sweep-alpha 0,0.25,0.5,0.75,1 --data OPENKBP --out cv/sparse
     python -m organscope.training.crossval sparse --sweep-segmentation majority=0,14,20 --data OPENKBP --out cv/sparse
@@ -20,6 +22,7 @@ weights are swept on the folds every member has scored (`sweep_weights`).
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -92,6 +95,59 @@ def export_cnn3d_fold(run_dir: Path, out_dir: Path, name: str, cache: Path, *, c
                 calibration_note="largest-component setting copied from cnn3d_openkbp (not refitted on this fold)")
     onnx_path.with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n")
     return onnx_path
+
+
+def export_cascade_fold(runs: dict[str, Path], heatmap_dir: Path, out_dir: Path, name: str, cache: Path, *,
+                        checkpoint: str = "best.pt", threads: int = 2) -> Path:
+    """The group runs of `train_cascade --fold K` (group -> run folder) and the heat-map run of `train_heatmap
+    --fold K` (its folder: heatmap_openkbp.onnx + card) -> OUT/name.json with the group networks and the heat-map
+    model beside it: the shipped card's grid, spacing, localiser, largest-component and mirror settings; each
+    group's logit offsets (where the shipped card has them) fitted on every sixth of that group's own training
+    cases. Every run must be of the same fold. Returns the card's path."""
+    from .cascade_pipeline import load_group
+    from .cnn3d_data import N_SPECIAL
+    from .cnn3d_pipeline import export
+    from .logit_offsets import cached_samples, fit_offsets
+
+    shipped = json.loads((MODELS_DIR / "cascade_openkbp.json").read_text())
+    if set(runs) != set(shipped["groups"]):
+        raise SystemExit(f"a cascade fold needs one run per group: {', '.join(shipped['groups'])}")
+    datas = {g: json.loads((r / "data.json").read_text()) for g, r in runs.items()}
+    heat_data = json.loads((heatmap_dir / "data.json").read_text())
+    folds = {d.get("fold") for d in datas.values()} | {heat_data.get("fold")}
+    if len(folds) != 1 or None in folds:
+        raise SystemExit(f"the group and heat-map runs must all be of one cross-validation fold (found {folds})")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    heat_name = f"{name}_heatmap.onnx"
+    shutil.copy2(heatmap_dir / "heatmap_openkbp.onnx", out_dir / heat_name)
+    shutil.copy2(heatmap_dir / "heatmap_openkbp.json", (out_dir / heat_name).with_suffix(".json"))
+    groups = {}
+    for g, run_dir in runs.items():
+        net, run, state = load_group(run_dir, checkpoint)
+        onnx_path = out_dir / f"{name}_{g}.onnx"
+        err = export(net, onnx_path)
+        spec = dict(shipped["groups"][g], file=onnx_path.name, crop=[int(v) for v in run["crop"]],
+                    onnx_parity_max_abs_diff=err)
+        if shipped["groups"][g].get("logit_offsets") is not None:
+            samples = cached_samples(onnx_path, cache, threads=threads, group_organs=run["organs"], crop=spec["crop"],
+                                     cases=datas[g]["cases"])
+            spec["logit_offsets"] = [float(v) for v in fit_offsets(samples, N_SPECIAL)]
+        spec["training"] = {"fold": datas[g]["fold"], "cases": datas[g]["cases"],
+                            "checkpoint_cases": datas[g]["checkpoint_cases"], "settings": run["settings"],
+                            "init": run["init"], "checkpoint": checkpoint, "steps": state["step"],
+                            "minutes": round(state["elapsed_s"] / 60, 1), "history": state["history"]}
+        groups[g] = spec
+    keep = ("engine", "body_region", "format", "classes", "grid", "spacing_mm", "spacing_note", "windows_hu",
+            "margin_vox", "input", "output", "localizer", "largest_component", "mirror_tta")
+    card = {k: shipped[k] for k in keep if k in shipped}
+    card.update(name=name, groups=groups, heatmap_model=heat_name, fold=folds.pop(),
+                logit_offsets_fit={"cases": "every sixth of each group's training cases in the fold, the crop "
+                                            "around its true group box"},
+                calibration_note="localiser, largest-component and mirror settings copied from cascade_openkbp "
+                                 "(not refitted on this fold)")
+    card_path = out_dir / f"{name}.json"
+    card_path.write_text(json.dumps(card, indent=1) + "\n")
+    return card_path
 
 
 def prior_bias(alpha: float) -> np.ndarray:
@@ -337,8 +393,8 @@ def sweep_weights(members: dict[str, Path], out_dir: Path, data_root: Path, *, s
         per_fold = done["folds"].setdefault(str(k), {})
         if all(key in per_fold and set(per_fold[key]) == set(held[0]) for key in keys):
             continue
-        engines = {n: get_engine(n, model=Path(members[n]) / f"fold{k}" / f"{n}_fold{k}.onnx", threads=threads)
-                   for n in names}
+        engines = {n: get_engine(n, model=_fold_model(Path(members[n]) / f"fold{k}", f"{n}_fold{k}"),
+                                 threads=threads) for n in names}
         ens = EnsembleEngine(members=[(n, 1.0) for n in names], engines=lambda n, threads=None: engines[n],
                              threads=1)
         ids = {c: i for i, c in enumerate(ens.classes)}
@@ -356,6 +412,12 @@ def sweep_weights(members: dict[str, Path], out_dir: Path, data_root: Path, *, s
               flush=True)
         path.write_text(json.dumps(done) + "\n")
     return _weights_summary(done, keys, path)
+
+
+def _fold_model(fold_dir: Path, name: str) -> Path:
+    """A fold's model: its ONNX file, or the card of a multi-file model (the cascade)."""
+    onnx_path = fold_dir / f"{name}.onnx"
+    return onnx_path if onnx_path.exists() else fold_dir / f"{name}.json"
 
 
 def _weights_summary(done: dict, keys: list[str], path: Path) -> dict:
@@ -398,9 +460,11 @@ def main(argv=None) -> None:
     from .folds import fold_cases
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("engine", choices=["sparse", "cnn3d", "ensemble"])
+    ap.add_argument("engine", choices=["sparse", "cnn3d", "cascade", "ensemble"])
     ap.add_argument("--fold", type=int, help="the fold to export and score")
-    ap.add_argument("--run", type=Path, help="the fold's training run folder (train_sparse --fold)")
+    ap.add_argument("--run", type=Path, help="the fold's training run folder (train_sparse --fold); cascade: a "
+                                            "pattern with {group} (train_cascade --fold runs)")
+    ap.add_argument("--heatmap", type=Path, help="cascade: the fold's heat-map run folder (train_heatmap --fold)")
     ap.add_argument("--data", type=Path)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--checkpoint", default=None, help="default: last.pt (sparse), best.pt (cnn3d)")
@@ -461,10 +525,25 @@ def main(argv=None) -> None:
     name = f"{a.engine}_fold{a.fold}"
     fold_dir = a.out / f"fold{a.fold}"
     train_ids, held = fold_cases(a.data, a.fold)
-    data = json.loads((a.run / "data.json").read_text())
-    if (set(data.get("cases", [])) | set(data.get("checkpoint_cases", []))) & set(held):
-        raise SystemExit(f"{a.run} was trained on cases of fold {a.fold}'s held-out set")
-    if a.engine == "cnn3d":
+    if a.engine == "cascade":
+        runs = {g: Path(str(a.run).format(group=g))
+                for g in json.loads((MODELS_DIR / "cascade_openkbp.json").read_text())["groups"]}
+        if a.heatmap is None or a.cache is None:
+            ap.error("cascade needs --heatmap and --cache")
+        run_dirs = [*runs.values(), a.heatmap]
+    else:
+        run_dirs = [a.run]
+    for run_dir in run_dirs:
+        data = json.loads((run_dir / "data.json").read_text())
+        if (set(data.get("cases", [])) | set(data.get("checkpoint_cases", []))) & set(held):
+            raise SystemExit(f"{run_dir} was trained on cases of fold {a.fold}'s held-out set")
+    if a.engine == "cascade":
+        from ..engines.registry import get_engine
+
+        card_path = export_cascade_fold(runs, a.heatmap, fold_dir, name, a.cache,
+                                        checkpoint=a.checkpoint or "best.pt", threads=a.threads)
+        scores = score_cases(get_engine("cascade", model=card_path, threads=a.threads), a.data, held)
+    elif a.engine == "cnn3d":
         if a.cache is None:
             ap.error("cnn3d needs --cache (its logit offsets are fitted on the fold's training cases)")
         from ..engines.cnn3d import Cnn3dEngine

@@ -54,7 +54,8 @@ class CascadeCard(ModelCard):
     field of view stretched onto the grid); windows_hu: the input channels; groups: the organ groups (card order);
     classes: background + organs in label order (none: the groups' order); margin_vox: grid voxels around a
     group's boxes; largest_component; mirror_tta: average with the left-right mirrored crop; localizer: what
-    finds the organ boxes; heatmap_model: the heat-map model it uses (none: the shipped one)."""
+    finds the organ boxes; heatmap_model: the heat-map model it uses (none: the shipped one; a relative .onnx
+    path: beside the card)."""
 
     grid: tuple[int, int, int] = card_field(parse=positive_ints(3))
     spacing_mm: tuple | None = card_field(parse=spacings_mm, default=None)

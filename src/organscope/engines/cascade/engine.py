@@ -92,6 +92,8 @@ class CascadeEngine:
                 raise ModelError("The cascade engine needs an organ localiser: build it with "
                                  "organscope.engines.registry.get_engine('cascade').")
             model = self.card.heatmap_model if self.localizer == "heatmap" else None
+            if model is not None and model.endswith(".onnx") and not Path(model).is_absolute():
+                model = self.card_path.parent / model  # beside the card, as the group networks
             self._locator = self._localizers(self.localizer, model=model)
         return self._locator.locate(volume, hu=hu, gmap=gmap, timings=timings)
 
