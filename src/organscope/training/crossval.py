@@ -185,10 +185,7 @@ def score_cases(eng, data_root: Path, cases: list[str], *, quiet: bool = False) 
         t = time.perf_counter()
         seg = eng.segment(vol)
         sec = time.perf_counter() - t
-        organs = {}
-        for organ in case.organs:
-            organs[organ] = {"dice": _dice_or_none(seg.labels.array == ids[organ], lab == ds.label_map.ids[organ]),
-                             "confidence": seg.confidence.get(organ)}
+        organs = _organ_scores(seg, lab, case.organs, ids, ds.label_map.ids)
         out[cid] = {"organs": organs, "seconds": round(sec, 3)}
         if not quiet:
             print(cid, {o: r["dice"] for o, r in organs.items()}, flush=True)
@@ -216,8 +213,7 @@ def sweep_segmentation(out_dir: Path, data_root: Path, name: str, values, *, thr
     variants = {}
     for v in values:
         parsed = _SETTING_PARSERS[name](v)
-        variants[f"{name}={json.dumps(parsed) if not isinstance(parsed, tuple) else json.dumps(list(parsed))}"] = {
-            "segmentation": {name: parsed}}
+        variants[f"{name}={json.dumps(parsed)}"] = {"segmentation": {name: parsed}}  # a tuple dumps as a list
     return _sweep(out_dir, data_root, variants, "sweep_segmentation.json", threads=threads)
 
 
@@ -266,8 +262,7 @@ def summary(scores: dict) -> dict:
     ids = list(scores)
     means = _organ_means(scores, ids, organs)
     rng = np.random.default_rng(0)
-    boot = [np.mean(list(_organ_means(scores, [ids[i] for i in rng.integers(0, len(ids), len(ids))],
-                                      organs).values())) for _ in range(2000)]
+    boot = [_mean_dice(scores, [ids[i] for i in rng.integers(0, len(ids), len(ids))], organs) for _ in range(2000)]
     return {"dice": {o: round(v, 4) for o, v in means.items()}, "mean_dice": round(float(np.mean(list(means.values()))), 4),
             "mean_dice_95ci": [round(float(np.percentile(boot, 2.5)), 4), round(float(np.percentile(boot, 97.5)), 4)],
             "cases": len(ids)}
@@ -280,13 +275,17 @@ def paired_difference(a: dict, b: dict) -> dict:
     organs = sorted({o for r in a.values() for o in r["organs"]})
 
     def diff(pick):
-        return (np.mean(list(_organ_means(a, pick, organs).values()))
-                - np.mean(list(_organ_means(b, pick, organs).values())))
+        return _mean_dice(a, pick, organs) - _mean_dice(b, pick, organs)
 
     rng = np.random.default_rng(0)
     boot = [diff([ids[i] for i in rng.integers(0, len(ids), len(ids))]) for _ in range(2000)]
     return {"difference": round(float(diff(ids)), 4), "difference_95ci": [round(float(np.percentile(boot, 2.5)), 4),
             round(float(np.percentile(boot, 97.5)), 4)], "cases": len(ids)}
+
+
+def _mean_dice(scores: dict, pick, organs) -> float:
+    """The mean over organs of their mean Dice over the picked cases (`_organ_means`)."""
+    return float(np.mean(list(_organ_means(scores, pick, organs).values())))
 
 
 def _organ_means(scores: dict, pick, organs) -> dict:
@@ -405,9 +404,8 @@ def sweep_weights(members: dict[str, Path], out_dir: Path, data_root: Path, *, s
             probs = [e.class_probabilities(vol) for e, _ in ens.members]
             for key, ws in zip(keys, grid):
                 seg = ens.fuse(vol, probs, ws)
-                per_fold.setdefault(key, {})[cid] = {"organs": {
-                    o: {"dice": _dice_or_none(seg.labels.array == ids[o], lab == ds.label_map.ids[o]),
-                        "confidence": seg.confidence.get(o)} for o in case.organs}}
+                per_fold.setdefault(key, {})[cid] = {"organs": _organ_scores(seg, lab, case.organs, ids,
+                                                                             ds.label_map.ids)}
         print(f"fold {k}: {len(held[0])} cases, {len(keys)} weight vectors ({time.perf_counter() - t:.0f} s)",
               flush=True)
         path.write_text(json.dumps(done) + "\n")
@@ -428,13 +426,11 @@ def _weights_summary(done: dict, keys: list[str], path: Path) -> dict:
     # cross-fitted: the choice made without the cases it is scored on
     groups = ([set(done["folds"][f][keys[0]]) for f in folds] if len(folds) > 1
               else [set(sorted(done["folds"][folds[0]][keys[0]])[i::2]) for i in (0, 1)])
+    organs = sorted({o for r in pooled[keys[0]].values() for o in r["organs"]})
     fitted, chosen = {}, []
     for g in groups:
-        def mean_outside(key, g=g):
-            return float(np.mean(list(_organ_means(pooled[key], [c for c in pooled[key] if c not in g],
-                                                   sorted({o for r in pooled[key].values() for o in r["organs"]})
-                                                   ).values())))
-        pick = max(keys, key=mean_outside)
+        outside = [c for c in pooled[keys[0]] if c not in g]
+        pick = max(keys, key=lambda key: _mean_dice(pooled[key], outside, organs))
         chosen.append(pick)
         fitted.update({c: pooled[pick][c] for c in g})
     single = {n: ",".join("1" if i == j else "0" for j in range(len(done["members"])))
@@ -449,9 +445,14 @@ def _weights_summary(done: dict, keys: list[str], path: Path) -> dict:
             "pooled_mean_dice": {k: v["mean_dice"] for k, v in done["pooled"].items()}}
 
 
-def _dice_or_none(pred: np.ndarray, truth: np.ndarray):
-    d = dice(confusion(pred, truth))
-    return round(float(d), 4) if np.isfinite(d) else None
+def _organ_scores(seg, labels: np.ndarray, organs, seg_ids: dict, label_ids: dict) -> dict:
+    """{organ: {"dice", "confidence"}} of a segmentation against the case's label array, for its contoured
+    `organs` (seg_ids / label_ids: organ -> label value in the segmentation / in the dataset's labels)."""
+    out = {}
+    for o in organs:
+        d = dice(confusion(seg.labels.array == seg_ids[o], labels == label_ids[o]))
+        out[o] = {"dice": round(float(d), 4) if np.isfinite(d) else None, "confidence": seg.confidence.get(o)}
+    return out
 
 
 def main(argv=None) -> None:
