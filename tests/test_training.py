@@ -333,6 +333,29 @@ def test_cnn3d_fold_export_fits_offsets_on_the_folds_training_cases_only(tmp_pat
     assert Cnn3dEngine(model=onnx_path, threads=1).classes == ("background", *organs)
 
 
+def test_cross_fitted_interval_does_not_depend_on_string_hashing(tmp_path):
+    """The cross-fitted bootstrap resamples the chosen cases in a fixed order: the same file gives the same
+    interval in processes with different hash seeds (set order of the case ids)."""
+    import os
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(1)
+    keys = ["1,0", "0.5,0.5", "0,1"]
+    done = {"members": ["a", "b"], "folds": {"0": {k: {f"case_{i:03d}": {"organs": {"x": {"dice": float(d)}}}
+                                                       for i, d in enumerate(rng.uniform(0, 1, 40))}
+                                                   for k in keys}}}
+    src = tmp_path / "done.json"
+    src.write_text(json.dumps(done))
+    code = ("import json, sys, pathlib; from organscope.training.crossval import _weights_summary; "
+            "d = json.loads(pathlib.Path(sys.argv[1]).read_text()); "
+            "print(json.dumps(_weights_summary(d, sys.argv[2].split(';'), pathlib.Path(sys.argv[3]))['cross_fitted']))")
+    out = [subprocess.run([sys.executable, "-c", code, str(src), ";".join(keys), str(tmp_path / f"w{seed}.json")],
+                          env={**os.environ, "PYTHONHASHSEED": str(seed)}, capture_output=True, text=True,
+                          check=True).stdout for seed in (1, 2, 3)]
+    assert out[0] == out[1] == out[2]
+
+
 def _synthetic_cnn3d_cache(root, n_cases=40, size=32):
     """A cnn3d training cache of `n_cases` random scans (all splits 'train' but the last quarter)."""
     organs = ["brainstem", "spinal_cord", "parotid_right", "parotid_left", "esophagus", "larynx", "mandible"]

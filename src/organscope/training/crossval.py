@@ -424,15 +424,19 @@ def _weights_summary(done: dict, keys: list[str], path: Path) -> dict:
     done["pooled"] = {key: summary(cases) for key, cases in pooled.items()}
     best = max(keys, key=lambda key: done["pooled"][key]["mean_dice"])
     # cross-fitted: the choice made without the cases it is scored on
-    groups = ([set(done["folds"][f][keys[0]]) for f in folds] if len(folds) > 1
-              else [set(sorted(done["folds"][folds[0]][keys[0]])[i::2]) for i in (0, 1)])
+    # sorted case lists, not sets: the bootstrap below resamples in dict order, which must not depend on the
+    # process's string hashing
+    groups = ([sorted(done["folds"][f][keys[0]]) for f in folds] if len(folds) > 1
+              else [sorted(done["folds"][folds[0]][keys[0]])[i::2] for i in (0, 1)])
     organs = sorted({o for r in pooled[keys[0]].values() for o in r["organs"]})
     fitted, chosen = {}, []
     for g in groups:
-        outside = [c for c in pooled[keys[0]] if c not in g]
+        inside = set(g)
+        outside = [c for c in pooled[keys[0]] if c not in inside]
         pick = max(keys, key=lambda key: _mean_dice(pooled[key], outside, organs))
         chosen.append(pick)
         fitted.update({c: pooled[pick][c] for c in g})
+    fitted = dict(sorted(fitted.items()))
     single = {n: ",".join("1" if i == j else "0" for j in range(len(done["members"])))
               for i, n in enumerate(done["members"])}
     done["best"] = {"weights": best, **done["pooled"][best]}
