@@ -117,3 +117,27 @@ def test_offsets_vox_oblique_and_transform(pat):
     # the transform (augmentation) is applied in mm first
     scaled = pat.offsets_vox(np.diag([2.0, 2.0, 2.0, 1]), transform=2 * np.eye(3))
     assert tuple(scaled[i]) == (8, 0, 0)
+
+
+def test_mirror_index_gives_the_descriptor_of_the_mirrored_scan(pat):
+    """descriptor[:, mirror_index] at a point == the descriptor of the mirror-image point in the scan flipped along
+    R-L (the samples outside the volume included); the index is its own inverse and maps each offset to (-x, y, z)."""
+    from organscope.sampling.gather import gather
+
+    m = pat.mirror_index()
+    assert np.array_equal(m[m], np.arange(pat.size))
+    assert np.array_equal(pat.offsets_mm[m] * (-1, 1, 1), pat.offsets_mm)
+    rng = np.random.default_rng(0)
+    vol = rng.integers(-1000, 1500, (41, 37, 29)).astype(np.int16)
+    offsets = pat.offsets_vox(np.diag([2.0, 2.5, 3.0, 1.0]))
+    pts = np.array([[3, 5, 7], [20, 18, 14], [40, 0, 28]], dtype=np.int32)
+    flipped_pts = pts * (-1, 1, 1) + (vol.shape[0] - 1, 0, 0)
+    assert np.array_equal(gather(vol, pts, offsets)[:, m], gather(vol[::-1], flipped_pts, offsets))
+
+
+def test_mirror_index_refuses_an_asymmetric_pattern(pat):
+    from organscope.sampling.pattern import Pattern
+
+    skew = Pattern(pat.offsets_mm + (1.0, 0.0, 0.0), None, "skewed")
+    with pytest.raises(ValueError, match="not left-right symmetric"):
+        skew.mirror_index()

@@ -38,6 +38,26 @@ class Pattern:
         inv = np.linalg.inv(np.asarray(affine, float)[:3, :3])
         return np.rint(off @ inv.T).astype(np.int32)
 
+    def mirror_index(self) -> np.ndarray:
+        """(M,) index of each offset's left-right mirror (x negated in RAS+), so that `descriptor[:, mirror_index()]`
+        is the descriptor of the same point in the scan mirrored about the sagittal plane through it. Raises
+        ValueError for a pattern that is not symmetric in x."""
+        def keys(offsets):  # (offset, its n-th occurrence): an offset repeated in several blocks (the centre in
+            # each) maps to its mirror in the same block, so the index is its own inverse
+            seen: dict = {}
+            out = []
+            for o in np.round(offsets, 6) + 0.0:  # + 0.0: -0.0 -> 0.0
+                k = tuple(o)
+                seen[k] = seen.get(k, -1) + 1
+                out.append((k, seen[k]))
+            return out
+
+        where = {k: i for i, k in enumerate(keys(self.offsets_mm))}
+        try:
+            return np.array([where[k] for k in keys(self.offsets_mm * (-1.0, 1.0, 1.0))])
+        except KeyError:
+            raise ValueError(f"Pattern {self.name!r} is not left-right symmetric.") from None
+
     def decode_image(self, descriptor: np.ndarray) -> np.ndarray:
         """Lay a (M,) descriptor out as a 2D picture (81x81 for the paper's pattern)."""
         if self.image_rc is None:

@@ -158,9 +158,11 @@ def prior_bias(alpha: float) -> np.ndarray:
 
 
 def score_fold(onnx_path: Path, data_root: Path, cases: list[str], *, threads: int = 2,
-               logit_bias: np.ndarray | None = None, segmentation: dict | None = None, quiet: bool = False) -> dict:
+               logit_bias: np.ndarray | None = None, segmentation: dict | None = None,
+               bias_delta: dict[str, float] | None = None, mirror_weight: float = 0.0, quiet: bool = False) -> dict:
     """Per held-out case: {organ: {"dice", "confidence"}} for the contoured organs, and seconds. `logit_bias`:
-    instead of the card's; `segmentation`: SegmentSettings fields that replace the card's."""
+    instead of the card's; `segmentation`: SegmentSettings fields that replace the card's; `bias_delta`: added to
+    the logit bias of those classes; `mirror_weight`: test-time mirror averaging (see `mirror_averaged`)."""
     from dataclasses import replace
 
     from ..engines.sparse import SparseEngine, SparseModel
@@ -168,8 +170,35 @@ def score_fold(onnx_path: Path, data_root: Path, cases: list[str], *, threads: i
     model = SparseModel.load(onnx_path, threads=threads)
     if logit_bias is not None:
         model.logit_bias = np.asarray(logit_bias, np.float32)
+    for name, delta in (bias_delta or {}).items():
+        model.logit_bias[model.classes.index(name)] += delta
     settings = replace(model.card.segmentation, **(segmentation or {}))
-    return score_cases(SparseEngine(model=model, settings=settings), data_root, cases, quiet=quiet)
+    eng = SparseEngine(model=model, settings=settings)
+    if mirror_weight:
+        mirror_averaged(model, mirror_weight)
+        eng._click = None  # the compiled few-point path reads the network itself: every point through predict
+    return score_cases(eng, data_root, cases, quiet=quiet)
+
+
+def mirror_averaged(model, weight: float):
+    """Test-time mirror averaging, an out-of-fold experiment rather than an engine setting: `model.predict`
+    (descriptors -> probabilities) replaced by (1 - weight) p(d) + weight p'(d), p' the probabilities of the point
+    in the left-right mirrored scan (the descriptor's samples mirrored, `Pattern.mirror_index`) with each lateral
+    organ's class swapped with its twin's. Returns the model."""
+    from ..organs import lateral_twin
+
+    cols = model.pattern.mirror_index()
+    classes = list(model.classes)
+    twins = np.array([classes.index(lateral_twin(c)) if lateral_twin(c) in classes else i
+                      for i, c in enumerate(classes)])
+    plain = model.predict
+
+    def predict(descriptors: np.ndarray) -> np.ndarray:
+        mirrored = plain(np.ascontiguousarray(descriptors[:, cols]))[:, twins]
+        return (1.0 - weight) * plain(descriptors) + weight * mirrored
+
+    model.predict = predict
+    return model
 
 
 def score_cases(eng, data_root: Path, cases: list[str], *, quiet: bool = False) -> dict:
@@ -215,6 +244,21 @@ def sweep_segmentation(out_dir: Path, data_root: Path, name: str, values, *, thr
         parsed = _SETTING_PARSERS[name](v)
         variants[f"{name}={json.dumps(parsed)}"] = {"segmentation": {name: parsed}}  # a tuple dumps as a list
     return _sweep(out_dir, data_root, variants, "sweep_segmentation.json", threads=threads)
+
+
+def sweep_organ_bias(out_dir: Path, data_root: Path, organ: str, deltas, *, threads: int = 2) -> dict:
+    """Out-of-fold check of one organ's decision threshold: every fold model re-scored on its own held-out cases
+    with `delta` added to that organ's logit bias (a Dice-optimal threshold need not be the argmax), pooled per
+    value into OUT/sweep_organ_bias.json (keys "organ+delta")."""
+    variants = {f"{organ}{d:+g}": {"bias_delta": {organ: float(d)}} for d in deltas}
+    return _sweep(out_dir, data_root, variants, "sweep_organ_bias.json", threads=threads)
+
+
+def sweep_mirror(out_dir: Path, data_root: Path, weights, *, threads: int = 2) -> dict:
+    """Out-of-fold check of test-time mirror averaging (`mirror_averaged`) with each weight, pooled per weight into
+    OUT/sweep_mirror.json (keys "mirror=w")."""
+    variants = {f"mirror={w:g}": {"mirror_weight": float(w)} for w in weights}
+    return _sweep(out_dir, data_root, variants, "sweep_mirror.json", threads=threads)
 
 
 def _sweep(out_dir: Path, data_root: Path, variants: dict, filename: str, *, threads: int) -> dict:
@@ -483,6 +527,12 @@ def main(argv=None) -> None:
                     help="one coarse-to-fine setting (majority, largest_component, components_before_refinement, "
                          "max_sweeps; levels_mm as 8/4/2) with each value re-scored like --sweep-alpha, into "
                          "OUT/sweep_segmentation.json")
+    ap.add_argument("--sweep-organ-bias", default=None, metavar="ORGAN=D1,D2",
+                    help="offsets added to one organ's logit bias, each re-scored like --sweep-alpha, into "
+                         "OUT/sweep_organ_bias.json")
+    ap.add_argument("--sweep-mirror", default=None, metavar="W1,W2",
+                    help="test-time mirror averaging with each weight, re-scored like --sweep-alpha, into "
+                         "OUT/sweep_mirror.json")
     ap.add_argument("--confidence-threshold", action="store_true",
                     help="choose the anatomy check's lowest organ confidence from the folds scored under --out "
                          "(OUT/confidence_threshold.json)")
@@ -519,6 +569,19 @@ def main(argv=None) -> None:
                   for v in values.split(",")]
         result = sweep_segmentation(a.out, a.data, name, values, threads=a.threads)
         print(json.dumps(result, indent=1))
+        return
+    if a.sweep_organ_bias:
+        if a.data is None or "=" not in a.sweep_organ_bias:
+            ap.error("--sweep-organ-bias needs ORGAN=D1,D2,... and --data")
+        organ, _, values = a.sweep_organ_bias.partition("=")
+        print(json.dumps(sweep_organ_bias(a.out, a.data, organ, [float(v) for v in values.split(",")],
+                                          threads=a.threads), indent=1))
+        return
+    if a.sweep_mirror:
+        if a.data is None:
+            ap.error("--sweep-mirror needs --data")
+        print(json.dumps(sweep_mirror(a.out, a.data, [float(v) for v in a.sweep_mirror.split(",")],
+                                      threads=a.threads), indent=1))
         return
     if a.pool:
         result = pool(a.out)
