@@ -409,8 +409,8 @@ def weight_grid(n_members: int, step: float) -> list[tuple[float, ...]]:
 
 def sweep_weights(members: dict[str, Path], out_dir: Path, data_root: Path, *, step: float = 0.1,
                   threads: int = 1) -> dict:
-    """Out-of-fold ensemble weights: for every fold that each member (name -> its cv folder, e.g. cv/sparse) has
-    scored, the members' fold models compute their class probabilities on the fold's held-out cases once, and
+    """Out-of-fold ensemble weights: for every fold that each member (name -> its cv folder, e.g. cv/sparse; an
+    engine name, or ENGINE:LABEL for another model of that engine, e.g. sparse:flip=cv/sparse_flip) has scored, the members' fold models compute their class probabilities on the fold's held-out cases once, and
     EnsembleEngine.fuse scores each weight vector of `weight_grid` on them. Writes OUT/sweep_weights.json (reusing
     folds swept before): per weight vector the pooled summary, the best, and a cross-fitted figure for the
     choice (weights chosen on the other folds' cases, scored on each fold's; with one fold, on the other half of
@@ -436,8 +436,9 @@ def sweep_weights(members: dict[str, Path], out_dir: Path, data_root: Path, *, s
         per_fold = done["folds"].setdefault(str(k), {})
         if all(key in per_fold and set(per_fold[key]) == set(held[0]) for key in keys):
             continue
-        engines = {n: get_engine(n, model=_fold_model(Path(members[n]) / f"fold{k}", f"{n}_fold{k}"),
-                                 threads=threads) for n in names}
+        engines = {n: get_engine(_engine_of(n), model=_fold_model(Path(members[n]) / f"fold{k}",
+                                                                f"{_engine_of(n)}_fold{k}"), threads=threads)
+                   for n in names}
         ens = EnsembleEngine(members=[(n, 1.0) for n in names], engines=lambda n, threads=None: engines[n],
                              threads=1)
         ids = {c: i for i, c in enumerate(ens.classes)}
@@ -454,6 +455,11 @@ def sweep_weights(members: dict[str, Path], out_dir: Path, data_root: Path, *, s
               flush=True)
         path.write_text(json.dumps(done) + "\n")
     return _weights_summary(done, keys, path)
+
+
+def _engine_of(member: str) -> str:
+    """A member's engine: its name up to a colon ("sparse:flip" is a second sparse model, from its own cv folder)."""
+    return member.partition(":")[0]
 
 
 def _fold_model(fold_dir: Path, name: str) -> Path:
@@ -537,7 +543,8 @@ def main(argv=None) -> None:
                     help="choose the anatomy check's lowest organ confidence from the folds scored under --out "
                          "(OUT/confidence_threshold.json)")
     ap.add_argument("--members", default=None, metavar="NAME=CV_DIR,...",
-                    help="ensemble: the members and their cv folders (e.g. sparse=cv/sparse,cnn3d=cv/cnn3d); their "
+                    help="ensemble: the members and their cv folders (e.g. sparse=cv/sparse,cnn3d=cv/cnn3d; "
+                         "ENGINE:LABEL=DIR for another model of an engine, e.g. sparse:flip=cv/sparse_flip); their "
                          "folds' models are fused with every weight vector on a grid (--step) into "
                          "OUT/sweep_weights.json")
     ap.add_argument("--step", type=float, default=0.1, help="ensemble: the weight grid's step")
