@@ -286,7 +286,9 @@ def test_alpha_sweep_rescores_each_fold_once_per_alpha_and_pools_complete_alphas
     monkeypatch.setattr(crossval, "score_fold", fake_score)
     for fold, held in ((0, ["a", "b"]), (1, ["c"])):
         (tmp_path / f"fold{fold}").mkdir()
-        (tmp_path / f"fold{fold}" / "scores.json").write_text(json.dumps({"fold": fold, "held_out": held}))
+        card = {c: {"organs": {"brainstem": {"dice": 0.7, "confidence": 0.9}}} for c in held}
+        (tmp_path / f"fold{fold}" / "scores.json").write_text(json.dumps({"fold": fold, "held_out": held,
+                                                                          "cases": card}))
     first = crossval.sweep_alpha(tmp_path, tmp_path, [0.0, 0.5])
     assert len(calls) == 4 and first["folds"] == ["0", "1"] and set(first["pooled"]) == {"0", "0.5"}
     assert first["pooled"]["0.5"]["cases"] == 3
@@ -308,10 +310,14 @@ def test_organ_bias_and_mirror_sweeps_pass_their_variant_to_each_fold(tmp_path, 
     monkeypatch.setattr(crossval, "score_fold", fake_score)
     for fold, held in ((0, ["a", "b"]), (1, ["c"])):
         (tmp_path / f"fold{fold}").mkdir()
-        (tmp_path / f"fold{fold}" / "scores.json").write_text(json.dumps({"fold": fold, "held_out": held}))
+        card = {c: {"organs": {"larynx": {"dice": 0.7, "confidence": 0.9}}} for c in held}
+        (tmp_path / f"fold{fold}" / "scores.json").write_text(json.dumps({"fold": fold, "held_out": held,
+                                                                          "cases": card}))
     bias = crossval.sweep_organ_bias(tmp_path, tmp_path, "larynx", [0.0, 0.5])
     assert set(bias["pooled"]) == {"larynx+0", "larynx+0.5"}
     assert bias["pooled"]["larynx+0.5"]["mean_dice"] == pytest.approx(0.705)
+    assert bias["minus_card"]["larynx+0.5"]["difference"] == pytest.approx(0.005)  # paired with the folds' scores
+    assert bias["minus_card"]["larynx+0"]["difference"] == pytest.approx(0.0)
     assert ("sparse_fold1.onnx", {"larynx": 0.5}, 0.0) in calls
     mirror = crossval.sweep_mirror(tmp_path, tmp_path, [0.0, 0.5])
     assert mirror["pooled"]["mirror=0.5"]["mean_dice"] == pytest.approx(0.69)

@@ -280,14 +280,17 @@ def _sweep(out_dir: Path, data_root: Path, variants: dict, filename: str, *, thr
                       f"({time.perf_counter() - t:.0f} s)", flush=True)
                 path.write_text(json.dumps(done) + "\n")
     keys = sorted({k for f in done["folds"].values() for k in f}, key=_sweep_order)
-    done["pooled"] = {}
+    card = {cid: v for p in Path(out_dir).glob("fold*/scores.json") for cid, v in json.loads(p.read_text())["cases"].items()}
+    done["pooled"], done["minus_card"] = {}, {}
     for key in keys:
         if all(key in f for f in done["folds"].values()):
             cases = {cid: v for f in done["folds"].values() for cid, v in f[key].items()}
             done["pooled"][key] = summary(cases)
+            # paired against the fold models as exported (the card's settings), on the same patients
+            done["minus_card"][key] = paired_difference(cases, card)
     done["folds_swept"] = sorted(done["folds"], key=int)
     path.write_text(json.dumps(done) + "\n")
-    return {"folds": done["folds_swept"], "pooled": done["pooled"]}
+    return {"folds": done["folds_swept"], "pooled": done["pooled"], "minus_card": done["minus_card"]}
 
 
 def _sweep_order(key: str):
