@@ -134,3 +134,31 @@ def test_bench_first_run_once(tmp_path):
     assert "segment --engine sparse" in proc.stdout and "query (1 point)" in proc.stdout, proc.stdout
     rows = {r["command"]: r for r in json.loads(out_json.read_text())["rows"]}
     assert rows["segment --engine sparse"]["notice"] == [[True, False]]
+
+
+def test_label_sensitivity_scores_a_cube_and_runs_on_the_bundled_cases(tmp_path):
+    """A 4-voxel cube moved one voxel keeps 48 of 64 voxels (Dice 0.75); eroded (6-connected) it keeps its 2x2x2
+    core (2*8/72); dilated it gains its 6 faces of 16 (2*64/(64+160)); the script runs on the bundled cases."""
+    import numpy as np
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import label_sensitivity as L
+
+    cube = np.zeros((10, 10, 10), bool)
+    cube[3:7, 3:7, 3:7] = True
+    s = L.organ_scores(cube, through_axis=2)
+    assert s["voxels"] == 64
+    assert s["shift_in_plane"] == pytest.approx(0.75) and s["shift_through_plane"] == pytest.approx(0.75)
+    assert s["eroded"] == pytest.approx(16 / 72) and s["dilated"] == pytest.approx(128 / 224)
+    flat = np.zeros((10, 10, 10), bool)
+    flat[2:8, 2:8, 4:6] = True  # a slab two voxels thick along axis 2: a shift across it halves the overlap
+    f = L.organ_scores(flat, through_axis=2)
+    assert f["shift_through_plane"] == pytest.approx(0.5) and f["shift_in_plane"] == pytest.approx(5 / 6)
+    out = tmp_path / "sens.json"
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "label_sensitivity.py"),
+                        str(REPO / "tests" / "data" / "openkbp"), "--json", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "3 cases" in r.stdout and "spinal_cord" in r.stdout
+    organs = json.loads(out.read_text())["organs"]
+    assert organs["mandible"]["cases"] == 3 and 0 < organs["mandible"]["shift_mean"] < 1
