@@ -162,3 +162,29 @@ def test_label_sensitivity_scores_a_cube_and_runs_on_the_bundled_cases(tmp_path)
     assert "3 cases" in r.stdout and "spinal_cord" in r.stdout
     organs = json.loads(out.read_text())["organs"]
     assert organs["mandible"]["cases"] == 3 and 0 < organs["mandible"]["shift_mean"] < 1
+
+
+def test_slice_extent_separates_extent_from_in_slice_disagreement(tmp_path):
+    """A prediction that matches the reference on its slices but runs two slices further scores Dice 1 within the
+    common slices and counts the extra voxels outside them; the script runs the shipped model on the bundled cases."""
+    import numpy as np
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import slice_extent as E
+
+    ref = np.zeros((8, 8, 12), bool)
+    ref[2:5, 2:5, 3:7] = True  # 4 slices along axis 2, 9 voxels each
+    pred = ref.copy()
+    pred[2:5, 2:5, 7:9] = True  # 2 more slices
+    s = E.extent_scores(ref, pred, slice_axis=2)
+    assert s["dice_common_slices"] == 1.0 and s["dice"] == pytest.approx(72 / 90)
+    assert (s["slices_reference"], s["slices_predicted"], s["slices_common"]) == (4, 6, 4)
+    assert s["predicted_voxels_outside"] == 18 and s["reference_voxels_outside"] == 0
+    out = tmp_path / "extent.json"
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "slice_extent.py"), str(REPO / "tests" / "data" / "openkbp"),
+                        "--organs", "larynx,mandible", "--threads", "1", "--json", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    m = json.loads(out.read_text())
+    assert m["mandible"]["cases"] == 3 and m["mandible"]["dice"] > 0.7  # the golden test's cases
+    assert m["mandible"]["dice_common_slices"] >= m["mandible"]["dice"]  # dropping slices drops only errors
