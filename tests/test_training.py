@@ -273,6 +273,16 @@ def test_prior_bias_at_the_shipped_alpha_is_the_shipped_bias():
     assert not prior_bias(0.0).any()
 
 
+def _two_scored_folds(cv_dir: Path, organ: str) -> None:
+    """Folds 0 (cases a, b) and 1 (case c) as crossval leaves them: scores.json with the fold model's own scores
+    (Dice 0.7 on `organ`)."""
+    for fold, held in ((0, ["a", "b"]), (1, ["c"])):
+        (cv_dir / f"fold{fold}").mkdir()
+        card = {c: {"organs": {organ: {"dice": 0.7, "confidence": 0.9}}} for c in held}
+        (cv_dir / f"fold{fold}" / "scores.json").write_text(json.dumps({"fold": fold, "held_out": held,
+                                                                        "cases": card}))
+
+
 def test_alpha_sweep_rescores_each_fold_once_per_alpha_and_pools_complete_alphas(tmp_path, monkeypatch):
     from organscope.training import crossval
 
@@ -284,11 +294,7 @@ def test_alpha_sweep_rescores_each_fold_once_per_alpha_and_pools_complete_alphas
         return {c: {"organs": {"brainstem": {"dice": d, "confidence": 0.9}}, "seconds": 0.1} for c in cases}
 
     monkeypatch.setattr(crossval, "score_fold", fake_score)
-    for fold, held in ((0, ["a", "b"]), (1, ["c"])):
-        (tmp_path / f"fold{fold}").mkdir()
-        card = {c: {"organs": {"brainstem": {"dice": 0.7, "confidence": 0.9}}} for c in held}
-        (tmp_path / f"fold{fold}" / "scores.json").write_text(json.dumps({"fold": fold, "held_out": held,
-                                                                          "cases": card}))
+    _two_scored_folds(tmp_path, "brainstem")
     first = crossval.sweep_alpha(tmp_path, tmp_path, [0.0, 0.5])
     assert len(calls) == 4 and first["folds"] == ["0", "1"] and set(first["pooled"]) == {"0", "0.5"}
     assert first["pooled"]["0.5"]["cases"] == 3
@@ -308,11 +314,7 @@ def test_organ_bias_and_mirror_sweeps_pass_their_variant_to_each_fold(tmp_path, 
         return {c: {"organs": {"larynx": {"dice": d, "confidence": 0.9}}, "seconds": 0.1} for c in cases}
 
     monkeypatch.setattr(crossval, "score_fold", fake_score)
-    for fold, held in ((0, ["a", "b"]), (1, ["c"])):
-        (tmp_path / f"fold{fold}").mkdir()
-        card = {c: {"organs": {"larynx": {"dice": 0.7, "confidence": 0.9}}} for c in held}
-        (tmp_path / f"fold{fold}" / "scores.json").write_text(json.dumps({"fold": fold, "held_out": held,
-                                                                          "cases": card}))
+    _two_scored_folds(tmp_path, "larynx")
     bias = crossval.sweep_organ_bias(tmp_path, tmp_path, "larynx", [0.0, 0.5])
     assert set(bias["pooled"]) == {"larynx+0", "larynx+0.5"}
     assert bias["pooled"]["larynx+0.5"]["mean_dice"] == pytest.approx(0.705)
