@@ -280,7 +280,8 @@ def _sweep(out_dir: Path, data_root: Path, variants: dict, filename: str, *, thr
                       f"({time.perf_counter() - t:.0f} s)", flush=True)
                 path.write_text(json.dumps(done) + "\n")
     keys = sorted({k for f in done["folds"].values() for k in f}, key=_sweep_order)
-    card = {cid: v for p in Path(out_dir).glob("fold*/scores.json") for cid, v in json.loads(p.read_text())["cases"].items()}
+    card = {cid: v for scores in Path(out_dir).glob("fold*/scores.json")
+            for cid, v in json.loads(scores.read_text())["cases"].items()}
     done["pooled"], done["minus_card"] = {}, {}
     for key in keys:
         if all(key in f for f in done["folds"].values()):
@@ -413,7 +414,8 @@ def weight_grid(n_members: int, step: float) -> list[tuple[float, ...]]:
 def sweep_weights(members: dict[str, Path], out_dir: Path, data_root: Path, *, step: float = 0.1,
                   threads: int = 1) -> dict:
     """Out-of-fold ensemble weights: for every fold that each member (name -> its cv folder, e.g. cv/sparse; an
-    engine name, or ENGINE:LABEL for another model of that engine, e.g. sparse:flip=cv/sparse_flip) has scored, the members' fold models compute their class probabilities on the fold's held-out cases once, and
+    engine name, or ENGINE:LABEL for another model of that engine, e.g. sparse:flip=cv/sparse_flip) has scored,
+    the members' fold models compute their class probabilities on the fold's held-out cases once, and
     EnsembleEngine.fuse scores each weight vector of `weight_grid` on them. Writes OUT/sweep_weights.json (reusing
     folds swept before): per weight vector the pooled summary, the best, and a cross-fitted figure for the
     choice (weights chosen on the other folds' cases, scored on each fold's; with one fold, on the other half of
@@ -584,6 +586,9 @@ def main(argv=None) -> None:
         if a.data is None or "=" not in a.sweep_organ_bias:
             ap.error("--sweep-organ-bias needs ORGAN=D1,D2,... and --data")
         organ, _, values = a.sweep_organ_bias.partition("=")
+        classes = json.loads((MODELS_DIR / "sparse_openkbp.json").read_text())["classes"]
+        if organ not in classes[1:]:
+            ap.error(f"--sweep-organ-bias: {organ!r} is not one of the sparse model's organs ({', '.join(classes[1:])})")
         print(json.dumps(sweep_organ_bias(a.out, a.data, organ, [float(v) for v in values.split(",")],
                                           threads=a.threads), indent=1))
         return
