@@ -24,13 +24,15 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from organscope.datasets import Dataset  # noqa: E402
+from organscope.metrics.overlap import confusion  # noqa: E402
+from organscope.metrics.overlap import dice as _dice  # noqa: E402
+from organscope.sampling.points import superior_axis  # noqa: E402
 
 CROSS = ndimage.generate_binary_structure(3, 1)
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = int(a.sum()) + int(b.sum())
-    return 2.0 * int(np.logical_and(a, b).sum()) / s if s else float("nan")
+    return _dice(confusion(b, a))
 
 
 def shifted(mask: np.ndarray, axis: int, step: int) -> np.ndarray:
@@ -66,8 +68,7 @@ def main(argv=None) -> None:
     for case in ds.cases:
         lab = case.load_labels()
         arr = np.asarray(lab.array)
-        # the axial slice axis: the voxel axis closest to the world's superior-inferior direction
-        through = int(np.argmax(np.abs(np.asarray(lab.affine, float)[2, :3])))
+        through = superior_axis(lab.affine)  # the axis across axial slices
         for organ in case.organs:
             mask = arr == ds.label_map.ids[organ]
             if mask.any():

@@ -23,14 +23,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from organscope.datasets import Dataset  # noqa: E402
 from organscope.engines.sparse import SparseEngine, SparseModel  # noqa: E402
+from organscope.metrics.overlap import confusion, dice  # noqa: E402
+from organscope.sampling.points import superior_axis  # noqa: E402
 
 COLUMNS = ("dice", "dice_common_slices", "slices_reference", "slices_predicted", "slices_common",
            "reference_voxels_outside", "predicted_voxels_outside")
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = int(a.sum()) + int(b.sum())
-    return 2.0 * int(np.logical_and(a, b).sum()) / s if s else float("nan")
 
 
 def extent_scores(reference: np.ndarray, predicted: np.ndarray, slice_axis: int) -> dict[str, float]:
@@ -39,13 +36,13 @@ def extent_scores(reference: np.ndarray, predicted: np.ndarray, slice_axis: int)
     zr, zp = reference.any(axis=other), predicted.any(axis=other)
     common = np.flatnonzero(zr & zp)
     rc, pc = np.take(reference, common, axis=slice_axis), np.take(predicted, common, axis=slice_axis)
-    return {"dice": _dice(reference, predicted), "dice_common_slices": _dice(rc, pc),
+    return {"dice": dice(confusion(predicted, reference)), "dice_common_slices": dice(confusion(pc, rc)),
             "slices_reference": int(zr.sum()), "slices_predicted": int(zp.sum()), "slices_common": len(common),
             "reference_voxels_outside": int(reference.sum() - rc.sum()),
             "predicted_voxels_outside": int(predicted.sum() - pc.sum())}
 
 
-def _runs(data: Path, cv: Path | None, threads: int):
+def _runs(cv: Path | None, threads: int):
     """(engine, case ids) pairs: each fold model with its held-out cases, or the shipped model with every case."""
     if cv is None:
         yield SparseEngine(threads=threads), None
@@ -68,7 +65,7 @@ def main(argv=None) -> None:
     by_id = {c.case_id: c for c in ds.cases}
     wanted = a.organs.split(",")
     rows: dict[str, list[dict]] = {o: [] for o in wanted}
-    for eng, ids in _runs(a.data, a.cv, a.threads):
+    for eng, ids in _runs(a.cv, a.threads):
         cls = {n: i for i, n in enumerate(eng.classes)}
         for cid in ids if ids is not None else list(by_id):
             case = by_id[cid]
@@ -78,9 +75,8 @@ def main(argv=None) -> None:
             lab = case.load_labels()
             ref = np.asarray(lab.array)
             pred = np.asarray(eng.segment(case.load_image()).labels.array)
-            axis = int(np.argmax(np.abs(np.asarray(lab.affine, float)[2, :3])))  # closest to superior-inferior
             for o in todo:
-                rows[o].append(extent_scores(ref == ds.label_map.ids[o], pred == cls[o], axis))
+                rows[o].append(extent_scores(ref == ds.label_map.ids[o], pred == cls[o], superior_axis(lab.affine)))
     means = {o: {c: float(np.nanmean([r[c] for r in rs])) for c in COLUMNS} | {"cases": len(rs)}
              for o, rs in rows.items() if rs}
     print(("out of fold (" + str(a.cv) + ")") if a.cv else "the shipped sparse model")
