@@ -119,6 +119,30 @@ def test_cut_sample_targets_the_remaining_part_and_zero_for_an_organ_cut_away():
     assert (img[17, 9, :14] > 0).all() and (img[17, 9, 21:] < -500).all()
 
 
+def test_presence_cut_keeps_slices_along_the_superior_axis_of_an_oblique_anisotropic_grid():
+    """The presence-threshold scans cut short are cut across the voxel axis closest to the patient's
+    superior-inferior direction by direction, not by the largest z component: here axis 0 has 5 mm voxels
+    tilted 30 degrees from superior (z component 2.5 mm) and axis 2 has 1 mm voxels tilted 60 degrees (z
+    component 0.87 mm); the cut is across axis 2 and keeps only slices whose centre lies below the given z."""
+    pytest.importorskip("torch")
+    from organscope.training.train_heatmap import _cut
+    from organscope.volume import Volume
+
+    c, s = np.cos(np.radians(30)), np.sin(np.radians(30))
+    affine = np.eye(4)
+    affine[:3, 0] = 5.0 * np.array([c, 0.0, s])      # mostly left-right, 30 degrees up
+    affine[:3, 1] = [0.0, 1.0, 0.0]
+    affine[:3, 2] = 1.0 * np.array([-s, 0.0, c])     # mostly superior, 30 degrees off
+    vol = Volume(np.zeros((8, 6, 40), np.int16), affine)
+    lab = Volume(np.zeros((8, 6, 40), np.uint8), affine)
+    # slice k's centre: z = 5 s * 3.5 + c * k, below the threshold for k = 0..20
+    cut = _cut(vol, lab, keep_below_mm=5 * s * 3.5 + c * 20.5)
+    assert cut is not None
+    cut_vol, cut_lab = cut
+    assert cut_vol.shape == (8, 6, 21) and cut_lab.shape == (8, 6, 21)
+    np.testing.assert_allclose(cut_vol.affine, affine)
+
+
 def test_organ_cut_removes_one_organ_wholly_and_keeps_enough_slices():
     """Cuts that take an organ out of the field of view (a scan starting in the neck): every slice of the organ
     is gone, the cut ends 1..max_gap slices from it, and at least min_slices remain; None when none fits."""

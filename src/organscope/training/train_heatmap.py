@@ -297,9 +297,10 @@ def fit_box_half_extents(model: Path, data_root: Path, cases, voxel_quantile: fl
 def _cut(vol, lab, keep_below_mm: float | None = None, keep_above_mm: float | None = None):
     """The scan and labels with only the slices (along the axis closest to world z) whose centre lies below /
     above a world z; None if nothing is left."""
+    from ..sampling.points import superior_axis
     from ..volume import Volume
 
-    k = int(np.argmax(np.abs(vol.affine[2, :3])))
+    k = superior_axis(vol.affine)
     idx = np.arange(vol.shape[k])
     z = vol.affine[2, k] * idx + vol.affine[2, 3] + sum(vol.affine[2, a] * (vol.shape[a] - 1) / 2
                                                         for a in range(3) if a != k)
