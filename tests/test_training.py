@@ -169,6 +169,31 @@ def test_folds_are_balanced_disjoint_and_the_same_every_time(tmp_path):
         EpochSampler(tmp_path / "data", paper_pattern(), SamplingPlan(), cases=["nobody"])
 
 
+def test_train_sparse_all_cases_trains_on_every_split_and_excludes_fold(tmp_path, monkeypatch):
+    """The model shipped after cross-validation trains on every case whatever its split (--all-cases); with
+    --fold, or without a dataset to draw from, the command refuses in one line (exit 2)."""
+    import json
+
+    from organscope.training import train_sparse
+
+    _phantom_dataset(tmp_path / "data")
+    meta_path = tmp_path / "data" / "dataset.json"
+    meta = json.loads(meta_path.read_text())
+    meta["cases"][1]["split"] = "validation"
+    meta_path.write_text(json.dumps(meta))
+    seen = {}
+    monkeypatch.setattr(train_sparse, "train", lambda source, *a, **k: seen.setdefault("cases", source.cases))
+    train_sparse.main(["--resample-from", str(tmp_path / "data"), "--all-cases", "--val", "v", "--run", "r"])
+    assert sorted(c["case"] for c in seen["cases"]) == ["syn_a", "syn_b"]
+    seen.clear()
+    train_sparse.main(["--resample-from", str(tmp_path / "data"), "--val", "v", "--run", "r"])
+    assert [c["case"] for c in seen["cases"]] == ["syn_a"]  # the training split only
+    for extra in (["--resample-from", str(tmp_path / "data"), "--all-cases", "--fold", "0"], ["--all-cases"]):
+        with pytest.raises(SystemExit) as exc:
+            train_sparse.main(["--val", "v", "--run", "r", *extra])
+        assert exc.value.code == 2
+
+
 def test_out_of_fold_summary_means_organs_over_the_cases_that_contour_them():
     from organscope.training.crossval import summary
 

@@ -162,6 +162,9 @@ def main(argv=None):
     ap.add_argument("--fold", type=int, default=None,
                     help="train on the cases outside this cross-validation fold (training/folds.py, 5 folds over "
                          "every case of --resample-from), whatever their split")
+    ap.add_argument("--all-cases", action="store_true",
+                    help="train on every case of --resample-from, whatever its split: the model shipped after "
+                         "cross-validation chose its settings (--val then only monitors, on training patients)")
     ap.add_argument("--cut-fraction", type=float, default=0.0,
                     help="fraction of point chunks read as from a scan whose in-plane field of view is cut to "
                          "200-400 mm (samples outside it read 0, as outside a scan)")
@@ -172,6 +175,10 @@ def main(argv=None):
                     help="with --resample-from: fresh points drawn per case every epoch, as a multiple of the plan's "
                          "(body, edge band and class-balanced points scaled alike)")
     a = ap.parse_args(argv)
+    if a.all_cases and a.fold is not None:
+        ap.error("--all-cases and --fold exclude each other: a fold's model leaves that fold's cases out")
+    if (a.all_cases or a.fold is not None) and a.resample_from is None:
+        ap.error("--all-cases and --fold choose cases of --resample-from, which is missing")
     source = a.train
     if a.resample_from is not None:
         from ..sampling.pattern import paper_pattern
@@ -188,6 +195,10 @@ def main(argv=None):
             from .folds import fold_cases
 
             cases = fold_cases(a.resample_from, a.fold)[0]
+        elif a.all_cases:
+            from ..datasets import Dataset
+
+            cases = [c.case_id for c in Dataset(a.resample_from).cases]
         source = EpochSampler(a.resample_from, paper_pattern(), plan, cases=cases)
     train(source, a.val, a.run, TrainSettings(epochs=a.epochs, batch_size=a.batch_size, threads=a.threads,
                                               weight_decay_l2=a.weight_decay, lr=a.lr, width=a.width), a.classes,
