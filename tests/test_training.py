@@ -555,3 +555,42 @@ def test_mirrored_chunks_read_the_pattern_flipped_and_swap_left_and_right(tmp_pa
     background = second & (y == 0)
     assert background.any() and np.all(bits[background] == (1 | (1 << 1)))
     assert np.all(bitsp[(case == 1) & (yp == 0)] == (1 | (1 << 2)))
+
+
+def test_ship_sparse_card_keeps_out_of_fold_choices_and_estimates_from_the_folds(tmp_path):
+    """The model shipped after cross-validation: its card keeps every setting chosen out of fold (logit bias,
+    QC threshold, segmentation), takes the run's training record and weights' checks, and states the folds'
+    pooled out-of-fold Dice as its accuracy, with the validation split's own out-of-fold figure beside it."""
+    from organscope.training.ship_sparse import main, out_of_fold_validation, ship_card
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "brainstem": 1}, "cases": [
+        {"case": "a", "split": "train"}, {"case": "b", "split": "train"}, {"case": "c", "split": "validation"}]}))
+    cv = tmp_path / "cv"
+    cv.mkdir()
+    _two_scored_folds(cv, "brainstem")
+    val = out_of_fold_validation(cv, data)
+    assert val["cases"] == 3 and val["folds"] == [0, 1] and val["mean_dice"] == 0.7
+    assert val["validation_split_out_of_fold"]["cases"] == 1
+    shipped = {"name": "sparse_openkbp", "logit_bias": [0.1, -1.0], "qc_min_confidence": 0.7,
+               "segmentation": {"majority": 0}, "date": "2026-11-23",
+               "training": {"data": "OpenKBP training split", "cases": ["a", "b"]},
+               "validation": {"mean_dice": 0.698}}
+    fold_card = {"training": {"cases": ["a", "b", "c"], "settings": {"epochs": 10}},
+                 "onnx_parity_max_abs_diff": 1e-5, "quantization": {"first_layer": "uint8 x int8"}}
+    card = ship_card(fold_card, shipped, val, "CMD")
+    assert card["logit_bias"] == [0.1, -1.0] and card["qc_min_confidence"] == 0.7
+    assert card["segmentation"] == {"majority": 0}
+    assert card["training"]["cases"] == ["a", "b", "c"] and card["training"]["command"] == "CMD"
+    assert "all 3 cases" in card["training"]["data"]
+    assert card["training"]["previous_model"] == {"data": "OpenKBP training split", "cases": 2,
+                                                  "date": "2026-11-23", "validation_mean_dice": 0.698}
+    assert card["validation"] is val and card["date"] != "2026-11-23"
+    assert shipped["training"]["cases"] == ["a", "b"]  # the shipped card itself is not changed
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "data.json").write_text(json.dumps({"cases": ["a", "b"]}))  # a run that left case c out
+    with pytest.raises(SystemExit, match="--all-cases"):
+        main(["--run", str(run), "--cv", str(cv), "--data", str(data), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()

@@ -281,7 +281,9 @@ def cmd_models(args) -> int:
                      f"mean_box_recall={own.get('mean_box_recall', float('nan')):.3f}")
         else:
             dice = val.get("mean_dice", val.get("mean", {}).get("dice"))
-            score = f"validation_mean_dice={'n/a' if dice is None else f'{dice:.4f}'}"
+            # a model trained on every case states the out-of-fold figure of its recipe (training/ship_sparse.py)
+            kind = "out_of_fold" if "folds" in val else "validation"
+            score = f"{kind}_mean_dice={'n/a' if dice is None else f'{dice:.4f}'}"
             if "point_accuracy" in val:
                 score += f" point_accuracy={val['point_accuracy']:.4f}"
         print(f"{card_path.stem}: engine={card.engine} region={card.body_region or 'unstated'} organs={n_organs} "

@@ -1,0 +1,96 @@
+"""The sparse model shipped after cross-validation (issue 14): a run that trained on every case
+(`train_sparse --all-cases`) with the recipe the folds measured, exported with the settings chosen out of fold,
+its card recording the folds' pooled out-of-fold figures as the estimate of its accuracy.
+
+    python -m organscope.training.ship_sparse --run RUN --cv cv/sparse --data OPENKBP [--install]
+
+The ONNX export, its integer first layer and the card's training record are those of a fold model
+(`crossval.export_sparse_fold`); everything the folds chose is kept from the shipped card (logit bias and its
+alpha, coarse-to-fine settings, working grid, the QC confidence threshold fitted on the folds' held-out organs).
+No figure is measured on the 33 validation cases: they are training cases of this model; their out-of-fold
+figure (each scored by a fold model that never saw it) is recorded for continuity.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import shutil
+from pathlib import Path
+
+from ..datasets import Dataset
+from ..modelcard import MODELS_DIR
+from .crossval import export_sparse_fold, pooled_scores, summary
+
+SHIPPED = "sparse_openkbp"
+
+
+def out_of_fold_validation(cv_dir: Path, data_root: Path) -> dict:
+    """The card's accuracy estimate: every fold's held-out patients pooled (mean Dice per organ and mean with its
+    bootstrap interval), and the same restricted to the dataset's validation split."""
+    folds, scores = pooled_scores(cv_dir)
+    if len(folds) < 2:
+        raise SystemExit(f"{cv_dir}: {len(folds)} scored fold(s); the estimate needs every fold")
+    val_ids = {c.case_id for c in Dataset(data_root, require_files=False).split("validation")}
+    pooled = summary(scores)
+    return {"what": "out of fold: every patient scored by the fold model that never saw it (the same recipe "
+                    "trained on the other folds' cases), pooled over the folds; Dice of segment() per contoured "
+                    "organ (python -m organscope.training.crossval sparse --pool)",
+            "cv_dir": str(cv_dir), "folds": [r["fold"] for r in folds], **pooled,
+            "validation_split_out_of_fold": summary({c: v for c, v in scores.items() if c in val_ids}),
+            "note": "this model trained on every case, the validation split's included: a figure measured on "
+                    "them now would be in-sample"}
+
+
+def ship_card(fold_card: dict, shipped: dict, validation: dict, command: str) -> dict:
+    """The shipped card with this run's weights: training record, ONNX parity and quantization from the exported
+    run (`fold_card`), everything chosen out of fold kept, and the previous model summarised."""
+    card = dict(shipped)
+    prev = shipped.get("training", {})
+    training = dict(fold_card["training"])
+    training.update(data=f"OpenKBP (Babier et al. 2021), all {len(training['cases'] or [])} cases (training and "
+                         "validation splits)", command=command,
+                    previous_model={"data": prev.get("data"), "cases": len(prev.get("cases") or []),
+                                    "date": shipped.get("date"),
+                                    "validation_mean_dice": shipped.get("validation", {}).get("mean_dice")})
+    card.update(name=SHIPPED, training=training, onnx_parity_max_abs_diff=fold_card["onnx_parity_max_abs_diff"],
+                quantization=fold_card["quantization"], validation=validation,
+                date=_dt.date.today().isoformat(),
+                calibration_note="logit bias (alpha), coarse-to-fine settings and qc_min_confidence chosen out "
+                                 "of fold on the five fold models of this recipe")
+    return card
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", type=Path, required=True, help="train_sparse --all-cases run folder")
+    ap.add_argument("--cv", type=Path, required=True, help="the recipe's cross-validation folder (cv/sparse)")
+    ap.add_argument("--data", type=Path, required=True, help="the dataset the run trained on (OpenKBP)")
+    ap.add_argument("--out", type=Path, default=Path("work/ship_sparse"))
+    ap.add_argument("--checkpoint", default="last.pt")
+    ap.add_argument("--install", action="store_true", help="copy the model and card into the package")
+    a = ap.parse_args(argv)
+    ds = Dataset(a.data, require_files=False)
+    trained = json.loads((a.run / "data.json").read_text()).get("cases") or []
+    missing = sorted({c.case_id for c in ds.cases} - set(trained))
+    if missing:
+        raise SystemExit(f"{a.run} did not train on every case of {a.data} ({len(missing)} missing, e.g. "
+                         f"{missing[0]}): train it with train_sparse --all-cases")
+    onnx_path = export_sparse_fold(a.run, a.out, SHIPPED, checkpoint=a.checkpoint)
+    shipped = json.loads((MODELS_DIR / f"{SHIPPED}.json").read_text())
+    command = ("python -m organscope.training.train_sparse --resample-from OPENKBP --strong-augmentation "
+               "--cut-fraction 0.3 --epochs 10 --weight-decay 1e-4 --threads 1 --all-cases --val VAL --run RUN; "
+               f"python -m organscope.training.ship_sparse --run RUN --cv {a.cv} --data OPENKBP --install")
+    card = ship_card(json.loads(onnx_path.with_suffix(".json").read_text()), shipped,
+                     out_of_fold_validation(a.cv, a.data), command)
+    card_path = onnx_path.with_suffix(".json")
+    card_path.write_text(json.dumps(card, indent=1) + "\n")
+    print(json.dumps({k: card["validation"][k] for k in ("mean_dice", "mean_dice_95ci", "cases")}))
+    if a.install:
+        shutil.copy2(onnx_path, MODELS_DIR / onnx_path.name)
+        shutil.copy2(card_path, MODELS_DIR / card_path.name)
+        print(f"installed into {MODELS_DIR}")
+
+
+if __name__ == "__main__":
+    main()
