@@ -36,6 +36,15 @@ def test_fitted_offset_undoes_a_known_over_segmentation(rng):
     assert off2[2] == off[2]
 
 
+def test_an_organ_the_network_never_predicts_keeps_offset_zero(rng):
+    """Every candidate scores Dice 0 when the organ's logit is far below the others everywhere (a network that
+    never learned it): the tie keeps no offset instead of the first candidate (-4)."""
+    logits, target, contoured = _ball_case(rng, 5.0, 2.0)
+    logits[2] = -50.0
+    off = fit_offsets([(logits, target, contoured)], n_special=2, log=lambda m: None)
+    assert off[2] == 0.0
+
+
 def test_cnn3d_engine_applies_the_card_offsets(tmp_path, phantoms):
     pytest.importorskip("onnx")
     from organscope.engines.cnn3d import Cnn3dEngine

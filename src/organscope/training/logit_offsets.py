@@ -45,7 +45,9 @@ def fit_offsets(samples: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], n_
                     dice[j] += 2 * (pred & g).sum() / (pred.sum() + gs)
             if n == 0:
                 continue
-            off[c] = candidates[int(np.argmax(dice))]
+            # ties (e.g. an organ the network never predicts at any candidate) keep the smallest change
+            tied = np.flatnonzero(dice >= dice.max() - 1e-9)
+            off[c] = candidates[tied[np.argmin(np.abs(candidates[tied]))]]
             log(f"pass {p + 1} class {c}: offset {off[c]:+.2f}, training Dice {dice.max() / n:.4f} "
                 f"(offset 0: {dice[zero] / n:.4f}, {n} cases)")
     return off
