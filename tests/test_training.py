@@ -588,6 +588,9 @@ def test_ship_sparse_card_keeps_out_of_fold_choices_and_estimates_from_the_folds
                                                   "date": "2026-11-23", "validation_mean_dice": 0.698}
     assert card["validation"] is val and card["date"] != "2026-11-23"
     assert shipped["training"]["cases"] == ["a", "b"]  # the shipped card itself is not changed
+    again = ship_card(fold_card, card, val, "CMD")  # the same model exported again keeps the replaced one on record
+    assert again["training"]["previous_model"] == card["training"]["previous_model"]
+    assert ship_card(fold_card, card, val, "OTHER")["training"]["previous_model"]["cases"] == 3
     run = tmp_path / "run"
     run.mkdir()
     (run / "data.json").write_text(json.dumps({"cases": ["a", "b"]}))  # a run that left case c out

@@ -48,11 +48,15 @@ def ship_card(fold_card: dict, shipped: dict, validation: dict, command: str) ->
     card = dict(shipped)
     prev = shipped.get("training", {})
     training = dict(fold_card["training"])
+    if prev.get("command") == command and prev.get("cases") == training["cases"] and "previous_model" in prev:
+        previous = prev["previous_model"]  # the same model exported again: the one it replaced stays on record
+    else:
+        previous = {"data": prev.get("data"), "cases": len(prev.get("cases") or []), "date": shipped.get("date"),
+                    "validation_mean_dice": shipped.get("validation", {}).get("mean_dice")}
+        if "fine_tune" in prev:
+            previous["fine_tuned"] = {k: prev["fine_tune"].get(k) for k in ("date", "command")}
     training.update(data=f"OpenKBP (Babier et al. 2021), all {len(training['cases'] or [])} cases (training and "
-                         "validation splits)", command=command,
-                    previous_model={"data": prev.get("data"), "cases": len(prev.get("cases") or []),
-                                    "date": shipped.get("date"),
-                                    "validation_mean_dice": shipped.get("validation", {}).get("mean_dice")})
+                         "validation splits)", command=command, previous_model=previous)
     card.update(name=SHIPPED, training=training, onnx_parity_max_abs_diff=fold_card["onnx_parity_max_abs_diff"],
                 quantization=fold_card["quantization"], validation=validation,
                 date=_dt.date.today().isoformat(),
