@@ -75,8 +75,9 @@ def main(argv=None) -> None:
             lab = case.load_labels()
             ref = np.asarray(lab.array)
             pred = np.asarray(eng.segment(case.load_image()).labels.array)
+            axis = superior_axis(lab.affine)
             for o in todo:
-                rows[o].append(extent_scores(ref == ds.label_map.ids[o], pred == cls[o], superior_axis(lab.affine)))
+                rows[o].append(extent_scores(ref == ds.label_map.ids[o], pred == cls[o], axis))
     means = {o: {c: float(np.nanmean([r[c] for r in rs])) for c in COLUMNS} | {"cases": len(rs)}
              for o, rs in rows.items() if rs}
     print(("out of fold (" + str(a.cv) + ")") if a.cv else "the shipped sparse model")

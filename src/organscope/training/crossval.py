@@ -33,9 +33,11 @@ from ..metrics.overlap import confusion, dice
 from ..modelcard import MODELS_DIR
 
 
-def export_sparse_fold(run_dir: Path, out_dir: Path, name: str, *, checkpoint: str = "last.pt") -> Path:
+def export_sparse_fold(run_dir: Path, out_dir: Path, name: str, *, checkpoint: str = "last.pt",
+                       check_cases=None) -> Path:
     """RUN/checkpoint -> OUT/name.onnx (integer first layer, as shipped) with a card: the shipped card's classes,
-    pattern, calibration and segmentation settings, this run's training record."""
+    pattern, calibration and segmentation settings, this run's training record. `check_cases` (dataset cases):
+    record the integer layer's largest logit difference from float32 on their descriptors, as a shipped card does."""
     from .export import export_onnx, load_net
     from .quantize import quantize_first_layer
 
@@ -49,6 +51,10 @@ def export_sparse_fold(run_dir: Path, out_dir: Path, name: str, *, checkpoint: s
     float_path, onnx_path = out_dir / f"{name}_float32.onnx", out_dir / f"{name}.onnx"
     err = export_onnx(net, float_path)
     quant = quantize_first_layer(float_path, onnx_path)
+    if check_cases:
+        from .sparse_pipeline import quantization_check
+
+        quant["max_abs_logit_diff_vs_float32"] = quantization_check(float_path, onnx_path, check_cases)
     float_path.unlink()
     data = json.loads((run_dir / "data.json").read_text())
     keep = ("engine", "body_region", "format", "classes", "n_inputs", "input", "output", "pattern", "logit_bias",

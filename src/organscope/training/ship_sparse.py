@@ -80,14 +80,14 @@ def main(argv=None) -> None:
     if missing:
         raise SystemExit(f"{a.run} did not train on every case of {a.data} ({len(missing)} missing, e.g. "
                          f"{missing[0]}): train it with train_sparse --all-cases")
-    onnx_path = export_sparse_fold(a.run, a.out, SHIPPED, checkpoint=a.checkpoint)
+    onnx_path = export_sparse_fold(a.run, a.out, SHIPPED, checkpoint=a.checkpoint,
+                                   check_cases=Dataset(a.data).split("validation")[:3])
+    card_path = onnx_path.with_suffix(".json")
     shipped = json.loads((MODELS_DIR / f"{SHIPPED}.json").read_text())
     command = ("python -m organscope.training.train_sparse --resample-from OPENKBP --strong-augmentation "
                "--cut-fraction 0.3 --epochs 10 --weight-decay 1e-4 --threads 1 --all-cases --val VAL --run RUN; "
                f"python -m organscope.training.ship_sparse --run RUN --cv {a.cv} --data OPENKBP --install")
-    card = ship_card(json.loads(onnx_path.with_suffix(".json").read_text()), shipped,
-                     out_of_fold_validation(a.cv, a.data), command)
-    card_path = onnx_path.with_suffix(".json")
+    card = ship_card(json.loads(card_path.read_text()), shipped, out_of_fold_validation(a.cv, a.data), command)
     card_path.write_text(json.dumps(card, indent=1) + "\n")
     print(json.dumps({k: card["validation"][k] for k in ("mean_dice", "mean_dice_95ci", "cases")}))
     if a.install:

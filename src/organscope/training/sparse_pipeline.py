@@ -49,7 +49,7 @@ def _checkpoint_epoch(path: Path) -> int:
     return int(torch.load(path, weights_only=False)["epoch"]) + 1
 
 
-def _quantization_check(float_path: Path, int8_path: Path, cases) -> float:
+def quantization_check(float_path: Path, int8_path: Path, cases) -> float:
     """Largest logit difference between the float and the int8 model on real descriptors of a few scans."""
     import onnxruntime as ort
 
@@ -100,7 +100,7 @@ def finalize(run_dir: Path, data_root: Path, out_dir: Path, name: str, *, checkp
     err = export_onnx(net, float_path)
     print(f"exported {float_path} (max |torch - onnxruntime| = {err:.1e})", flush=True)
     quant = quantize_first_layer(float_path, onnx_path)
-    quant["max_abs_logit_diff_vs_float32"] = _quantization_check(float_path, onnx_path, ds.split("validation")[:3])
+    quant["max_abs_logit_diff_vs_float32"] = quantization_check(float_path, onnx_path, ds.split("validation")[:3])
     print(f"int8 first layer: {quant}", flush=True)
 
     train_info = json.loads((run_dir / "data.json").read_text())
