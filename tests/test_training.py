@@ -194,6 +194,41 @@ def test_train_sparse_all_cases_trains_on_every_split_and_excludes_fold(tmp_path
         assert exc.value.code == 2
 
 
+def test_ship_sparse_refuses_a_run_trained_with_another_recipe_than_the_folds(tmp_path):
+    """The shipped card carries the folds' out-of-fold figure, so the run must have the folds' training settings
+    and sampling plan: the core count is ignored, a plan key the fold cards predate counts as off, anything else
+    that differs is named and ship_sparse refuses before exporting."""
+    from organscope.training import ship_sparse
+
+    settings = {"epochs": 10, "lr": 3e-4, "width": 128, "threads": 1}
+    plan = {"n_body": 2700, "cut_fraction": 0.3}
+    cv = tmp_path / "cv"
+    for k in (0, 1):
+        (cv / f"fold{k}").mkdir(parents=True)
+        (cv / f"fold{k}" / f"sparse_fold{k}.json").write_text(json.dumps({"training": {"settings": settings,
+                                                                                      "plan": plan}}))
+    _phantom_dataset(tmp_path / "data")
+    run = tmp_path / "run"
+    run.mkdir()
+
+    def write_run(settings_, plan_):
+        (run / "settings.json").write_text(json.dumps({"settings": settings_}))
+        (run / "data.json").write_text(json.dumps({"cases": ["syn_a", "syn_b"], "plan": plan_}))
+
+    write_run({**settings, "threads": 2}, {**plan, "flip_fraction": 0.0})
+    assert ship_sparse.recipe_differences(run, cv) == []
+    write_run({**settings, "epochs": 20}, {**plan, "flip_fraction": 0.5})
+    diffs = ship_sparse.recipe_differences(run, cv)
+    assert diffs == [f"{w}: run {a}, fold{k} {b}" for k in (0, 1)
+                     for w, a, b in (("settings.epochs", 20, 10), ("plan.flip_fraction", 0.5, None))]
+    with pytest.raises(SystemExit, match="not trained with the recipe of the folds"):
+        ship_sparse.main(["--run", str(run), "--cv", str(cv), "--data", str(tmp_path / "data"),
+                          "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+    assert ship_sparse.recipe_differences(run, tmp_path / "empty")[0].endswith("holds no fold model card "
+                                                                               "(fold*/sparse_fold*.json)")
+
+
 def test_out_of_fold_summary_means_organs_over_the_cases_that_contour_them():
     from organscope.training.crossval import summary
 

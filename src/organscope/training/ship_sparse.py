@@ -23,6 +23,32 @@ from ..modelcard import MODELS_DIR
 from .crossval import export_sparse_fold, pooled_scores, summary
 
 SHIPPED = "sparse_openkbp"
+IGNORED_SETTINGS = ("threads",)  # how many cores trained it changes nothing the folds measured
+
+
+def recipe_differences(run_dir: Path, cv_dir: Path) -> list[str]:
+    """Where the run's training settings and sampling plan differ from those of the fold models whose pooled
+    out-of-fold figure its card would carry (one line per key and fold card); empty when it is the same recipe.
+    A key only one side records counts as equal when the other side's value is off (0, None, False): a plan key
+    added after the folds trained (e.g. flip_fraction 0.0) is the behaviour they had."""
+    settings = json.loads((run_dir / "settings.json").read_text()).get("settings") or {}
+    plan = json.loads((run_dir / "data.json").read_text()).get("plan") or {}
+    cards = sorted(cv_dir.glob("fold*/sparse_fold*.json"))
+    if not cards:
+        return [f"{cv_dir} holds no fold model card (fold*/sparse_fold*.json)"]
+    out = []
+    for card_path in cards:
+        t = json.loads(card_path.read_text()).get("training") or {}
+        for what, ours, theirs in (("settings", settings, t.get("settings") or {}),
+                                   ("plan", plan, t.get("plan") or {})):
+            for key in sorted(set(ours) | set(theirs)):
+                if key in IGNORED_SETTINGS:
+                    continue
+                a, b = ours.get(key), theirs.get(key)
+                if a == b or (key not in ours and not b) or (key not in theirs and not a):
+                    continue
+                out.append(f"{what}.{key}: run {a!r}, {card_path.parent.name} {b!r}")
+    return out
 
 
 def out_of_fold_validation(cv_dir: Path, data_root: Path) -> dict:
@@ -80,6 +106,10 @@ def main(argv=None) -> None:
     if missing:
         raise SystemExit(f"{a.run} did not train on every case of {a.data} ({len(missing)} missing, e.g. "
                          f"{missing[0]}): train it with train_sparse --all-cases")
+    diffs = recipe_differences(a.run, a.cv)
+    if diffs:
+        raise SystemExit(f"{a.run} was not trained with the recipe of the folds in {a.cv}, so their out-of-fold "
+                         f"figure does not describe it ({len(diffs)} difference(s), e.g. {diffs[0]})")
     onnx_path = export_sparse_fold(a.run, a.out, SHIPPED, checkpoint=a.checkpoint,
                                    check_cases=Dataset(a.data).split("validation")[:3])
     card_path = onnx_path.with_suffix(".json")
