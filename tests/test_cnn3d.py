@@ -163,3 +163,38 @@ def test_partial_loss_still_pushes_an_organ_whose_probability_is_tiny():
     partial_loss(logits, target, torch.tensor([[True]])).backward()
     per_voxel = float(logits.grad[0, 2][target[0] == 2].mean())
     assert per_voxel < -0.5 / target.numel()  # about -(1 - p) / N from the cross-entropy
+
+
+def test_balanced_organ_patches_centre_on_each_organ_equally_often():
+    """PatchPlan.balance_organs: an organ of the case is drawn uniformly, then one of its voxels, so a small organ
+    is a patch centre as often as a large one; without it, centres follow the voxel counts (the rare organ's
+    output class had collapsed in three cnn3d folds)."""
+    pytest.importorskip("torch")
+    from organscope.training.cnn3d_data import N_SPECIAL, PatchPlan, PatchSampler
+
+    targets = np.zeros((1, 20, 20, 20), np.uint8)
+    targets[0, 2:12, 2:12, 2:12] = N_SPECIAL        # a large organ: 1000 voxels
+    targets[0, 15:17, 15:17, 15:17] = N_SPECIAL + 3  # a small one: 8 voxels
+    images = np.zeros_like(targets, dtype=np.int16)
+
+    def small_share(balance: bool) -> float:
+        plan = PatchPlan(size=(4, 4, 4), organ_fraction=1.0, max_shift_vox=0.0, balance_organs=balance)
+        sampler = PatchSampler(images, targets, plan, seed=1)
+        centres = np.array([sampler._centre(0) for _ in range(2000)]).round().astype(int)
+        labels = targets[0][tuple(centres.T)]
+        assert (labels >= N_SPECIAL).all()  # every centre on an organ voxel
+        return float(np.mean(labels == N_SPECIAL + 3))
+
+    assert 0.45 < small_share(True) < 0.55
+    assert small_share(False) < 0.03
+
+
+def test_train_cnn3d_balance_organs_flag_reaches_the_patch_plan(monkeypatch, tmp_path):
+    pytest.importorskip("torch")
+    from organscope.training import train_cnn3d
+
+    seen = []
+    monkeypatch.setattr(train_cnn3d, "train", lambda cache, run, s, plan, **k: seen.append(plan.balance_organs))
+    for extra, want in (([], False), (["--balance-organs"], True)):
+        train_cnn3d.main(["--cache", str(tmp_path), "--run", str(tmp_path / "r"), *extra])
+        assert seen[-1] is want

@@ -201,6 +201,8 @@ def main(argv=None):
     ap.add_argument("--fold", type=int, default=None,
                     help="train on the cases outside this cross-validation fold (training/folds.py, 5 folds over the "
                          "cache's cases, which must be all of the dataset's), whatever their split")
+    ap.add_argument("--balance-organs", action="store_true",
+                    help="centre organ patches on each of a case's organs equally often (PatchPlan.balance_organs)")
     for f, v in asdict(Cnn3dSettings()).items():
         if isinstance(v, bool):
             ap.add_argument(f"--{f.replace('_', '-')}", action="store_true", default=v)
@@ -211,7 +213,7 @@ def main(argv=None):
     if a.init is not None and a.init.suffix == ".onnx" and not s.freeze_batchnorm:
         s = replace(s, freeze_batchnorm=True)
         print("starting from an ONNX model: batch norms frozen (--freeze-batchnorm)", flush=True)
-    train(a.cache, a.run, s, init=a.init, fold=a.fold)
+    train(a.cache, a.run, s, PatchPlan(balance_organs=a.balance_organs), init=a.init, fold=a.fold)
 
 
 if __name__ == "__main__":
