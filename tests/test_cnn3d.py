@@ -198,3 +198,26 @@ def test_train_cnn3d_balance_organs_flag_reaches_the_patch_plan(monkeypatch, tmp
     for extra, want in (([], False), (["--balance-organs"], True)):
         train_cnn3d.main(["--cache", str(tmp_path), "--run", str(tmp_path / "r"), *extra])
         assert seen[-1] is want
+
+
+def test_a_resumed_cnn3d_run_keeps_the_patch_plan_it_started_with(tmp_path):
+    """settings.json is rewritten on every start, so resuming with another balance_organs would train half a run
+    one way and record the other: refused in one sentence, before anything is written."""
+    pytest.importorskip("torch")
+    import json
+
+    from organscope.training.cnn3d_data import PatchPlan
+    from organscope.training.train_cnn3d import Cnn3dSettings, train
+
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    cache.mkdir()
+    run.mkdir()
+    (cache / "cases.json").write_text(json.dumps({"cases": [], "organs": [], "splits": []}))
+    for name, arr in (("images", np.zeros((0, 2, 2, 2), np.int16)), ("targets", np.zeros((0, 2, 2, 2), np.uint8)),
+                      ("contoured", np.zeros((0, 0), bool))):
+        np.save(cache / f"{name}.npy", arr)
+    (run / "settings.json").write_text(json.dumps({"settings": {}, "plan": {"size": [48, 48, 64]}}))  # no key: off
+    (run / "last.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match="started with balance_organs=False"):
+        train(cache, run, Cnn3dSettings(), PatchPlan(balance_organs=True))
+    assert json.loads((run / "settings.json").read_text())["plan"] == {"size": [48, 48, 64]}

@@ -170,6 +170,11 @@ def train(cache: Path, run_dir: Path, settings: Cnn3dSettings, plan: PatchPlan =
     earlier = run_dir / "settings.json"
     if earlier.exists() and json.loads(earlier.read_text())["settings"].get("freeze_batchnorm"):
         settings = replace(settings, freeze_batchnorm=True)  # a run started from ONNX weights stays frozen
+    if earlier.exists() and (run_dir / "last.pt").exists():
+        started = bool((json.loads(earlier.read_text()).get("plan") or {}).get("balance_organs", False))
+        if started != plan.balance_organs:  # settings.json is rewritten below: it would misdescribe the run
+            raise ValueError(f"{run_dir} was started with balance_organs={started}; resume it with the same patch "
+                             "plan (--balance-organs when it was on).")
     state = open_run(net, opt, run_dir, warm_start if init is not None else None)
     (run_dir / "settings.json").write_text(json.dumps({"settings": asdict(settings), "plan": asdict(plan),
                                                        "organs": meta["organs"]}, indent=1))
