@@ -217,6 +217,12 @@ def test_ship_sparse_refuses_a_run_trained_with_another_recipe_than_the_folds(tm
 
     write_run({**settings, "threads": 2}, {**plan, "flip_fraction": 0.0})
     assert ship_sparse.recipe_differences(run, cv) == []
+    # the elastic field's size only matters with elastic chunks: off, a run that records it is the same recipe
+    write_run(settings, {**plan, "elastic_fraction": 0.0, "elastic_mm": 4.0, "elastic_grid_mm": 32.0})
+    assert ship_sparse.recipe_differences(run, cv) == []
+    write_run(settings, {**plan, "elastic_fraction": 0.5, "elastic_mm": 4.0})
+    assert ship_sparse.recipe_differences(run, cv) == [
+        f"plan.{w}: run {a}, fold{k} None" for k in (0, 1) for w, a in (("elastic_fraction", 0.5), ("elastic_mm", 4.0))]
     write_run({**settings, "epochs": 20}, {**plan, "flip_fraction": 0.5})
     diffs = ship_sparse.recipe_differences(run, cv)
     assert diffs == [f"{w}: run {a}, fold{k} {b}" for k in (0, 1)
@@ -632,3 +638,48 @@ def test_ship_sparse_card_keeps_out_of_fold_choices_and_estimates_from_the_folds
     with pytest.raises(SystemExit, match="--all-cases"):
         main(["--run", str(run), "--cv", str(cv), "--data", str(data), "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
+
+
+def test_elastic_displacement_is_smooth_random_and_leaves_the_query_point_in_place():
+    """The field moves the pattern's far samples by about its standard deviation, its fine samples next to the
+    query point by a fraction of that, and the query point (offset 0) not at all; each draw differs."""
+    from organscope.training.sparse_data import random_displacement
+
+    pattern = paper_pattern()
+    off = pattern.offsets_mm
+    rng = np.random.default_rng(0)
+    d = random_displacement(rng, off, 4.0, 32.0)
+    assert d.shape == off.shape and np.isfinite(d).all()
+    r = np.linalg.norm(off, axis=1)
+    assert np.abs(d[r == 0]).max() < 1e-9
+    far = np.linalg.norm(d[r > 100], axis=1)
+    assert 1.0 < np.sqrt((far ** 2).mean() / 3) < 8.0  # per-axis spread of the order of 4 mm
+    near = np.linalg.norm(d[(r > 0) & (r <= 4)], axis=1)
+    assert near.max() < 0.5 * far.mean()  # next to the point, the anatomy bends, it does not jump
+    assert not np.allclose(d, random_displacement(rng, off, 4.0, 32.0))
+    with pytest.raises(ValueError, match="displacement_mm must be"):
+        pattern.offsets_vox(np.eye(4), displacement_mm=d[:10])
+
+
+def test_elastic_chunks_keep_points_and_labels_and_move_only_the_samples(tmp_path):
+    """elastic_fraction 1: the same points and labels as without it (the field is drawn after the points), the
+    centre sample unchanged, other samples read elsewhere; elastic_fraction 0 is the recipe's draw exactly."""
+    from organscope.training.sparse_data import EpochSampler
+
+    _phantom_dataset(tmp_path / "data")
+    pattern = paper_pattern()
+    base = dict(n_body=60, n_band=30, n_balanced=30, aug_fraction=0.0)
+    draws = {}
+    for name, plan in (("plain", SamplingPlan(**base)), ("off", SamplingPlan(**base, elastic_fraction=0.0)),
+                       ("elastic", SamplingPlan(**base, elastic_fraction=1.0, elastic_mm=6.0))):
+        sampler = EpochSampler(tmp_path / "data", pattern, plan)
+        X = np.zeros((sampler.size, pattern.size), np.int8)
+        y, bits, case = sampler.fill(X, np.random.default_rng(5))
+        draws[name] = (X, y, bits, case)
+    for a, b in zip(draws["plain"], draws["off"]):
+        np.testing.assert_array_equal(a, b)
+    first = draws["plain"][3] == 0  # case 0's rows: drawn before any chunk's field, so the same points
+    np.testing.assert_array_equal(draws["elastic"][1][first], draws["plain"][1][first])
+    centre = np.flatnonzero(np.linalg.norm(pattern.offsets_mm, axis=1) == 0)
+    np.testing.assert_array_equal(draws["elastic"][0][first][:, centre], draws["plain"][0][first][:, centre])
+    assert (draws["elastic"][0][first] != draws["plain"][0][first]).mean() > 0.01

@@ -30,11 +30,18 @@ class Pattern:
     def size(self) -> int:
         return int(self.offsets_mm.shape[0])
 
-    def offsets_vox(self, affine: np.ndarray, *, transform: np.ndarray | None = None) -> np.ndarray:
+    def offsets_vox(self, affine: np.ndarray, *, transform: np.ndarray | None = None,
+                    displacement_mm: np.ndarray | None = None) -> np.ndarray:
         """Integer voxel offsets on a grid with this affine: mm offsets mapped through the inverse of the
         affine's 3x3 part (i.e. divided by the spacing on an axis-aligned grid) and rounded.
-        `transform` (3x3, optional) is applied to the mm offsets first (augmentation: rotation/scaling)."""
+        `transform` (3x3, optional) is applied to the mm offsets first (augmentation: rotation/scaling), then
+        `displacement_mm` ((M, 3), optional) is added to them (augmentation: an elastic deformation)."""
         off = self.offsets_mm if transform is None else self.offsets_mm @ np.asarray(transform, float).T
+        if displacement_mm is not None:
+            displacement_mm = np.asarray(displacement_mm, float)
+            if displacement_mm.shape != off.shape:
+                raise ValueError(f"displacement_mm must be {off.shape}, not {displacement_mm.shape}")
+            off = off + displacement_mm
         inv = np.linalg.inv(np.asarray(affine, float)[:3, :3])
         return np.rint(off @ inv.T).astype(np.int32)
 

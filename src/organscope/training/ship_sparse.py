@@ -24,6 +24,8 @@ from .crossval import export_sparse_fold, pooled_scores, summary
 
 SHIPPED = "sparse_openkbp"
 IGNORED_SETTINGS = ("threads",)  # how many cores trained it changes nothing the folds measured
+#: plan keys that only act while another is on: compared only where either side has that one on
+DEPENDS_ON = {"elastic_mm": "elastic_fraction", "elastic_grid_mm": "elastic_fraction"}
 
 
 def recipe_differences(run_dir: Path, cv_dir: Path) -> list[str]:
@@ -43,6 +45,9 @@ def recipe_differences(run_dir: Path, cv_dir: Path) -> list[str]:
                                    ("plan", plan, t.get("plan") or {})):
             for key in sorted(set(ours) | set(theirs)):
                 if key in IGNORED_SETTINGS:
+                    continue
+                switch = DEPENDS_ON.get(key)
+                if switch and not ours.get(switch) and not theirs.get(switch):
                     continue
                 a, b = ours.get(key), theirs.get(key)
                 if a == b or (key not in ours and not b) or (key not in theirs and not a):

@@ -170,6 +170,9 @@ def main(argv=None):
                          "200-400 mm (samples outside it read 0, as outside a scan)")
     ap.add_argument("--flip-fraction", type=float, default=0.0,
                     help="fraction of point chunks read left-right mirrored, left and right organs swapped")
+    ap.add_argument("--elastic-fraction", type=float, default=0.0,
+                    help="fraction of point chunks whose pattern is also deformed by a smooth random displacement "
+                         "field (elastic augmentation; SamplingPlan.elastic_mm / elastic_grid_mm)")
     ap.add_argument("--width", type=int, default=TrainSettings.width, help="hidden units of the residual MLP")
     ap.add_argument("--points-scale", type=float, default=1.0,
                     help="with --resample-from: fresh points drawn per case every epoch, as a multiple of the plan's "
@@ -188,6 +191,7 @@ def main(argv=None):
 
         plan = SHIPPED_PLAN if a.strong_augmentation else SamplingPlan()
         plan = replace(plan, cut_fraction=a.cut_fraction, flip_fraction=a.flip_fraction,
+                       elastic_fraction=a.elastic_fraction,
                        n_body=round(plan.n_body * a.points_scale), n_band=round(plan.n_band * a.points_scale),
                        n_balanced=round(plan.n_balanced * a.points_scale))
         cases = None
