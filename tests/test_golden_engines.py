@@ -10,7 +10,7 @@ from organscope.engines.registry import ENGINES
 
 TOLERANCE = 0.02
 MODELS = {"cnn3d": ("cnn3d_openkbp.onnx",), "slice2d": ("slice2d_openkbp.json",), "cascade": ("cascade_openkbp.json",),
-          "ensemble": ("sparse_openkbp.onnx", "cnn3d_openkbp.onnx", "cascade_openkbp.json")}
+          "ensemble": ("sparse_openkbp.onnx", "cnn3d_openkbp.onnx")}
 
 
 @pytest.mark.parametrize("engine", sorted(MODELS))
