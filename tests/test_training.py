@@ -327,6 +327,12 @@ def test_cnn3d_fold_training_never_touches_the_folds_held_out_cases():
     assert seen == set(range(203))
     with pytest.raises(ValueError, match="fold"):
         training_cases(meta, 11, 7)
+    # every case, whatever its split: the fold recipe with nothing left out, 11 of them picking the checkpoint
+    train, val = training_cases(meta, 11, all_cases=True)
+    assert len(val) == 11 and not set(train) & set(val) and set(train) | set(val) == set(range(203))
+    assert {meta["splits"][n] for n in val} == {"train", "validation"}
+    with pytest.raises(ValueError, match="exclude each other"):
+        training_cases(meta, 11, 0, all_cases=True)
 
 
 def test_prior_bias_at_the_shipped_alpha_is_the_shipped_bias():

@@ -112,17 +112,22 @@ def validate(net, images, targets, contoured, cases) -> np.ndarray:
     return scores
 
 
-def training_cases(meta: dict, val_cases: int, fold: int | None = None) -> tuple[list[int], list[int]]:
+def training_cases(meta: dict, val_cases: int, fold: int | None = None, *,
+                   all_cases: bool = False) -> tuple[list[int], list[int]]:
     """(training, validation) indices into the cache. Without a fold: the dataset's train split, and every k-th
     case of its validation split (val_cases of them) to pick the checkpoint. With a cross-validation fold
     (training/folds.py, over the cache's cases, which must be all the dataset's cases, as build_cache's default
     splits give for OpenKBP): every case outside the fold, less every k-th of them (val_cases), which pick the
-    checkpoint, so that the fold's held-out patients choose nothing."""
-    if fold is None:
+    checkpoint, so that the fold's held-out patients choose nothing. `all_cases`: every case of the cache,
+    whatever its split, less every k-th of them that pick the checkpoint: the fold recipe with no fold left out
+    (the model shipped after cross-validation chose the recipe)."""
+    if all_cases and fold is not None:
+        raise ValueError("all_cases and fold exclude each other: a fold's model leaves that fold's cases out")
+    if fold is None and not all_cases:
         train_ids = [n for n, s in enumerate(meta["splits"]) if s == "train"]
         val_ids = [n for n, s in enumerate(meta["splits"]) if s == "validation"]
         return train_ids, val_ids[::max(1, len(val_ids) // val_cases)][:val_cases]
-    outside = cases_outside_fold(meta, fold)
+    outside = list(range(len(meta["cases"]))) if all_cases else cases_outside_fold(meta, fold)
     val_ids = outside[::max(1, len(outside) // val_cases)][:val_cases]
     return [n for n in outside if n not in set(val_ids)], val_ids
 
@@ -139,18 +144,19 @@ def cases_outside_fold(meta: dict, fold: int) -> list[int]:
 
 
 def train(cache: Path, run_dir: Path, settings: Cnn3dSettings, plan: PatchPlan = PatchPlan(),
-          init: Path | None = None, fold: int | None = None) -> Path:
+          init: Path | None = None, fold: int | None = None, all_cases: bool = False) -> Path:
     """`init`: start a new run from another run's weights (a warm restart: fresh optimiser, step count and
     learning-rate schedule); ignored when `run_dir` already has a checkpoint to resume. `fold`: train for that
-    cross-validation fold (see training_cases). The cases trained on, and those that pick the checkpoint, are
-    written to RUN/data.json (crossval checks them against the fold's held-out cases)."""
+    cross-validation fold (see training_cases); `all_cases`: every case (see training_cases). The cases trained on,
+    and those that pick the checkpoint, are written to RUN/data.json (crossval checks them against the fold's
+    held-out cases)."""
     torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     meta = json.loads((cache / "cases.json").read_text())
     images = np.load(cache / "images.npy", mmap_mode="r")
     targets = np.load(cache / "targets.npy", mmap_mode="r")
     contoured = np.load(cache / "contoured.npy")
-    train_ids, val_ids = training_cases(meta, settings.val_cases, fold)
+    train_ids, val_ids = training_cases(meta, settings.val_cases, fold, all_cases=all_cases)
     images = np.ascontiguousarray(images)  # ~850 MB: in memory, random patches need fast access
     targets = np.ascontiguousarray(targets)
 
@@ -175,10 +181,15 @@ def train(cache: Path, run_dir: Path, settings: Cnn3dSettings, plan: PatchPlan =
         if started != plan.balance_organs:  # settings.json is rewritten below: it would misdescribe the run
             raise ValueError(f"{run_dir} was started with balance_organs={started}; resume it with the same patch "
                              "plan (--balance-organs when it was on).")
+        before = json.loads((run_dir / "data.json").read_text()) if (run_dir / "data.json").exists() else {}
+        if (before.get("fold"), bool(before.get("all_cases"))) != (fold, all_cases):
+            raise ValueError(f"{run_dir} was started with fold={before.get('fold')}, all_cases="
+                             f"{bool(before.get('all_cases'))}; resume it on the same cases.")
     state = open_run(net, opt, run_dir, warm_start if init is not None else None)
     (run_dir / "settings.json").write_text(json.dumps({"settings": asdict(settings), "plan": asdict(plan),
                                                        "organs": meta["organs"]}, indent=1))
-    (run_dir / "data.json").write_text(json.dumps({"fold": fold, "cases": [meta["cases"][n] for n in train_ids],
+    (run_dir / "data.json").write_text(json.dumps({"fold": fold, "all_cases": all_cases,
+                                                   "cases": [meta["cases"][n] for n in train_ids],
                                                    "checkpoint_cases": [meta["cases"][n] for n in val_ids]},
                                                   indent=1))
     sampler = PatchSampler(images, targets, plan, seed=settings.seed + state["step"])
@@ -206,6 +217,10 @@ def main(argv=None):
     ap.add_argument("--fold", type=int, default=None,
                     help="train on the cases outside this cross-validation fold (training/folds.py, 5 folds over the "
                          "cache's cases, which must be all of the dataset's), whatever their split")
+    ap.add_argument("--all-cases", action="store_true",
+                    help="train on every case of the cache, whatever its split, less val_cases of them that pick the "
+                         "checkpoint: the fold recipe with no fold left out, for the model shipped after "
+                         "cross-validation")
     ap.add_argument("--balance-organs", action="store_true",
                     help="centre organ patches on each of a case's organs equally often (PatchPlan.balance_organs)")
     for f, v in asdict(Cnn3dSettings()).items():
@@ -214,11 +229,14 @@ def main(argv=None):
         else:
             ap.add_argument(f"--{f.replace('_', '-')}", type=type(v), default=v)
     a = ap.parse_args(argv)
+    if a.all_cases and a.fold is not None:
+        ap.error("--all-cases and --fold exclude each other: a fold's model leaves that fold's cases out")
     s = Cnn3dSettings(**{f: getattr(a, f) for f in asdict(Cnn3dSettings())})
     if a.init is not None and a.init.suffix == ".onnx" and not s.freeze_batchnorm:
         s = replace(s, freeze_batchnorm=True)
         print("starting from an ONNX model: batch norms frozen (--freeze-batchnorm)", flush=True)
-    train(a.cache, a.run, s, PatchPlan(balance_organs=a.balance_organs), init=a.init, fold=a.fold)
+    train(a.cache, a.run, s, PatchPlan(balance_organs=a.balance_organs), init=a.init, fold=a.fold,
+          all_cases=a.all_cases)
 
 
 if __name__ == "__main__":
