@@ -453,6 +453,73 @@ def test_cnn3d_fold_export_fits_offsets_on_the_folds_training_cases_only(tmp_pat
     assert Cnn3dEngine(model=onnx_path, threads=1).classes == ("background", *organs)
 
 
+def test_ship_cnn3d_ships_an_all_cases_run_with_its_folds_estimate_and_refuses_another_recipe(tmp_path):
+    """ship_cnn3d on a tiny network: an --all-cases run of the folds' recipe is exported with offsets from its
+    own training cases and a card that carries the folds' pooled out-of-fold figure, the previous card's
+    geometry, and the run-length difference recorded; a run with another patch plan, or one that left a fold
+    out, is refused before anything is written."""
+    from organscope.engines.cnn3d import Cnn3dEngine
+    from organscope.modelcard import MODELS_DIR
+    from organscope.training import ship_cnn3d
+    from organscope.training.cnn3d_net import Cnn3dNet
+
+    shipped = json.loads((MODELS_DIR / "cnn3d_openkbp.json").read_text())
+    organs = shipped["classes"][1:]
+    ids = [f"case_{i:02d}" for i in range(14)]
+    cache, run, cv, data = (tmp_path / n for n in ("cache", "run", "cv", "data"))
+    for d in (cache, run, cv / "fold0", cv / "fold1", data):
+        d.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    np.save(cache / "images.npy", rng.integers(-1000, 400, (14, 16, 16, 16)).astype(np.int16))
+    np.save(cache / "targets.npy", rng.integers(0, 2 + len(organs), (14, 16, 16, 16)).astype(np.int8))
+    np.save(cache / "contoured.npy", np.ones((14, len(organs)), bool))
+    (cache / "cases.json").write_text(json.dumps({"cases": ids, "splits": ["train"] * 14, "organs": organs,
+                                                  "grid": [16, 16, 16]}))
+    (data / "dataset.json").write_text(json.dumps({"labels": {"background": 0, **{o: i + 1 for i, o in
+                                                                                  enumerate(organs)}},
+                                                   "cases": [{"case": c, "split": "validation" if i < 3 else "train",
+                                                              "organs": organs} for i, c in enumerate(ids)]}))
+    settings = {"width": 4, "lr": 1e-3, "hours": 1.9, "val_every": 1000, "threads": 1}
+    patches = {"size": [48, 48, 64], "balance_organs": True}
+    for k in (0, 1):
+        held = ids[k * 7:(k + 1) * 7]
+        (cv / f"fold{k}" / f"cnn3d_fold{k}.json").write_text(json.dumps(
+            {"training": {"fold": k, "settings": settings, "patches": patches}}))
+        (cv / f"fold{k}" / "scores.json").write_text(json.dumps(
+            {"fold": k, "summary": {}, "cases": {c: {"organs": {"brainstem": {"dice": 0.5 + 0.1 * k}}}
+                                                 for c in held}}))
+    torch.manual_seed(0)
+    torch.save({"net": Cnn3dNet(2 + len(organs), width=4).state_dict(),
+                "state": {"step": 5, "elapsed_s": 60.0, "history": []}}, run / "best.pt")
+
+    def write_run(settings_, patches_, fold=None, checkpoint_cases=ids[:1]):
+        (run / "settings.json").write_text(json.dumps({"settings": settings_, "plan": patches_, "organs": organs}))
+        (run / "data.json").write_text(json.dumps({"fold": fold, "all_cases": fold is None, "cases": ids[1:],
+                                                   "checkpoint_cases": checkpoint_cases}))
+
+    argv = ["--run", str(run), "--cv", str(cv), "--cache", str(cache), "--data", str(data), "--out",
+            str(tmp_path / "out"), "--threads", "1"]
+    write_run({**settings, "threads": 2}, {**patches, "balance_organs": False})
+    with pytest.raises(SystemExit, match="not trained with the recipe of the folds"):
+        ship_cnn3d.main(argv)
+    write_run(settings, patches, checkpoint_cases=[])
+    with pytest.raises(SystemExit, match="did not train on every case"):
+        ship_cnn3d.main(argv)
+    assert not (tmp_path / "out").exists()
+
+    write_run({**settings, "hours": 1.7, "threads": 2}, patches)
+    ship_cnn3d.main(argv)
+    onnx_path = tmp_path / "out" / "cnn3d_openkbp.onnx"
+    card = json.loads(onnx_path.with_suffix(".json").read_text())
+    assert card["training"]["differences_from_folds"] == [f"settings.hours: run 1.7, fold{k} 1.9" for k in (0, 1)]
+    assert card["validation"]["folds"] == [0, 1] and card["validation"]["cases"] == 14
+    assert card["validation"]["mean_dice"] == pytest.approx(0.55)
+    assert card["grid"] == shipped["grid"] and card["spacing_mm"] == shipped["spacing_mm"]
+    assert "variants" not in card and card["training"]["data"].startswith("OpenKBP (Babier et al. 2021), all 14")
+    assert len(card["logit_offsets"]) == 2 + len(organs)
+    assert Cnn3dEngine(model=onnx_path, threads=1).classes == ("background", *organs)
+
+
 def test_cross_fitted_interval_does_not_depend_on_string_hashing(tmp_path):
     """The cross-fitted bootstrap resamples the chosen cases in a fixed order: the same file gives the same
     interval in processes with different hash seeds (set order of the case ids)."""

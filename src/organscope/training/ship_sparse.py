@@ -28,11 +28,30 @@ IGNORED_SETTINGS = ("threads",)  # how many cores trained it changes nothing the
 DEPENDS_ON = {"elastic_mm": "elastic_fraction", "elastic_grid_mm": "elastic_fraction"}
 
 
+def key_differences(what: str, ours: dict, theirs: dict, fold_name: str,
+                    ignored=IGNORED_SETTINGS) -> list[tuple[str, str]]:
+    """(line, key) for each key of one section (`what`: settings, plan...) where a run and a fold card differ.
+    A key only one side records counts as equal when the other side's value is off (0, None, False): a key added
+    after the folds trained (e.g. flip_fraction 0.0) is the behaviour they had. Keys that only act while another
+    is on (DEPENDS_ON) count only where either side has that one on."""
+    out = []
+    for key in sorted(set(ours) | set(theirs)):
+        if key in ignored:
+            continue
+        switch = DEPENDS_ON.get(key)
+        if switch and not ours.get(switch) and not theirs.get(switch):
+            continue
+        a, b = ours.get(key), theirs.get(key)
+        if a == b or (key not in ours and not b) or (key not in theirs and not a):
+            continue
+        out.append((f"{what}.{key}: run {a!r}, {fold_name} {b!r}", key))
+    return out
+
+
 def recipe_differences(run_dir: Path, cv_dir: Path) -> list[str]:
     """Where the run's training settings and sampling plan differ from those of the fold models whose pooled
-    out-of-fold figure its card would carry (one line per key and fold card); empty when it is the same recipe.
-    A key only one side records counts as equal when the other side's value is off (0, None, False): a plan key
-    added after the folds trained (e.g. flip_fraction 0.0) is the behaviour they had."""
+    out-of-fold figure its card would carry (one line per key and fold card); empty when it is the same recipe
+    (`key_differences`)."""
     settings = json.loads((run_dir / "settings.json").read_text()).get("settings") or {}
     plan = json.loads((run_dir / "data.json").read_text()).get("plan") or {}
     cards = sorted(cv_dir.glob("fold*/sparse_fold*.json"))
@@ -43,20 +62,11 @@ def recipe_differences(run_dir: Path, cv_dir: Path) -> list[str]:
         t = json.loads(card_path.read_text()).get("training") or {}
         for what, ours, theirs in (("settings", settings, t.get("settings") or {}),
                                    ("plan", plan, t.get("plan") or {})):
-            for key in sorted(set(ours) | set(theirs)):
-                if key in IGNORED_SETTINGS:
-                    continue
-                switch = DEPENDS_ON.get(key)
-                if switch and not ours.get(switch) and not theirs.get(switch):
-                    continue
-                a, b = ours.get(key), theirs.get(key)
-                if a == b or (key not in ours and not b) or (key not in theirs and not a):
-                    continue
-                out.append(f"{what}.{key}: run {a!r}, {card_path.parent.name} {b!r}")
+            out += [line for line, _ in key_differences(what, ours, theirs, card_path.parent.name)]
     return out
 
 
-def out_of_fold_validation(cv_dir: Path, data_root: Path) -> dict:
+def out_of_fold_validation(cv_dir: Path, data_root: Path, engine: str = "sparse") -> dict:
     """The card's accuracy estimate: every fold's held-out patients pooled (mean Dice per organ and mean with its
     bootstrap interval), and the same restricted to the dataset's validation split."""
     folds, scores = pooled_scores(cv_dir)
@@ -66,7 +76,7 @@ def out_of_fold_validation(cv_dir: Path, data_root: Path) -> dict:
     pooled = summary(scores)
     return {"what": "out of fold: every patient scored by the fold model that never saw it (the same recipe "
                     "trained on the other folds' cases), pooled over the folds; Dice of segment() per contoured "
-                    "organ (python -m organscope.training.crossval sparse --pool)",
+                    f"organ (python -m organscope.training.crossval {engine} --pool --out {cv_dir})",
             "cv_dir": str(cv_dir), "folds": [r["fold"] for r in folds], **pooled,
             "validation_split_out_of_fold": summary({c: v for c, v in scores.items() if c in val_ids}),
             "note": "this model trained on every case, the validation split's included: a figure measured on "
