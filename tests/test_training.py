@@ -756,3 +756,32 @@ def test_elastic_chunks_keep_points_and_labels_and_move_only_the_samples(tmp_pat
     centre = np.flatnonzero(np.linalg.norm(pattern.offsets_mm, axis=1) == 0)
     np.testing.assert_array_equal(draws["elastic"][0][first][:, centre], draws["plain"][0][first][:, centre])
     assert (draws["elastic"][0][first] != draws["plain"][0][first]).mean() > 0.01
+
+
+def test_against_shipped_pairs_the_folds_and_the_shipped_model_on_validation_patients_only(tmp_path, monkeypatch):
+    """--against-shipped scores the shipped model only on validation-split patients that the folds held out,
+    and pairs each with its fold model's score."""
+    import organscope.engines.registry as registry
+    from organscope.training import crossval
+
+    data = tmp_path / "data"
+    data.mkdir()
+    splits = {"a": "validation", "b": "validation", "c": "train", "d": "validation"}
+    (data / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "x": 1}, "cases": [
+        {"case": c, "split": s, "organs": ["x"]} for c, s in splits.items()]}))
+    for k, cases in ((0, {"a": 0.6, "c": 0.9}), (1, {"b": 0.3})):
+        (tmp_path / f"fold{k}").mkdir()
+        (tmp_path / f"fold{k}" / "scores.json").write_text(json.dumps(
+            {"fold": k, "summary": {}, "cases": {c: {"organs": {"x": {"dice": d}}} for c, d in cases.items()}}))
+    scored = []
+
+    def fake_score(eng, data_root, cases, quiet=False):
+        scored.extend(cases)
+        return {c: {"organs": {"x": {"dice": 0.5}}} for c in cases}
+
+    monkeypatch.setattr(registry, "get_engine", lambda name, threads=None: object())
+    monkeypatch.setattr(crossval, "score_cases", fake_score)
+    out = crossval.against_shipped("cnn3d", tmp_path, data, threads=1)
+    assert scored == ["a", "b"]  # c is a training-split patient, d no fold held out
+    assert out["cases"] == 2 and out["fold_models"]["mean_dice"] == pytest.approx(0.45)
+    assert out["fold_models_minus_shipped"]["difference"] == pytest.approx(-0.05)

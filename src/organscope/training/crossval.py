@@ -368,6 +368,31 @@ def pooled_scores(out_dir: Path) -> tuple[list[dict], dict]:
     return folds, scores
 
 
+def against_shipped(engine: str, out_dir: Path, data_root: Path, *, threads: int = 2) -> dict:
+    """The shipped model of `engine` against the fold models under `out_dir`, paired, on the validation-split
+    patients the folds held out: patients that neither saw when the shipped model trained on the training split
+    only (as cnn3d and the cascade did). Answers whether a recipe's model would be better than the one shipped
+    before it replaces it."""
+    from ..datasets import Dataset
+    from ..engines.registry import get_engine
+
+    ds = Dataset(data_root, require_files=False)
+    shipped = get_engine(engine, threads=threads)
+    card = json.loads((MODELS_DIR / f"{engine}_openkbp.json").read_text())
+    trained = set((card.get("training") or {}).get("cases") or [])  # a model trained on every case lists them
+    val = {c.case_id for c in ds.split("validation")}
+    folds, scores = pooled_scores(out_dir)
+    cases = sorted(c for c in scores if c in val and c not in trained)
+    if not cases:
+        raise SystemExit(f"no validation-split patient held out by the folds under {out_dir}")
+    theirs = score_cases(shipped, data_root, cases, quiet=True)
+    ours = {c: scores[c] for c in cases}
+    return {"what": f"the shipped {engine} model and the fold models under {out_dir} on the validation-split "
+                    "patients the folds held out (each scored by the fold model that held it out), paired",
+            "folds": [r["fold"] for r in folds], "cases": len(cases), "fold_models": summary(ours),
+            "shipped": summary(theirs), "fold_models_minus_shipped": paired_difference(ours, theirs)}
+
+
 def pool(out_dir: Path) -> dict:
     """The out-of-fold scores of every fold scored so far under `out_dir`, as one set of held-out cases, with the
     summary over all of them."""
@@ -550,6 +575,9 @@ def main(argv=None) -> None:
     ap.add_argument("--sweep-mirror", default=None, metavar="W1,W2",
                     help="test-time mirror averaging with each weight, re-scored like --sweep-alpha, into "
                          "OUT/sweep_mirror.json")
+    ap.add_argument("--against-shipped", action="store_true",
+                    help="score the engine's shipped model on the validation-split patients the folds under --out "
+                         "held out, paired against the fold models (needs --data; OUT/against_shipped.json)")
     ap.add_argument("--confidence-threshold", action="store_true",
                     help="choose the anatomy check's lowest organ confidence from the folds scored under --out "
                          "(OUT/confidence_threshold.json)")
@@ -567,6 +595,13 @@ def main(argv=None) -> None:
         members = dict((n, Path(d)) for n, _, d in (m.partition("=") for m in a.members.split(",")))
         a.out.mkdir(parents=True, exist_ok=True)
         print(json.dumps(sweep_weights(members, a.out, a.data, step=a.step, threads=a.threads), indent=1))
+        return
+    if a.against_shipped:
+        if a.data is None:
+            ap.error("--against-shipped needs --data")
+        result = against_shipped(a.engine, a.out, a.data, threads=a.threads)
+        (a.out / "against_shipped.json").write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps(result, indent=1))
         return
     if a.confidence_threshold:
         result = confidence_threshold(a.out)
