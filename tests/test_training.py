@@ -415,6 +415,19 @@ def test_mirror_averaging_swaps_lateral_organs_of_the_mirrored_descriptor():
     assert not np.allclose(p, q, atol=1e-3)  # the mirror changes the answer: the check above can fail
 
 
+def _tiny_cnn3d_cache(cache, ids, organs):
+    """A synthetic cnn3d training cache (random 16^3 scans and targets, every organ contoured)."""
+    cache.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    n = len(ids)
+    np.save(cache / "images.npy", rng.integers(-1000, 400, (n, 16, 16, 16)).astype(np.int16))
+    np.save(cache / "targets.npy", rng.integers(0, 2 + len(organs), (n, 16, 16, 16)).astype(np.int8))
+    np.save(cache / "contoured.npy", np.ones((n, len(organs)), bool))
+    (cache / "cases.json").write_text(json.dumps({"cases": ids, "splits": ["train"] * n, "organs": organs,
+                                                  "grid": [16, 16, 16]}))
+    return cache
+
+
 def test_cnn3d_fold_export_fits_offsets_on_the_folds_training_cases_only(tmp_path):
     """export_cnn3d_fold on a tiny network and a synthetic cache: the offsets come from every sixth of the run's
     training cases (data.json), never from cases outside them; the card keeps the shipped grid and records the
@@ -427,15 +440,8 @@ def test_cnn3d_fold_export_fits_offsets_on_the_folds_training_cases_only(tmp_pat
 
     organs = json.loads((MODELS_DIR / "cnn3d_openkbp.json").read_text())["classes"][1:]
     ids = [f"case_{i:02d}" for i in range(14)]
-    cache, run = tmp_path / "cache", tmp_path / "run"
-    cache.mkdir()
+    cache, run = _tiny_cnn3d_cache(tmp_path / "cache", ids, organs), tmp_path / "run"
     run.mkdir()
-    rng = np.random.default_rng(0)
-    np.save(cache / "images.npy", rng.integers(-1000, 400, (14, 16, 16, 16)).astype(np.int16))
-    np.save(cache / "targets.npy", rng.integers(0, 2 + len(organs), (14, 16, 16, 16)).astype(np.int8))
-    np.save(cache / "contoured.npy", np.ones((14, len(organs)), bool))
-    (cache / "cases.json").write_text(json.dumps({"cases": ids, "splits": ["train"] * 14, "organs": organs,
-                                                  "grid": [16, 16, 16]}))
     train = ids[2:14:2]  # 6 training cases: every sixth is the first of them only
     (run / "data.json").write_text(json.dumps({"fold": 3, "cases": train, "checkpoint_cases": ids[1:2]}))
     torch.manual_seed(0)
@@ -466,15 +472,10 @@ def test_ship_cnn3d_ships_an_all_cases_run_with_its_folds_estimate_and_refuses_a
     shipped = json.loads((MODELS_DIR / "cnn3d_openkbp.json").read_text())
     organs = shipped["classes"][1:]
     ids = [f"case_{i:02d}" for i in range(14)]
-    cache, run, cv, data = (tmp_path / n for n in ("cache", "run", "cv", "data"))
-    for d in (cache, run, cv / "fold0", cv / "fold1", data):
+    cache = _tiny_cnn3d_cache(tmp_path / "cache", ids, organs)
+    run, cv, data = (tmp_path / n for n in ("run", "cv", "data"))
+    for d in (run, cv / "fold0", cv / "fold1", data):
         d.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    np.save(cache / "images.npy", rng.integers(-1000, 400, (14, 16, 16, 16)).astype(np.int16))
-    np.save(cache / "targets.npy", rng.integers(0, 2 + len(organs), (14, 16, 16, 16)).astype(np.int8))
-    np.save(cache / "contoured.npy", np.ones((14, len(organs)), bool))
-    (cache / "cases.json").write_text(json.dumps({"cases": ids, "splits": ["train"] * 14, "organs": organs,
-                                                  "grid": [16, 16, 16]}))
     (data / "dataset.json").write_text(json.dumps({"labels": {"background": 0, **{o: i + 1 for i, o in
                                                                                   enumerate(organs)}},
                                                    "cases": [{"case": c, "split": "validation" if i < 3 else "train",

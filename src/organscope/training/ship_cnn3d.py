@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import shutil
 from pathlib import Path
 
 from ..datasets import Dataset
 from ..modelcard import MODELS_DIR
 from .crossval import export_cnn3d_fold
-from .ship_sparse import IGNORED_SETTINGS, key_differences, out_of_fold_validation
+from .ship_sparse import IGNORED_SETTINGS, install, key_differences, out_of_fold_validation
 
 SHIPPED = "cnn3d_openkbp"
 #: how long a run trained: may differ from the folds' (recorded in the card)
@@ -124,9 +123,7 @@ def main(argv=None) -> None:
     for line in recorded:
         print(f"recorded, not refused: {line}")
     if a.install:
-        shutil.copy2(onnx_path, MODELS_DIR / onnx_path.name)
-        shutil.copy2(card_path, MODELS_DIR / card_path.name)
-        print(f"installed into {MODELS_DIR}")
+        install(onnx_path)
 
 
 if __name__ == "__main__":

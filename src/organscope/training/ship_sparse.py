@@ -136,9 +136,14 @@ def main(argv=None) -> None:
     card_path.write_text(json.dumps(card, indent=1) + "\n")
     print(json.dumps({k: card["validation"][k] for k in ("mean_dice", "mean_dice_95ci", "cases")}))
     if a.install:
-        shutil.copy2(onnx_path, MODELS_DIR / onnx_path.name)
-        shutil.copy2(card_path, MODELS_DIR / card_path.name)
-        print(f"installed into {MODELS_DIR}")
+        install(onnx_path)
+
+
+def install(onnx_path: Path) -> None:
+    """Copy an exported model and its card (beside it) into the package."""
+    for path in (onnx_path, onnx_path.with_suffix(".json")):
+        shutil.copy2(path, MODELS_DIR / path.name)
+    print(f"installed into {MODELS_DIR}")
 
 
 if __name__ == "__main__":
