@@ -3,8 +3,8 @@
 The engines make different errors (issue 14). The default members and weights are fitted out of fold
 (cv/README.md, `crossval ensemble`): each fold's cnn3d and sparse models (trained without the fold's patients)
 fused with every weight pair on a 0.1 grid, scored on the fold's held-out patients. With the balanced cnn3d
-recipe, folds 1-4 (162 patients), every fold's complement chose sparse 0.7 / cnn3d 0.3: cross-fitted mean Dice
-0.729 (0.715-0.742), +0.006 (+0.004 to +0.008, paired) over the sparse engine alone, +0.077 over cnn3d alone;
+recipe, all 5 folds (203 patients), every fold's complement chose sparse 0.7 / cnn3d 0.3: cross-fitted mean Dice
+0.723 (0.710-0.736), +0.006 (+0.004 to +0.008, paired) over the sparse engine alone, +0.071 over cnn3d alone;
 with the earlier cnn3d recipe (folds 0-2) 0.8 / 0.2 was chosen, +0.004. Equal weights of sparse, cnn3d and the
 cascade (what this engine used before) scored 0.03 below the sparse engine alone out of fold, and the cascade as
 a third member did no better than cnn3d as the second (best 0.708 with it, 0.707 without, folds 0-1), so it is not
