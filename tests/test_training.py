@@ -490,8 +490,9 @@ def test_ship_cnn3d_ships_an_all_cases_run_with_its_folds_estimate_and_refuses_a
             {"fold": k, "summary": {}, "cases": {c: {"organs": {"brainstem": {"dice": 0.5 + 0.1 * k}}}
                                                  for c in held}}))
     torch.manual_seed(0)
+    history = [{"step": 0, "val_mean_dice": 0.4}, {"step": 5, "val_mean_dice": 0.5}]
     torch.save({"net": Cnn3dNet(2 + len(organs), width=4).state_dict(),
-                "state": {"step": 5, "elapsed_s": 60.0, "history": []}}, run / "best.pt")
+                "state": {"step": 5, "elapsed_s": 60.0, "history": history}}, run / "best.pt")
 
     def write_run(settings_, patches_, fold=None, checkpoint_cases=ids[:1]):
         (run / "settings.json").write_text(json.dumps({"settings": settings_, "plan": patches_, "organs": organs}))
@@ -518,6 +519,8 @@ def test_ship_cnn3d_ships_an_all_cases_run_with_its_folds_estimate_and_refuses_a
     assert card["grid"] == shipped["grid"] and card["spacing_mm"] == shipped["spacing_mm"]
     assert "variants" not in card and card["training"]["data"].startswith("OpenKBP (Babier et al. 2021), all 14")
     assert len(card["logit_offsets"]) == 2 + len(organs)
+    assert card["known_limitations"][1] == ("Trained 0.0 h on a CPU (5 steps, from scratch); its checkpoint-selection "
+                                            "Dice was still rising at the end (0.400 -> 0.500).")
     assert Cnn3dEngine(model=onnx_path, threads=1).classes == ("background", *organs)
 
 

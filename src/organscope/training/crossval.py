@@ -376,16 +376,14 @@ def against_shipped(engine: str, out_dir: Path, data_root: Path, *, threads: int
     from ..datasets import Dataset
     from ..engines.registry import get_engine
 
-    ds = Dataset(data_root, require_files=False)
-    shipped = get_engine(engine, threads=threads)
     card = json.loads((MODELS_DIR / f"{engine}_openkbp.json").read_text())
     trained = set((card.get("training") or {}).get("cases") or [])  # a model trained on every case lists them
-    val = {c.case_id for c in ds.split("validation")}
+    val = {c.case_id for c in Dataset(data_root, require_files=False).split("validation")}
     folds, scores = pooled_scores(out_dir)
     cases = sorted(c for c in scores if c in val and c not in trained)
     if not cases:
         raise SystemExit(f"no validation-split patient held out by the folds under {out_dir}")
-    theirs = score_cases(shipped, data_root, cases, quiet=True)
+    theirs = score_cases(get_engine(engine, threads=threads), data_root, cases, quiet=True)
     ours = {c: scores[c] for c in cases}
     return {"what": f"the shipped {engine} model and the fold models under {out_dir} on the validation-split "
                     "patients the folds held out (each scored by the fold model that held it out), paired",

@@ -55,10 +55,11 @@ def ship_card(fold_card: dict, shipped: dict, validation: dict, command: str, re
     card = {k: v for k, v in shipped.items() if k not in STALE}
     prev = shipped.get("training", {})
     training = dict(fold_card["training"])
-    previous = {"data": prev.get("data"), "date": shipped.get("date"), "steps": prev.get("steps"),
-                "validation_mean_dice": (shipped.get("validation") or {}).get("mean", {}).get("dice")}
     if prev.get("command") == command and "previous_model" in prev:
         previous = prev["previous_model"]  # the same recipe exported again: the one it replaced stays on record
+    else:
+        previous = {"data": prev.get("data"), "date": shipped.get("date"), "steps": prev.get("steps"),
+                    "validation_mean_dice": (shipped.get("validation") or {}).get("mean", {}).get("dice")}
     n = len(training["cases"] or []) + len(training.get("checkpoint_cases") or [])
     training.update(data=f"OpenKBP (Babier et al. 2021), all {n} cases (training and validation splits): "
                          f"{len(training['cases'] or [])} trained on, {len(training.get('checkpoint_cases') or [])} "
@@ -78,9 +79,22 @@ def ship_card(fold_card: dict, shipped: dict, validation: dict, command: str, re
                     "sparse engine's; the oesophagus is the least reliable organ "
                     f"({validation['dice'].get('esophagus', float('nan')):.3f}): the recipe learns it in some "
                     "runs late and weakly, in others not at all within its time (cv/README.md).",
-                    "Trained on one core of a CPU for under two hours from scratch; its selection Dice was still "
-                    "rising when the learning-rate schedule ended."])
+                    _training_limitation(training)])
     return card
+
+
+def _training_limitation(training: dict) -> str:
+    """How long the run trained and whether its checkpoint-selection Dice was still rising at its last check,
+    read from its training record."""
+    history = [h for h in training.get("history") or [] if h.get("val_mean_dice") is not None]
+    warm = any("warm_start_from" in h for h in training.get("history") or [])
+    text = (f"Trained {training.get('minutes', 0) / 60:.1f} h on a CPU ({training.get('steps')} steps"
+            + (", warm-started" if warm else ", from scratch") + ")")
+    if len(history) >= 2:
+        last, before = history[-1]["val_mean_dice"], history[-2]["val_mean_dice"]
+        text += (f"; its checkpoint-selection Dice was {'still rising' if last > before else 'not rising'} at the "
+                 f"end ({before:.3f} -> {last:.3f})")
+    return text + "."
 
 
 def main(argv=None) -> None:
