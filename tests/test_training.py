@@ -636,6 +636,34 @@ def test_confidence_threshold_is_the_highest_where_organs_below_were_nearly_all_
     assert r["threshold"] == 0.65 and r["organs_scored"] == 5 and r["failures"] == 3
     assert r["per_threshold"]["0.70"] == {"below": 4, "failures_below": 3, "mean_dice_below": 0.35}
     assert confidence_threshold(tmp_path, min_precision=0.7, grid=(0.6, 0.65, 0.67, 0.7))["threshold"] == 0.7
+    # cross-fitted: fold 0's threshold comes from fold 1 alone (0.70: d below, a failure) and leaves out a, b, c
+    # (two failures); fold 1's from fold 0 (0.65: a and b below, both failures) leaves out nothing
+    cross = r["cross_fitted"]
+    assert [f["threshold"] for f in cross["per_fold"].values()] == [0.7, 0.65]
+    assert (cross["below"], cross["failures_below"], cross["failures"]) == (3, 2, 3)
+
+
+def test_ensemble_confidence_threshold_is_fitted_for_the_weights_every_fold_chose(tmp_path):
+    from organscope.training.crossval import ensemble_confidence_threshold
+
+    def case(conf, dice):
+        return {"organs": {"x": {"confidence": conf, "dice": dice}}}
+
+    folds = {"0": {"1,0": {"c0": case(0.3, 0.9)}, "0.5,0.5": {"c0": case(0.6, 0.1), "c1": case(0.9, 0.9)}},
+             "1": {"1,0": {"c2": case(0.3, 0.9)}, "0.5,0.5": {"c2": case(0.62, 0.2), "c3": case(0.8, 0.7)}}}
+    sweep = {"members": ["sparse", "cnn3d"], "folds": folds,
+             "cross_fitted": {"chosen_per_group": ["0.5,0.5", "0.5,0.5"]}}
+    (tmp_path / "sweep_weights.json").write_text(json.dumps(sweep))
+    r = ensemble_confidence_threshold(tmp_path)
+    # the chosen weights' organs only: up to 0.80 the organs below are the two failures, above it the 0.8 joins
+    assert r["weights"] == "0.5,0.5" and r["organs_scored"] == 4 and r["threshold"] == 0.8
+    # fold 0 gets fold 1's 0.80 (leaves out its failure); fold 1 gets fold 0's 0.90 (leaves out both its organs)
+    assert [f["threshold"] for f in r["cross_fitted"]["per_fold"].values()] == [0.8, 0.9]
+    assert (r["cross_fitted"]["below"], r["cross_fitted"]["failures_below"]) == (3, 2)
+    sweep["cross_fitted"]["chosen_per_group"] = ["0.5,0.5", "1,0"]
+    (tmp_path / "sweep_weights.json").write_text(json.dumps(sweep))
+    with pytest.raises(SystemExit, match="chose different weights"):
+        ensemble_confidence_threshold(tmp_path)
 
 
 def test_mirrored_chunks_read_the_pattern_flipped_and_swap_left_and_right(tmp_path):

@@ -398,20 +398,38 @@ def pool(out_dir: Path) -> dict:
     return {"folds": [{"fold": r["fold"], **r["summary"]} for r in folds], "summary": summary(scores)}
 
 
+#: the confidence thresholds tried for the anatomy check
+THRESHOLD_GRID = tuple(np.round(np.arange(0.50, 0.951, 0.01), 2))
+
+
 def confidence_threshold(out_dir: Path, *, fail_dice: float = 0.5, min_precision: float = 0.9,
-                         grid=tuple(np.round(np.arange(0.50, 0.951, 0.01), 2))) -> dict:
+                         grid=THRESHOLD_GRID) -> dict:
     """The anatomy check's lowest acceptable organ confidence, chosen out of fold: over every held-out organ of
     the folds scored under `out_dir`, the highest threshold on the grid at which the organs below it are failures
     (Dice < fail_dice) at least `min_precision` of the time, so that an organ left out for low confidence was
-    almost always wrong. With the counts per threshold."""
-    _, pooled = pooled_scores(out_dir)
+    almost always wrong. With the counts per threshold, and the rule cross-fitted (`cross_fitted_threshold`)."""
+    folds, pooled = pooled_scores(out_dir)
+    rule = dict(fail_dice=fail_dice, min_precision=min_precision, grid=grid)
+    return {**threshold_from_scores(pooled, **rule),
+            "cross_fitted": cross_fitted_threshold({str(r.get("fold", i)): r["cases"] for i, r in enumerate(folds)},
+                                                   **rule)}
+
+
+def _confidence_dice(cases: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(confidence, Dice) of every organ present in the label maps of `cases` ({case: {"organs": ...}})."""
     conf, dice_ = [], []
-    for r in pooled.values():
+    for r in cases.values():
         for v in r["organs"].values():
             if v["dice"] is not None and v["confidence"] is not None:
                 conf.append(v["confidence"])
                 dice_.append(v["dice"])
-    conf, dice_ = np.asarray(conf, float), np.asarray(dice_, float)
+    return np.asarray(conf, float), np.asarray(dice_, float)
+
+
+def threshold_from_scores(cases: dict, *, fail_dice: float = 0.5, min_precision: float = 0.9,
+                          grid=THRESHOLD_GRID) -> dict:
+    """`confidence_threshold`'s rule on per-case scores ({case: {"organs": {organ: {"dice", "confidence"}}}})."""
+    conf, dice_ = _confidence_dice(cases)
     fails = dice_ < fail_dice
     table, chosen = {}, None
     for t in grid:
@@ -422,7 +440,42 @@ def confidence_threshold(out_dir: Path, *, fail_dice: float = 0.5, min_precision
         if n and wrong >= min_precision * n:
             chosen = float(t)
     return {"threshold": chosen, "organs_scored": int(len(conf)), "failures": int(fails.sum()),
-            "fail_dice": fail_dice, "min_precision": min_precision, "cases": len(pooled), "per_threshold": table}
+            "fail_dice": fail_dice, "min_precision": min_precision, "cases": len(cases), "per_threshold": table}
+
+
+def ensemble_confidence_threshold(out_dir: Path, *, fail_dice: float = 0.5, min_precision: float = 0.9) -> dict:
+    """The anatomy check's lowest acceptable organ confidence for the ensemble's fused confidences, from the
+    weight sweep under `out_dir` (OUT/sweep_weights.json): `confidence_threshold`'s rule over every held-out organ
+    of every swept fold, fused with the weights every fold chose (the sweep's cross-fitted choice), and the same
+    rule cross-fitted: each fold's threshold chosen on the other folds' organs and applied to its own, so that
+    the figure of what the threshold leaves out is not measured on the organs that chose it."""
+    done = json.loads((Path(out_dir) / "sweep_weights.json").read_text())
+    chosen = set(done.get("cross_fitted", {}).get("chosen_per_group", []))
+    if len(chosen) != 1:
+        raise SystemExit(f"{out_dir}/sweep_weights.json: the folds chose different weights ({sorted(chosen)}); "
+                         "there is no one ensemble to fit a threshold for")
+    key = chosen.pop()
+    folds = {f: per_fold[key] for f, per_fold in sorted(done["folds"].items(), key=lambda kv: int(kv[0]))}
+    pooled = {c: v for cases in folds.values() for c, v in cases.items()}
+    rule = dict(fail_dice=fail_dice, min_precision=min_precision)
+    return {"members": done["members"], "weights": key, **threshold_from_scores(pooled, **rule),
+            "cross_fitted": cross_fitted_threshold(folds, **rule)}
+
+
+def cross_fitted_threshold(folds: dict, *, fail_dice: float = 0.5, min_precision: float = 0.9,
+                           grid=THRESHOLD_GRID) -> dict:
+    """What the threshold leaves out, measured on organs that did not choose it: each fold's threshold chosen
+    (`threshold_from_scores`) on the other folds' organs and applied to its own. `folds`: {fold: per-case scores}."""
+    per_fold, left, wrong, fails = {}, 0, 0, 0
+    for f, cases in folds.items():
+        others = {c: v for g, cs in folds.items() if g != f for c, v in cs.items()}
+        t = threshold_from_scores(others, fail_dice=fail_dice, min_precision=min_precision, grid=grid)["threshold"]
+        conf, dice_ = _confidence_dice(cases)
+        below = conf < t if t is not None else np.zeros(len(conf), bool)
+        n, w, nf = int(below.sum()), int((below & (dice_ < fail_dice)).sum()), int((dice_ < fail_dice).sum())
+        per_fold[f] = {"threshold": t, "below": n, "failures_below": w, "failures": nf}
+        left, wrong, fails = left + n, wrong + w, fails + nf
+    return {"per_fold": per_fold, "below": left, "failures_below": wrong, "failures": fails}
 
 
 def weight_grid(n_members: int, step: float) -> list[tuple[float, ...]]:
@@ -578,7 +631,8 @@ def main(argv=None) -> None:
                          "held out, paired against the fold models (needs --data; OUT/against_shipped.json)")
     ap.add_argument("--confidence-threshold", action="store_true",
                     help="choose the anatomy check's lowest organ confidence from the folds scored under --out "
-                         "(OUT/confidence_threshold.json)")
+                         "(ensemble: from its weight sweep there, for the weights the folds chose) into "
+                         "OUT/confidence_threshold.json")
     ap.add_argument("--members", default=None, metavar="NAME=CV_DIR,...",
                     help="ensemble: the members and their cv folders (e.g. sparse=cv/sparse,cnn3d=cv/cnn3d; "
                          "ENGINE:LABEL=DIR for another model of an engine, e.g. sparse:flip=cv/sparse_flip); their "
@@ -587,6 +641,11 @@ def main(argv=None) -> None:
     ap.add_argument("--step", type=float, default=0.1, help="ensemble: the weight grid's step")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
+    if a.engine == "ensemble" and a.confidence_threshold:
+        result = ensemble_confidence_threshold(a.out)
+        (a.out / "confidence_threshold.json").write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps({k: v for k, v in result.items() if k != "per_threshold"}, indent=1))
+        return
     if a.engine == "ensemble":
         if a.members is None or a.data is None:
             ap.error("ensemble needs --members and --data")
