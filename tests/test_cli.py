@@ -62,6 +62,8 @@ def test_segment_writes_labels_on_the_input_grid(capsys, tmp_path, phantom_files
     np.testing.assert_array_equal(lab, segmentations[name].labels.array)
     sidecar = json.loads((tmp_path / "out.json").read_text())
     assert sidecar["labels"] == {"background": 0, "bone": 1, "fat": 2, "below_bone": 3}
+    # --model without --engine: the model card's engine, recorded with the model beside the labels
+    assert sidecar["engine"] == "sparse" and sidecar["model"] == str(synthetic_model_path)
     assert set(sidecar["confidence"]) == {"bone", "fat", "below_bone"} and sidecar["qc"]["dropped"] == []
     assert stdout == ""
     assert f"{out}: 3 organ(s) found (below_bone, bone, fat);" in err

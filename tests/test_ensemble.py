@@ -188,15 +188,47 @@ def test_organ_subset_and_errors(scan):
 
 
 def test_the_shipped_ensemble_on_the_bundled_scan(tmp_path, capsys):
-    """End to end through the CLI with the shipped members: the example scan's organs, with their statistics."""
+    """End to end through the CLI with the shipped members, as the default engine (no --engine): the example
+    scan's organs, with their statistics, each above the ensemble's own confidence threshold."""
     import json
 
     from organscope import cli
+    from organscope.engines.ensemble import QC_MIN_CONFIDENCE
 
     out, stats = tmp_path / "labels.nii.gz", tmp_path / "stats.json"
-    assert cli.main(["segment", "-i", str(SCAN), "-o", str(out), "--engine", "ensemble", "--statistics", str(stats),
+    assert cli.main(["segment", "-i", str(SCAN), "-o", str(out), "--statistics", str(stats),
                      "--threads", "1", "--no-progress"]) == 0
     assert "7 organ(s) found" in capsys.readouterr().err
+    sidecar = json.loads((tmp_path / "labels.json").read_text())
+    assert sidecar["engine"] == "ensemble", sidecar
+    assert min(sidecar["confidence"].values()) >= QC_MIN_CONFIDENCE
     text = stats.read_text()
     assert all(o in text for o in ("brainstem", "spinal_cord", "mandible", "parotid_left")), text
     assert json.loads(text)
+
+
+def test_the_default_segmentation_engine_is_the_ensemble_and_point_queries_stay_with_sparse(tmp_path):
+    """The ensemble is the default segmentation engine (best out of fold); a named model picks its card's engine;
+    point queries, which only the sparse engine answers, default to it."""
+    import json
+
+    from organscope import api
+    from organscope.engines.registry import DEFAULT_ENGINE, DEFAULT_QUERY_ENGINE, engine_of_model
+    from organscope.modelcard import MODELS_DIR
+    from organscope.pipeline import SegmentOptions
+
+    assert DEFAULT_ENGINE == SegmentOptions().engine == "ensemble" and DEFAULT_QUERY_ENGINE == "sparse"
+    assert SegmentOptions(model="cnn3d_openkbp").engine == "cnn3d"
+    assert SegmentOptions(model=MODELS_DIR / "sparse_openkbp.onnx").engine == "sparse"
+    assert SegmentOptions(model=MODELS_DIR / "cascade_openkbp.json").engine == "cascade"
+    assert SegmentOptions(engine="cnn3d", model="cnn3d_openkbp").engine == "cnn3d"
+    with pytest.raises(ModelError, match="not a segmentation engine"):
+        engine_of_model("heatmap_openkbp")
+    with pytest.raises(ModelError, match="no card"):
+        engine_of_model(tmp_path / "missing.onnx")
+    (tmp_path / "odd.json").write_text(json.dumps({"engine": "nonsense"}))
+    with pytest.raises(ModelError, match="not a segmentation engine"):
+        engine_of_model(tmp_path / "odd.json")
+    assert api.engine().name == "ensemble"
+    res = api.query(SCAN, [[0.0, 0.0, 0.0]], voxel=True)  # no engine named: the sparse engine answers
+    assert len(res.names) == 1 and res.names[0]

@@ -62,7 +62,7 @@ def test_bundled_head_and_neck_truth_is_all_kept_and_one_voxel_dropped(hn):
     assert "esophagus" not in seg.confidence
 
 
-def test_an_organ_below_the_models_confidence_threshold_is_left_out(hn):
+def test_an_organ_below_the_models_confidence_threshold_is_left_out(hn, tmp_path):
     """qc_min_confidence (the sparse card's, chosen out of fold): a plausible organ with a lower confidence
     fails with that reason; without a threshold, or above it, it passes."""
     from dataclasses import replace
@@ -79,7 +79,23 @@ def test_an_organ_below_the_models_confidence_threshold_is_left_out(hn):
     assert "confidence 0.62 is below 0.70" in checked.qc.organs["larynx"].reasons[0]
     assert apply_qc(vol, seg, min_confidence=0.7).qc.unverified() == []
     assert model_min_confidence(get_engine("sparse")) == pytest.approx(0.7)
-    assert model_min_confidence(get_engine("ensemble")) is None  # several models: no one threshold
+    # the default ensemble's threshold is fitted on its fused confidences; other members or weights have none
+    from organscope.engines.ensemble import QC_MIN_CONFIDENCE, EnsembleEngine
+
+    assert model_min_confidence(get_engine("ensemble")) == QC_MIN_CONFIDENCE
+    assert model_min_confidence(EnsembleEngine(members=[("sparse", 0.5), ("cnn3d", 0.5)])) is None
+    assert model_min_confidence(EnsembleEngine(members=[("sparse", 7), ("cnn3d", 3)])) == QC_MIN_CONFIDENCE
+    # the same weights on models that are not the shipped ones (a copy elsewhere, as a fold model would be)
+    import shutil
+
+    from organscope.modelcard import MODELS_DIR
+
+    for ext in (".onnx", ".json"):
+        shutil.copy(MODELS_DIR / f"sparse_openkbp{ext}", tmp_path / f"sparse_openkbp{ext}")
+    other = {"sparse": tmp_path / "sparse_openkbp.onnx", "cnn3d": None}
+    fold_models = EnsembleEngine(members=[("sparse", 0.7), ("cnn3d", 0.3)],
+                                 engines=lambda n, threads=None: get_engine(n, model=other[n], threads=threads))
+    assert model_min_confidence(fold_models) is None
 
 
 def test_shipped_engine_keeps_every_organ_of_the_bundled_scan(hn):

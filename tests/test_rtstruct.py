@@ -350,7 +350,9 @@ def test_segment_rtstruct_on_a_clinic_folder(case, tmp_path, capsys, monkeypatch
         capsys.readouterr().err
     ds = pydicom.dcmread(tmp_path / "res.rtstruct.dcm")
     assert {r.ROIName for r in ds.StructureSetROISequence} == {"Brainstem", "Parotid_L", "Bone_Mandible"}
-    assert ds.ManufacturerModelName == "organscope sparse"
+    from organscope.engines.registry import DEFAULT_ENGINE
+
+    assert ds.ManufacturerModelName == f"organscope {DEFAULT_ENGINE}"
     # a NIfTI input gets one clear line and no output
     from organscope.io import save_volume
 

@@ -191,7 +191,7 @@ def test_click_shows_organ_and_segment_overlays(server, tmp_path):
     assert legend == [o["name"] for o in job["organs_found"]] and "brainstem" in legend
     # the engine control lists the service's engines, its default chosen; the legend shows each confidence
     assert engine_options == [e["name"] for e in httpx.get(f"{server}/api/engines").json()]
-    assert chosen_engine == job["engine"] == "sparse"
+    assert chosen_engine == job["engine"] == "ensemble"
     assert [float(c) for c in confidences] == pytest.approx([o["confidence"] for o in job["organs_found"]])
     assert "organ(s)" in status
     # nothing of the bundled scan is cut off by its border or left out by the anatomy check

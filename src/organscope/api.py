@@ -4,7 +4,7 @@
     >>> vol = osc.load_volume("scan.nii.gz")
     >>> res = osc.query(vol, [[10.0, -20.0, 35.0]])      # world mm, RAS
     >>> res.names, res.probability
-    >>> seg = osc.segment(vol)                            # label map on the scan's own grid
+    >>> seg = osc.segment(vol)                            # label map on the scan's own grid (the ensemble engine)
     >>> osc.save_segmentation(seg, "labels.nii.gz")
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import replace
 import numpy as np
 
 from .engines.base import ProgressFn, supports_query
-from .engines.registry import DEFAULT_ENGINE, query_engines
+from .engines.registry import DEFAULT_ENGINE, DEFAULT_QUERY_ENGINE, engine_of_model, query_engines
 from .errors import ModelError
 from .io import load_volume, save_labels
 from .pipeline import SegmentOptions, cached_engine, segment_volume
@@ -27,19 +27,28 @@ def _engine(name: str, model, threads: int | None):
     return cached_engine(name, None if model is None else str(model), threads)  # paths cache by their text
 
 
-def engine(name: str = DEFAULT_ENGINE, *, model: str | None = None, threads: int | None = None):
-    """A loaded engine (cached per name/model/threads), for repeated calls on many scans or points."""
-    return _engine(name, model, threads)
+def engine(name: str | None = None, *, model: str | None = None, threads: int | None = None):
+    """A loaded engine (cached per name/model/threads), for repeated calls on many scans or points. `name` None:
+    the engine of `model`'s card, or the default segmentation engine (DEFAULT_ENGINE) without a model; point
+    queries need engine("sparse") (DEFAULT_QUERY_ENGINE)."""
+    return _engine(_engine_name(name, model, DEFAULT_ENGINE), model, threads)
+
+
+def _engine_name(name: str | None, model, default: str) -> str:
+    if name is not None:
+        return name
+    return default if model is None else engine_of_model(model)
 
 
 def _volume(scan) -> Volume:
     return scan if isinstance(scan, Volume) else load_volume(scan)
 
 
-def segment(scan, *, engine: str = DEFAULT_ENGINE, model: str | None = None, threads: int | None = None,
+def segment(scan, *, engine: str | None = None, model: str | None = None, threads: int | None = None,
             organs=None, priors: bool = False, progress: ProgressFn | None = None,
             keep_unverified: bool = False) -> Segmentation:
-    """Multi-organ label map of `scan` (path or Volume) on the scan's own grid and orientation.
+    """Multi-organ label map of `scan` (path or Volume) on the scan's own grid and orientation, by `engine` (None:
+    the engine of `model`'s card, or the default, the ensemble, best out of fold).
     `organs` (names) restricts the result to those organs: engines with one model per organ (slice2d) run
     only those models; the others segment everything and keep only the chosen labels. `priors` applies the
     anatomical-prior rules measured to raise this engine's validation Dice (postprocess.priors). Organs failing
@@ -49,13 +58,15 @@ def segment(scan, *, engine: str = DEFAULT_ENGINE, model: str | None = None, thr
     return segment_volume(_volume(scan), options, progress=progress)
 
 
-def query(scan, points, *, voxel: bool = False, engine: str = DEFAULT_ENGINE, model: str | None = None,
+def query(scan, points, *, voxel: bool = False, engine: str | None = None, model: str | None = None,
           threads: int | None = None, keep_unverified: bool = False):
     """Organ, probability and top-3 at each point: world mm (RAS) by default, voxel indices if voxel=True.
-    `scan` may be a path, a Volume, or a prepared scan from `engine().prepare(volume)` (fastest for many calls).
-    `engine` is any engine with the point-query capability (engines.base.PointQueryEngine).
+    `scan` may be a path, a Volume, or a prepared scan from `engine("sparse").prepare(volume)` (fastest for many
+    calls). `engine` is any engine with the point-query capability (engines.base.PointQueryEngine; None: the
+    engine of `model`'s card, or DEFAULT_QUERY_ENGINE).
     When the scan is outside the model's body region (`query_check`), every answer's organ is "unknown" (the
     model's own pick stays in top3_names) unless `keep_unverified`."""
+    engine = _engine_name(engine, model, DEFAULT_QUERY_ENGINE)
     eng = _engine(engine, model, threads)
     if not supports_query(eng):
         raise ModelError(f"The {engine} engine does not answer point queries; use one of "
@@ -78,10 +89,10 @@ def _query_check(eng, scan):
     return query_region(eng, scan if isinstance(scan, Volume) else getattr(scan, "volume", None))
 
 
-def query_check(scan, *, engine: str = DEFAULT_ENGINE, model: str | None = None, threads: int | None = None):
+def query_check(scan, *, engine: str | None = None, model: str | None = None, threads: int | None = None):
     """The anatomy check behind `query`'s answers: (the model's body region, the scan's `qc.RegionCheck`), the
     scan's computed once per scan array. An answer is "unknown" when the two regions differ."""
-    eng = _engine(engine, model, threads)
+    eng = _engine(_engine_name(engine, model, DEFAULT_QUERY_ENGINE), model, threads)
     if isinstance(scan, (str, os.PathLike)):
         scan = _volume(scan)
     return _query_check(eng, scan)

@@ -163,19 +163,20 @@ def cmd_segment(args) -> int:
     from . import batch
 
     progress_wanted = args.progress if args.progress is not None else sys.stderr.isatty()
-    _compile_notice(args.engine, progress_wanted)
+    options = _segment_options(args)  # the engine resolved: named, the model's, or the default
+    _compile_notice(options.engine, progress_wanted)
     if batch.is_batch_input(args.input):  # a folder of scans or a glob: -o is an output folder
         if args.series_uid is not None:
             raise InputError("--series-uid picks one series of one DICOM folder; it cannot be used with "
                              "several scans.")
-        return batch.cmd_batch(args.input, args.output, _segment_options(args), asked=_asked_outputs(args),
+        return batch.cmd_batch(args.input, args.output, options, asked=_asked_outputs(args),
                                jobs=args.jobs, scheduler=args.scheduler, progress=progress_wanted)
     from .pipeline import run
 
     targets = batch.single_targets(args.output, _asked_outputs(args))
     progress, close = _progress_bar(progress_wanted)
     try:
-        res = run(args.input, targets, _segment_options(args), progress=progress, series_uid=args.series_uid)
+        res = run(args.input, targets, options, progress=progress, series_uid=args.series_uid)
     finally:
         close()
     t = res.timings_s
@@ -196,10 +197,10 @@ def cmd_query(args) -> int:
         points += _read_points_csv(Path(args.csv))
     if not points:
         raise InputError("Give at least one point with --point x,y,z or --csv FILE.")
-    from .engines.registry import DEFAULT_ENGINE
+    from .engines.registry import DEFAULT_QUERY_ENGINE
 
-    _compile_notice(DEFAULT_ENGINE, sys.stderr.isatty(), query=True)
-    scan = api.engine(model=args.model, threads=args.threads).prepare(api.load_volume(args.scan))
+    _compile_notice(DEFAULT_QUERY_ENGINE, sys.stderr.isatty(), query=True)
+    scan = api.engine(DEFAULT_QUERY_ENGINE, model=args.model, threads=args.threads).prepare(api.load_volume(args.scan))
     res = api.query(scan, np.array(points), voxel=args.voxel, model=args.model, threads=args.threads,
                     keep_unverified=args.keep_unverified)
     region, check = api.query_check(scan, model=args.model, threads=args.threads)
@@ -353,9 +354,9 @@ def cmd_serve(args) -> int:
     hosts = list(args.allowed_host)
     if not loopback and args.host not in ("0.0.0.0", "::"):
         hosts.append(args.host)  # the address it listens on is a name clients use
-    from .engines.registry import DEFAULT_ENGINE
+    from .engines.registry import DEFAULT_QUERY_ENGINE
 
-    _compile_notice(DEFAULT_ENGINE, True, query=True)  # the store compiles them before it listens (store.py)
+    _compile_notice(DEFAULT_QUERY_ENGINE, True, query=True)  # the store compiles them before it listens (store.py)
     app = create_app(allowed_dir=args.allow_dir, max_upload_mb=args.max_upload_mb, max_scans=args.max_scans,
                      preload=args.scan, max_voxels=args.max_voxels, max_jobs=args.max_jobs, allowed_hosts=hosts,
                      token=token)
@@ -375,7 +376,8 @@ def cmd_serve(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .engines.registry import ENGINE_INFO, LOCALIZER_INFO  # light: names and one line each, no engine
+    # light: names and one line each, no engine
+    from .engines.registry import DEFAULT_ENGINE, ENGINE_INFO, LOCALIZER_INFO
 
     ap = _Parser(prog="organscope", description="Which organ is where in a CT scan, on a CPU.",
                  formatter_class=_Formatter)
@@ -396,8 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output label map (.nii.gz, .nii or .nrrd) + .json names; for a batch, an output folder")
     s.add_argument("--series-uid", default=None, metavar="UID",
                    help="DICOM folder with several CT series: the SeriesInstanceUID of the one to segment")
-    s.add_argument("--engine", default="sparse", choices=list(ENGINE_INFO), metavar="ENGINE",
-                   help=_engine_help("segmentation engine (default: sparse):"))
+    s.add_argument("--engine", default=None, choices=list(ENGINE_INFO), metavar="ENGINE",
+                   help=_engine_help(f"segmentation engine (default: {DEFAULT_ENGINE}; with --model, the model's "
+                                     "engine):"))
     s.add_argument("--model", default=None, help="shipped model name or path to an .onnx with its .json card "
                                                  "(default: the engine's shipped model)")
     s.add_argument("--threads", type=_threads, default=None, metavar="N", help=threads_help)

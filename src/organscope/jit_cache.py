@@ -36,6 +36,7 @@ KERNEL_MODULES: dict[str, tuple[str, ...]] = {
     "cnn3d": ("grid.py",),
     "cascade": ("grid.py",),
     "slice2d": ("grid.py", "sampling/gather.py"),
+    "ensemble": ("sampling/gather.py", "engines/sparse/refine.py", "grid.py"),  # its members': sparse, cnn3d
 }
 #: the modules whose kernels a point query runs (`organscope query`, the service's clicks): the gather, and the
 #: compiled one-point network with its locate and top-3 steps

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Mapping
 import numpy as np
 
 from .engines.base import ProgressFn
-from .engines.registry import DEFAULT_ENGINE, get_engine
+from .engines.registry import DEFAULT_ENGINE, engine_of_model, get_engine
 from .memory import ordinary_pages
 from .segmentation import Segmentation
 from .volume import Volume
@@ -33,9 +33,10 @@ if TYPE_CHECKING:
 class SegmentOptions:
     """What to run on a scan: the engine (and its model, threads), an organ subset (names or aliases; None = all)
     and the anatomical-prior clean-up measured for that engine. keep_unverified: keep the organs that fail the
-    anatomy check (`organscope.qc`) in the label map, marked in `Segmentation.qc`, instead of leaving them out."""
+    anatomy check (`organscope.qc`) in the label map, marked in `Segmentation.qc`, instead of leaving them out.
+    engine None: the engine of `model`'s card, or DEFAULT_ENGINE without a model."""
 
-    engine: str = DEFAULT_ENGINE
+    engine: str | None = None
     model: str | None = None
     threads: int | None = None
     organs: tuple[str, ...] | None = None
@@ -43,6 +44,8 @@ class SegmentOptions:
     keep_unverified: bool = False
 
     def __post_init__(self):
+        if self.engine is None:
+            object.__setattr__(self, "engine", DEFAULT_ENGINE if self.model is None else engine_of_model(self.model))
         if self.organs is not None:
             object.__setattr__(self, "organs", tuple(self.organs))
         if self.model is not None:

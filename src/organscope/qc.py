@@ -14,7 +14,8 @@ validation cases):
 2. Each organ found (`check_organs`): at least half the smallest volume seen in training (and 2 voxels), at
    most 1.5x the largest; its centroid's offset (R, A) from the body outline's centre at its level, and its
    superior offset from the other organs found, within the training range plus a margin; and, where the model's
-   card names one (`qc_min_confidence`, chosen out of fold: cv/README.md), a confidence at least that high. An
+   card names one (`qc_min_confidence`, chosen out of fold: cv/README.md; the default ensemble's is its own,
+   fitted on its fused confidences), a confidence at least that high. An
    organ touching a border of the scan is marked "cut off" (its volume is not whole): the lower size limits do
    not apply to it.
 
@@ -346,16 +347,19 @@ def model_region(engine) -> str | None:
     """The body region an engine's model covers (its card's `body_region`), or None if it does not say."""
     if getattr(engine, "body_region", None) is not None:  # an engine of several models (the ensemble)
         return engine.body_region
-    return getattr(_model_card(engine), "body_region", None)
+    return getattr(model_card(engine), "body_region", None)
 
 
 def model_min_confidence(engine) -> float | None:
     """The lowest organ confidence the anatomy check accepts from an engine's model (its card's
-    `qc_min_confidence`), or None (an engine of several models, a card that does not say)."""
-    return getattr(_model_card(engine), "qc_min_confidence", None)
+    `qc_min_confidence`; an engine of several models says it itself, the ensemble for its default members), or
+    None (no threshold fitted for it)."""
+    if hasattr(engine, "qc_min_confidence"):
+        return engine.qc_min_confidence
+    return getattr(model_card(engine), "qc_min_confidence", None)
 
 
-def _model_card(engine):
+def model_card(engine):
     """An engine's model card (`engine.card`, or `engine.model.card` for the sparse engine), or None."""
     card = getattr(engine, "card", None)
     return card if card is not None else getattr(getattr(engine, "model", None), "card", None)

@@ -22,13 +22,17 @@ if TYPE_CHECKING:  # the registry itself stays light: the CLI reads ENGINE_INFO 
 
 #: name -> what it is, for `--engine` help and error messages
 ENGINE_INFO: dict[str, str] = {
-    "sparse": "sparse point classifier, coarse-to-fine (default; also answers point queries)",
+    "sparse": "sparse point classifier, coarse-to-fine (also answers point queries: their default)",
     "cnn3d": "tiny factorised 3D CNN on the whole scan",
     "cascade": "organ boxes from a localiser, then one 3D CNN per organ group in its crop",
     "slice2d": "one 2D network per organ on axial slices of the body",
-    "ensemble": "sparse and cnn3d together: their class probabilities averaged (0.7 / 0.3, fitted out of fold)",
+    "ensemble": "sparse and cnn3d together: their class probabilities averaged (0.7 / 0.3, fitted out of fold; "
+                "default: the best out of fold)",
 }
-DEFAULT_ENGINE = "sparse"
+#: the segmentation engine when none is named: the best out of fold (cv/README.md, issue 14)
+DEFAULT_ENGINE = "ensemble"
+#: the engine answering point queries when none is named (the only one that answers them)
+DEFAULT_QUERY_ENGINE = "sparse"
 
 #: name -> what it is, for `--localizer` help
 LOCALIZER_INFO: dict[str, str] = {
@@ -113,6 +117,33 @@ ENGINES: dict[str, Callable[..., "Engine"]] = {"sparse": _plain("sparse"), "cnn3
                                              "slice2d": _with_localizers("slice2d"),
                                              "cascade": _with_localizers("cascade"),
                                              "ensemble": _with_members("ensemble")}
+
+
+def engine_of_model(model: str | os.PathLike) -> str:
+    """The engine a model is for, from its card's `engine` field: a shipped model name, a path to its .onnx (the
+    card beside it) or .json card, or a folder holding one card (a multi-file model)."""
+    from ..modelcard import MODELS_DIR, read_card
+
+    p = Path(model)
+    if p.suffix == ".onnx":
+        p = p.with_suffix(".json")
+    elif p.is_dir():
+        cards = sorted(p.glob("*.json"))
+        if len(cards) != 1:
+            raise ModelError(f"Model folder {p} holds {len(cards)} .json cards, not one; name the card, or the "
+                             "engine with --engine.")
+        p = cards[0]
+    elif p.suffix != ".json":
+        p = MODELS_DIR / f"{p.name}.json"
+    if not p.exists():
+        raise ModelError(f"Model {str(model)!r}: no card {p.name} found; name a shipped model "
+                         f"({', '.join(sorted(q.stem for q in MODELS_DIR.glob('*.json')))}) or an .onnx with its "
+                         ".json card beside it.")
+    engine = read_card(p).get("engine")
+    if engine not in _ENGINE_CLASSES:
+        raise ModelError(f"Model card {p.name} is for {engine!r}, which is not a segmentation engine; name the "
+                         f"engine with --engine ({', '.join(ENGINE_INFO)}).")
+    return engine
 
 
 def engine_names() -> list[str]:

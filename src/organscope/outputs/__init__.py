@@ -46,7 +46,7 @@ def write_outputs(ct: Volume, seg: Segmentation, targets: OutputPaths, *, engine
         from ..io import save_labels  # what api.save_segmentation does (outputs must not import the api)
 
         save_labels(seg.labels, seg.labels.array, targets.labels, {0: "background", **seg.names},
-                    sidecar_extra(seg))
+                    sidecar_extra(seg, engine=engine, model=model))
         written.append(targets.labels)
     if targets.statistics is not None:
         write_statistics(ct, seg, targets.statistics)
@@ -66,12 +66,16 @@ def write_outputs(ct: Volume, seg: Segmentation, targets: OutputPaths, *, engine
     return written
 
 
-def sidecar_extra(seg: Segmentation) -> dict:
-    """What the label map's .json carries beside the names: each organ's confidence (mean probability), the
-    organs touching the scan's border ("cut_off": their volumes are not whole) and the anatomy check
-    (`organscope.qc`): the scan's region and every organ found, kept or left out, with the reasons."""
+def sidecar_extra(seg: Segmentation, *, engine: str | None = None, model: str | None = None) -> dict:
+    """What the label map's .json carries beside the names: the engine (and model, when one was named) that made
+    it, where known, each organ's confidence (mean probability), the organs touching the scan's border
+    ("cut_off": their volumes are not whole) and the anatomy check (`organscope.qc`): the scan's region and every
+    organ found, kept or left out, with the reasons."""
     qc = getattr(seg, "qc", None)
-    out: dict = {"confidence": {n: round(float(c), 4) for n, c in seg.confidence.items()}}
+    out: dict = {"engine": engine} if engine is not None else {}
+    if model is not None:
+        out["model"] = str(model)
+    out["confidence"] = {n: round(float(c), 4) for n, c in seg.confidence.items()}
     if qc is not None:
         out["cut_off"] = qc.cut_off()
         out["qc"] = qc.to_dict()

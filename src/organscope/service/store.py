@@ -416,13 +416,13 @@ def check_engine(name: str) -> str:
 
 def query_engine_for(engine: str) -> str:
     """The engine that answers point queries beside segmentation engine `engine`: itself if it can, else the
-    registry's default engine if it can, else the first that can."""
-    from ..engines.registry import DEFAULT_ENGINE, query_engines
+    registry's default query engine if it can, else the first that can."""
+    from ..engines.registry import DEFAULT_QUERY_ENGINE, query_engines
 
     able = query_engines()
     if not able:
         raise InputError("No engine answers point queries; the service needs one.")
-    for name in (engine, DEFAULT_ENGINE):
+    for name in (engine, DEFAULT_QUERY_ENGINE):
         if name in able:
             return name
     return able[0]

@@ -1,3 +1,3 @@
-from .engine import DEFAULT_MEMBERS, EnsembleEngine
+from .engine import DEFAULT_MEMBERS, QC_MIN_CONFIDENCE, EnsembleEngine
 
-__all__ = ["DEFAULT_MEMBERS", "EnsembleEngine"]
+__all__ = ["DEFAULT_MEMBERS", "EnsembleEngine", "QC_MIN_CONFIDENCE"]

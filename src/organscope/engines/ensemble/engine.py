@@ -16,12 +16,21 @@ once. They are interpolated (linearly) onto the fusion grid, the scan's own grid
 per voxel (a 512 x 512 x 300 scan at 0.8 x 0.8 x 1.5 mm: 164 x 164 x 180), averaged with the weights, and the
 winner of each fusion voxel is kept as its largest 26-connected component per organ; the label map comes back
 to the scan's voxels by nearest neighbour. An organ's confidence is the mean fused probability of the class
-picked over its fusion voxels."""
+picked over its fusion voxels.
+
+The anatomy check leaves out an organ of the default ensemble whose fused confidence is below QC_MIN_CONFIDENCE,
+fitted out of fold like the sparse model's `qc_min_confidence` (`crossval ensemble --confidence-threshold`,
+cv/ensemble_sparse_cnn3d_balanced/confidence_threshold.json): over the 1071 organs the fold ensembles found in
+their 203 held-out patients, the highest threshold below which at least 90 % of organs were failures (Dice < 0.5).
+Chosen on four folds and applied to the fifth, it left out 12 organs, 11 of them failures, of 61 failures; the
+sparse engine's 0.70, the same way, 13 organs, 12 failures, of its 67. Other members, weights or member models
+have no fitted threshold, hence no confidence check."""
 from __future__ import annotations
 
 import os
 import threading
 import time
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
@@ -36,10 +45,12 @@ from ...segmentation import ClassProbabilities, Segmentation, labels_dtype
 from ...volume import Volume
 from ..base import ProgressFn, no_progress, organ_confidence, require_finite, select_organs
 
-__all__ = ["DEFAULT_MEMBERS", "EnsembleEngine", "FUSION_MM"]
+__all__ = ["DEFAULT_MEMBERS", "EnsembleEngine", "FUSION_MM", "QC_MIN_CONFIDENCE"]
 
 #: (engine, weight): fitted out of fold (see the module's docstring)
 DEFAULT_MEMBERS: tuple[tuple[str, float], ...] = (("sparse", 0.7), ("cnn3d", 0.3))
+#: the anatomy check's lowest organ confidence for DEFAULT_MEMBERS' shipped models (see the module's docstring)
+QC_MIN_CONFIDENCE = 0.64
 #: the fusion grid's largest voxel side in mm (a scan coarser than this along an axis is fused on its own voxels)
 FUSION_MM = 2.5
 
@@ -78,6 +89,12 @@ class EnsembleEngine:
         self.classes: tuple[str, ...] = tuple(first.classes)
         total = sum(w for _, w in self.members)
         self.weights = tuple(w / total for _, w in self.members)
+        default = sum(w for _, w in DEFAULT_MEMBERS)
+        is_default = ([n for n, _ in members] == [n for n, _ in DEFAULT_MEMBERS]
+                      and np.allclose(self.weights, [w / default for _, w in DEFAULT_MEMBERS])
+                      and all(_shipped(eng) for eng, _ in self.members))
+        #: organs with a lower fused confidence fail the anatomy check (None: no threshold fitted for these members)
+        self.qc_min_confidence: float | None = QC_MIN_CONFIDENCE if is_default else None
         regions = {_body_region(eng) for eng, _ in self.members}
         #: the body region the members' models cover (the anatomy check reads it), None if they differ
         self.body_region = regions.pop() if len(regions) == 1 else None
@@ -210,6 +227,15 @@ def linear_labels(fused: ClassProbabilities, labels: np.ndarray, volume: Volume)
     fine = largest_components(fused.argmax_on_grid(grid), len(fused.classes))
     out[box] = fine
     return out, {int(v) for v in np.flatnonzero(np.bincount(fine.ravel()))}
+
+
+def _shipped(engine) -> bool:
+    """Whether an engine runs a model shipped in the package (the models QC_MIN_CONFIDENCE was fitted for)."""
+    from ...modelcard import MODELS_DIR
+    from ...qc import model_card
+
+    card = model_card(engine)
+    return card is not None and Path(card.path).resolve().parent == MODELS_DIR
 
 
 def _body_region(engine) -> str | None:
