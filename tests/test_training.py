@@ -286,6 +286,53 @@ def test_ensemble_weights_are_chosen_without_the_cases_they_are_scored_on(tmp_pa
     assert halves["cross_fitted"]["cases"] == 2
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # one case: its cross-fitted halves leave one half empty
+def test_a_shipped_member_is_swept_only_on_the_patients_it_never_saw(tmp_path, monkeypatch):
+    """crossval ensemble --members sparse=CV,cnn3d=shipped: the sparse member's fold models beside the shipped cnn3d
+    model, fused on the fold's held-out patients of the validation split only (the shipped cnn3d trained on the
+    training split)."""
+    import organscope.engines.registry as registry
+    from organscope.segmentation import ClassProbabilities
+    from organscope.training import crossval
+
+    _phantom_dataset(tmp_path / "data")
+    meta = json.loads((tmp_path / "data" / "dataset.json").read_text())
+    meta["cases"][0]["split"] = "validation"  # syn_a: never seen by the shipped cnn3d; syn_b: a training patient
+    (tmp_path / "data" / "dataset.json").write_text(json.dumps(meta))
+    (tmp_path / "cv" / "fold0").mkdir(parents=True)
+    (tmp_path / "cv" / "fold0" / "scores.json").write_text(json.dumps({"held_out": ["syn_a", "syn_b"]}))
+    (tmp_path / "cv" / "fold0" / "sparse_fold0.onnx").write_bytes(b"")
+    built, seen = [], []
+
+    class Member:
+        classes = ("background", "one", "two")
+        body_region = None
+
+        def __init__(self, name, model):
+            self.name, self.model_path = name, model
+
+        def class_probabilities(self, volume, progress=None):
+            seen.append(self.name)
+            hot = np.asarray(volume.array) > 200  # sphere 1 of the phantom
+            p = np.stack([~hot, hot, np.zeros_like(hot)]).astype(np.float32)
+            return ClassProbabilities(p, volume.affine, self.classes)
+
+    def fake_get_engine(name, model=None, threads=None):
+        built.append((name, None if model is None else Path(model).name))
+        return Member(name, model)
+
+    monkeypatch.setattr(registry, "get_engine", fake_get_engine)
+    (tmp_path / "out").mkdir()
+    out = crossval.sweep_weights({"sparse": tmp_path / "cv", "cnn3d": Path("shipped")}, tmp_path / "out",
+                                 tmp_path / "data", step=0.5)
+    assert sorted(built) == [("cnn3d", None), ("sparse", "sparse_fold0.onnx")]  # the shipped cnn3d: no model path
+    assert seen == ["sparse", "cnn3d"]  # one case (syn_a), each member once
+    done = json.loads((tmp_path / "out" / "sweep_weights.json").read_text())
+    assert set(done["folds"]["0"]) == {"1,0", "0.5,0.5", "0,1"}
+    assert all(set(cases) == {"syn_a"} for cases in done["folds"]["0"].values())
+    assert out["best"]["dice"]["one"] == pytest.approx(1.0, abs=0.05)
+
+
 def test_pooled_folds_are_one_set_of_held_out_cases(tmp_path):
     import json
 
@@ -664,6 +711,10 @@ def test_ensemble_confidence_threshold_is_fitted_for_the_weights_every_fold_chos
     (tmp_path / "sweep_weights.json").write_text(json.dumps(sweep))
     with pytest.raises(SystemExit, match="chose different weights"):
         ensemble_confidence_threshold(tmp_path)
+    named = ensemble_confidence_threshold(tmp_path, weights="1,0")  # weights named: no choice needed
+    assert named["weights"] == "1,0" and named["organs_scored"] == 2
+    with pytest.raises(SystemExit, match="no weights 0.3,0.7"):
+        ensemble_confidence_threshold(tmp_path, weights="0.3,0.7")
 
 
 def test_mirrored_chunks_read_the_pattern_flipped_and_swap_left_and_right(tmp_path):

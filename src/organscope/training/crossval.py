@@ -373,14 +373,11 @@ def against_shipped(engine: str, out_dir: Path, data_root: Path, *, threads: int
     patients the folds held out: patients that neither saw when the shipped model trained on the training split
     only (as cnn3d and the cascade did). Answers whether a recipe's model would be better than the one shipped
     before it replaces it."""
-    from ..datasets import Dataset
     from ..engines.registry import get_engine
 
-    card = json.loads((MODELS_DIR / f"{engine}_openkbp.json").read_text())
-    trained = set((card.get("training") or {}).get("cases") or [])  # a model trained on every case lists them
-    val = {c.case_id for c in Dataset(data_root, require_files=False).split("validation")}
+    unseen = unseen_by_shipped(engine, data_root)
     folds, scores = pooled_scores(out_dir)
-    cases = sorted(c for c in scores if c in val and c not in trained)
+    cases = sorted(c for c in scores if c in unseen)
     if not cases:
         raise SystemExit(f"no validation-split patient held out by the folds under {out_dir}")
     theirs = score_cases(get_engine(engine, threads=threads), data_root, cases, quiet=True)
@@ -389,6 +386,14 @@ def against_shipped(engine: str, out_dir: Path, data_root: Path, *, threads: int
                     "patients the folds held out (each scored by the fold model that held it out), paired",
             "folds": [r["fold"] for r in folds], "cases": len(cases), "fold_models": summary(ours),
             "shipped": summary(theirs), "fold_models_minus_shipped": paired_difference(ours, theirs)}
+
+
+def unseen_by_shipped(engine: str, data_root: Path) -> set[str]:
+    """The patients the shipped model of `engine` never trained on: the validation split, less any case its card
+    lists as a training case (a model trained on every case, as the sparse one, lists them all)."""
+    card = json.loads((MODELS_DIR / f"{engine}_openkbp.json").read_text())
+    trained = set((card.get("training") or {}).get("cases") or [])
+    return {c.case_id for c in Dataset(data_root, require_files=False).split("validation")} - trained
 
 
 def pool(out_dir: Path) -> dict:
@@ -443,18 +448,25 @@ def threshold_from_scores(cases: dict, *, fail_dice: float = 0.5, min_precision:
             "fail_dice": fail_dice, "min_precision": min_precision, "cases": len(cases), "per_threshold": table}
 
 
-def ensemble_confidence_threshold(out_dir: Path, *, fail_dice: float = 0.5, min_precision: float = 0.9) -> dict:
+def ensemble_confidence_threshold(out_dir: Path, *, fail_dice: float = 0.5, min_precision: float = 0.9,
+                                  weights: str | None = None) -> dict:
     """The anatomy check's lowest acceptable organ confidence for the ensemble's fused confidences, from the
     weight sweep under `out_dir` (OUT/sweep_weights.json): `confidence_threshold`'s rule over every held-out organ
     of every swept fold, fused with the weights every fold chose (the sweep's cross-fitted choice), and the same
     rule cross-fitted: each fold's threshold chosen on the other folds' organs and applied to its own, so that
-    the figure of what the threshold leaves out is not measured on the organs that chose it."""
+    the figure of what the threshold leaves out is not measured on the organs that chose it. `weights` ("0.7,0.3"):
+    those weights' fused confidences instead of the folds' choice."""
     done = json.loads((Path(out_dir) / "sweep_weights.json").read_text())
     chosen = set(done.get("cross_fitted", {}).get("chosen_per_group", []))
-    if len(chosen) != 1:
+    if weights is not None:  # given: e.g. the shipped ensemble's, checked on another sweep
+        key = ",".join(f"{float(w):g}" for w in weights.split(","))
+        if any(key not in per_fold for per_fold in done["folds"].values()):
+            raise SystemExit(f"{out_dir}/sweep_weights.json has no weights {key}")
+    elif len(chosen) != 1:
         raise SystemExit(f"{out_dir}/sweep_weights.json: the folds chose different weights ({sorted(chosen)}); "
-                         "there is no one ensemble to fit a threshold for")
-    key = chosen.pop()
+                         "there is no one ensemble to fit a threshold for (name one with --weights)")
+    else:
+        key = chosen.pop()
     folds = {f: per_fold[key] for f, per_fold in sorted(done["folds"].items(), key=lambda kv: int(kv[0]))}
     pooled = {c: v for cases in folds.values() for c, v in cases.items()}
     rule = dict(fail_dice=fail_dice, min_precision=min_precision)
@@ -497,6 +509,8 @@ def sweep_weights(members: dict[str, Path], out_dir: Path, data_root: Path, *, s
                   threads: int = 1) -> dict:
     """Out-of-fold ensemble weights: for every fold that each member (name -> its cv folder, e.g. cv/sparse; an
     engine name, or ENGINE:LABEL for another model of that engine, e.g. sparse:flip=cv/sparse_flip) has scored,
+    ("shipped" instead of a folder: the engine's shipped model in every fold, on the held-out patients it never
+    trained on only, so that the weights can be checked with the model an ensemble actually runs)
     the members' fold models compute their class probabilities on the fold's held-out cases once, and
     EnsembleEngine.fuse scores each weight vector of `weight_grid` on them. Writes OUT/sweep_weights.json (reusing
     folds swept before): per weight vector the pooled summary, the best, and a cross-fitted figure for the
@@ -506,31 +520,43 @@ def sweep_weights(members: dict[str, Path], out_dir: Path, data_root: Path, *, s
     from ..engines.registry import get_engine
 
     names = list(members)
+    shipped = [n for n in names if str(members[n]) == SHIPPED]
+    in_folds = [n for n in names if n not in shipped]
+    if not in_folds:
+        raise SystemExit("an ensemble sweep needs at least one member with fold models (a cv folder)")
+    # a shipped member scores only the held-out patients it never trained on (the validation split)
+    allowed = set.intersection(*[unseen_by_shipped(_engine_of(n), data_root) for n in shipped]) if shipped else None
+    shipped_engines = {n: get_engine(_engine_of(n), threads=threads) for n in shipped}
     grid = weight_grid(len(names), step)
     keys = [",".join(f"{w:g}" for w in ws) for ws in grid]
     path = Path(out_dir) / "sweep_weights.json"
     done = json.loads(path.read_text()) if path.exists() else {"members": names, "folds": {}}
     if done["members"] != names:
         raise SystemExit(f"{path} holds a sweep of {done['members']}, not {names}")
-    folds = sorted(set.intersection(*[{int(p.parent.name[4:]) for p in Path(d).glob("fold*/scores.json")}
-                                      for d in members.values()]))
+    folds = sorted(set.intersection(*[{int(p.parent.name[4:]) for p in Path(members[n]).glob("fold*/scores.json")}
+                                      for n in in_folds]))
     ds = Dataset(data_root)
     by_id = {c.case_id: c for c in ds.cases}
     for k in folds:
-        held = [json.loads((Path(members[n]) / f"fold{k}" / "scores.json").read_text())["held_out"] for n in names]
+        held = [json.loads((Path(members[n]) / f"fold{k}" / "scores.json").read_text())["held_out"]
+                for n in in_folds]
         if any(h != held[0] for h in held):
             raise SystemExit(f"fold {k}: the members' held-out cases differ")
-        per_fold = done["folds"].setdefault(str(k), {})
-        if all(key in per_fold and set(per_fold[key]) == set(held[0]) for key in keys):
+        cases = [c for c in held[0] if allowed is None or c in allowed]
+        if not cases:
             continue
-        engines = {n: get_engine(_engine_of(n), model=_fold_model(Path(members[n]) / f"fold{k}",
-                                                                f"{_engine_of(n)}_fold{k}"), threads=threads)
+        per_fold = done["folds"].setdefault(str(k), {})
+        if all(key in per_fold and set(per_fold[key]) == set(cases) for key in keys):
+            continue
+        engines = {n: shipped_engines[n] if n in shipped else
+                   get_engine(_engine_of(n), model=_fold_model(Path(members[n]) / f"fold{k}",
+                                                              f"{_engine_of(n)}_fold{k}"), threads=threads)
                    for n in names}
         ens = EnsembleEngine(members=[(n, 1.0) for n in names], engines=lambda n, threads=None: engines[n],
                              threads=1)
         ids = {c: i for i, c in enumerate(ens.classes)}
         t = time.perf_counter()
-        for cid in held[0]:
+        for cid in cases:
             case = by_id[cid]
             vol, lab = case.load_image(), case.load_labels().array
             probs = [e.class_probabilities(vol) for e, _ in ens.members]
@@ -538,10 +564,14 @@ def sweep_weights(members: dict[str, Path], out_dir: Path, data_root: Path, *, s
                 seg = ens.fuse(vol, probs, ws)
                 per_fold.setdefault(key, {})[cid] = {"organs": _organ_scores(seg, lab, case.organs, ids,
                                                                              ds.label_map.ids)}
-        print(f"fold {k}: {len(held[0])} cases, {len(keys)} weight vectors ({time.perf_counter() - t:.0f} s)",
+        print(f"fold {k}: {len(cases)} cases, {len(keys)} weight vectors ({time.perf_counter() - t:.0f} s)",
               flush=True)
         path.write_text(json.dumps(done) + "\n")
     return _weights_summary(done, keys, path)
+
+
+#: a member's cv folder given as this means the engine's shipped model, in every fold
+SHIPPED = "shipped"
 
 
 def _engine_of(member: str) -> str:
@@ -635,14 +665,18 @@ def main(argv=None) -> None:
                          "OUT/confidence_threshold.json")
     ap.add_argument("--members", default=None, metavar="NAME=CV_DIR,...",
                     help="ensemble: the members and their cv folders (e.g. sparse=cv/sparse,cnn3d=cv/cnn3d; "
-                         "ENGINE:LABEL=DIR for another model of an engine, e.g. sparse:flip=cv/sparse_flip); their "
+                         "ENGINE:LABEL=DIR for another model of an engine, e.g. sparse:flip=cv/sparse_flip; "
+                         "NAME=shipped for the engine's shipped model, on the patients it never saw); their "
                          "folds' models are fused with every weight vector on a grid (--step) into "
                          "OUT/sweep_weights.json")
     ap.add_argument("--step", type=float, default=0.1, help="ensemble: the weight grid's step")
+    ap.add_argument("--weights", default=None, metavar="W1,W2",
+                    help="ensemble --confidence-threshold: fit it for these weights (default: the ones every fold "
+                         "chose)")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
     if a.engine == "ensemble" and a.confidence_threshold:
-        result = ensemble_confidence_threshold(a.out)
+        result = ensemble_confidence_threshold(a.out, weights=a.weights)
         (a.out / "confidence_threshold.json").write_text(json.dumps(result, indent=1) + "\n")
         print(json.dumps({k: v for k, v in result.items() if k != "per_threshold"}, indent=1))
         return
