@@ -134,7 +134,9 @@ def test_models_lists_shipped_cards(capsys):
     from organscope.modelcard import MODELS_DIR
 
     lines = out.splitlines()
-    assert len(lines) == len(list(MODELS_DIR.glob("*.json")))
+    # one line per card, then the ensemble (no card: its members' shipped models, its weights and figures)
+    assert len(lines) == len(list(MODELS_DIR.glob("*.json"))) + 1
+    assert lines.pop().startswith("(ensemble, the default segmentation engine: no model of its own; 0.7 sparse")
     for line in lines:
         name = line.split(":")[0]
         card = json.loads((MODELS_DIR / f"{name}.json").read_text())

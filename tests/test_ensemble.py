@@ -232,3 +232,50 @@ def test_the_default_segmentation_engine_is_the_ensemble_and_point_queries_stay_
     assert api.engine().name == "ensemble"
     res = api.query(SCAN, [[0.0, 0.0, 0.0]], voxel=True)  # no engine named: the sparse engine answers
     assert len(res.names) == 1 and res.names[0]
+
+
+@pytest.mark.parametrize("orientation", ["flipped", "axes_permuted"])
+def test_the_default_engine_gives_the_same_world_labels_on_a_reoriented_copy(orientation):
+    """The default engine (the ensemble of the shipped members) on the bundled scan stored left-right flipped, or
+    with its axes in another order (the affine saying so): the same organs at the same world places."""
+    from organscope import api
+    from organscope.io import load_volume
+
+    vol = load_volume(SCAN)
+    ref = api.segment(vol, threads=1)
+    if orientation == "flipped":
+        flip = np.diag([-1.0, 1, 1, 1])
+        flip[0, 3] = vol.shape[0] - 1
+        other = Volume(np.ascontiguousarray(vol.array[::-1]), vol.affine @ flip)
+        back = lambda a: a[::-1]  # noqa: E731
+    else:
+        perm = np.zeros((4, 4))
+        perm[2, 0] = perm[0, 1] = perm[1, 2] = perm[3, 3] = 1  # new voxel (a, b, c) is old voxel (b, c, a)
+        other = Volume(np.ascontiguousarray(vol.array.transpose(2, 0, 1)), vol.affine @ perm)
+        back = lambda a: a.transpose(1, 2, 0)  # noqa: E731
+    seg = api.segment(other, threads=1)
+    assert seg.present() == ref.present() and len(ref.present()) == 7
+    labels, ref_labels = back(seg.labels.array), ref.labels.array
+    for value, name in ref.names.items():
+        a, b = labels == value, ref_labels == value
+        if b.any():
+            assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.999, name  # 1.0 here: every step is per voxel
+
+
+def test_the_default_members_figures_are_those_measured_out_of_fold():
+    """DEFAULT_MEMBERS, OUT_OF_FOLD_MEAN_DICE and QC_MIN_CONFIDENCE are what the out-of-fold runs in cv/ measured
+    and chose (the weights every fold chose, their cross-fitted mean Dice, the threshold fitted for them)."""
+    import json
+
+    from organscope.engines.ensemble import DEFAULT_MEMBERS, OUT_OF_FOLD_MEAN_DICE, QC_MIN_CONFIDENCE
+
+    cv = Path(__file__).resolve().parents[1] / "cv" / "ensemble_sparse_cnn3d_balanced"
+    if not cv.exists():
+        pytest.skip("no cv/ folder (an installed package without the repository)")
+    sweep = json.loads((cv / "sweep_weights.json").read_text())
+    threshold = json.loads((cv / "confidence_threshold.json").read_text())
+    weights = ",".join(f"{w:g}" for _, w in DEFAULT_MEMBERS)
+    assert sweep["members"] == [n for n, _ in DEFAULT_MEMBERS] == threshold["members"]
+    assert set(sweep["cross_fitted"]["chosen_per_group"]) == {weights} and threshold["weights"] == weights
+    assert round(sweep["cross_fitted"]["mean_dice"], 3) == OUT_OF_FOLD_MEAN_DICE
+    assert threshold["threshold"] == QC_MIN_CONFIDENCE

@@ -289,6 +289,13 @@ def cmd_models(args) -> int:
                 score += f" point_accuracy={val['point_accuracy']:.4f}"
         print(f"{card_path.stem}: engine={card.engine} region={card.body_region or 'unstated'} organs={n_organs} "
               f"({', '.join(card.organ_names)}) trained={card.date} {score}")
+    from .engines.ensemble import DEFAULT_MEMBERS, OUT_OF_FOLD_MEAN_DICE, QC_MIN_CONFIDENCE
+    from .engines.registry import DEFAULT_ENGINE
+
+    members = " + ".join(f"{w:g} {n}" for n, w in DEFAULT_MEMBERS)
+    print(f"(ensemble{', the default segmentation engine' if DEFAULT_ENGINE == 'ensemble' else ''}: no model of "
+          f"its own; {members} of the models above, out_of_fold_mean_dice={OUT_OF_FOLD_MEAN_DICE:.3f} "
+          f"qc_min_confidence={QC_MIN_CONFIDENCE:.2f})")
     return 0
 
 

@@ -1,3 +1,3 @@
-from .engine import DEFAULT_MEMBERS, QC_MIN_CONFIDENCE, EnsembleEngine
+from .engine import DEFAULT_MEMBERS, OUT_OF_FOLD_MEAN_DICE, QC_MIN_CONFIDENCE, EnsembleEngine
 
-__all__ = ["DEFAULT_MEMBERS", "EnsembleEngine", "QC_MIN_CONFIDENCE"]
+__all__ = ["DEFAULT_MEMBERS", "EnsembleEngine", "OUT_OF_FOLD_MEAN_DICE", "QC_MIN_CONFIDENCE"]

@@ -30,8 +30,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -45,12 +45,16 @@ from ...segmentation import ClassProbabilities, Segmentation, labels_dtype
 from ...volume import Volume
 from ..base import ProgressFn, no_progress, organ_confidence, require_finite, select_organs
 
-__all__ = ["DEFAULT_MEMBERS", "EnsembleEngine", "FUSION_MM", "QC_MIN_CONFIDENCE"]
+__all__ = ["DEFAULT_MEMBERS", "EnsembleEngine", "FUSION_MM", "OUT_OF_FOLD_MEAN_DICE", "QC_MIN_CONFIDENCE"]
 
 #: (engine, weight): fitted out of fold (see the module's docstring)
 DEFAULT_MEMBERS: tuple[tuple[str, float], ...] = (("sparse", 0.7), ("cnn3d", 0.3))
 #: the anatomy check's lowest organ confidence for DEFAULT_MEMBERS' shipped models (see the module's docstring)
 QC_MIN_CONFIDENCE = 0.64
+#: DEFAULT_MEMBERS' out-of-fold mean Dice: each of the 203 OpenKBP patients scored by the fold models of both members
+#: that never saw it, the weights chosen on the other folds (cv/ensemble_sparse_cnn3d_balanced/sweep_weights.json,
+#: "cross_fitted"); `organscope models` prints it beside the cards' figures
+OUT_OF_FOLD_MEAN_DICE = 0.723
 #: the fusion grid's largest voxel side in mm (a scan coarser than this along an axis is fused on its own voxels)
 FUSION_MM = 2.5
 
