@@ -136,7 +136,9 @@ def test_models_lists_shipped_cards(capsys):
     lines = out.splitlines()
     # one line per card, then the ensemble (no card: its members' shipped models, its weights and figures)
     assert len(lines) == len(list(MODELS_DIR.glob("*.json"))) + 1
-    assert lines.pop().startswith("(ensemble, the default segmentation engine: no model of its own; 0.7 sparse")
+    ensemble = lines.pop()
+    assert ensemble.startswith("ensemble (the default segmentation engine): engine=ensemble region=head-and-neck")
+    assert " members=0.7 sparse_openkbp + 0.3 cnn3d_openkbp out_of_fold_mean_dice=0.7" in ensemble
     for line in lines:
         name = line.split(":")[0]
         card = json.loads((MODELS_DIR / f"{name}.json").read_text())

@@ -272,8 +272,10 @@ def cmd_models(args) -> int:
     from .engines.registry import load_card
     from .modelcard import MODELS_DIR
 
+    cards = {}
     for card_path in sorted(MODELS_DIR.glob("*.json")):
         card = load_card(card_path)  # each through its engine's card class: a broken shipped card is an error
+        cards[card.engine] = card
         val = card.validation
         n_organs = len(card.organ_names)
         if card.engine == "locate":
@@ -292,10 +294,13 @@ def cmd_models(args) -> int:
     from .engines.ensemble import DEFAULT_MEMBERS, OUT_OF_FOLD_MEAN_DICE, QC_MIN_CONFIDENCE
     from .engines.registry import DEFAULT_ENGINE
 
-    members = " + ".join(f"{w:g} {n}" for n, w in DEFAULT_MEMBERS)
-    print(f"(ensemble{', the default segmentation engine' if DEFAULT_ENGINE == 'ensemble' else ''}: no model of "
-          f"its own; {members} of the models above, out_of_fold_mean_dice={OUT_OF_FOLD_MEAN_DICE:.3f} "
-          f"qc_min_confidence={QC_MIN_CONFIDENCE:.2f})")
+    # the ensemble has no card: its members' shipped models (their region and organs), weights and figures
+    first = cards[DEFAULT_MEMBERS[0][0]]
+    members = " + ".join(f"{w:g} {cards[n].path.stem}" for n, w in DEFAULT_MEMBERS)
+    default = " (the default segmentation engine)" if DEFAULT_ENGINE == "ensemble" else ""
+    print(f"ensemble{default}: engine=ensemble region={first.body_region or 'unstated'} "
+          f"organs={len(first.organ_names)} ({', '.join(first.organ_names)}) members={members} "
+          f"out_of_fold_mean_dice={OUT_OF_FOLD_MEAN_DICE:.3f} qc_min_confidence={QC_MIN_CONFIDENCE:.2f}")
     return 0
 
 
