@@ -331,6 +331,11 @@ def test_a_shipped_member_is_swept_only_on_the_patients_it_never_saw(tmp_path, m
     assert set(done["folds"]["0"]) == {"1,0", "0.5,0.5", "0,1"}
     assert all(set(cases) == {"syn_a"} for cases in done["folds"]["0"].values())
     assert out["best"]["dice"]["one"] == pytest.approx(1.0, abs=0.05)
+    # a shipped model that trained on every case (as the sparse one does): no patient is left to sweep it on
+    monkeypatch.setattr(crossval, "unseen_by_shipped", lambda engine, data_root: set())
+    with pytest.raises(SystemExit, match="nothing to sweep"):
+        crossval.sweep_weights({"cnn3d": tmp_path / "cv", "sparse": Path("shipped")}, tmp_path / "out2",
+                               tmp_path / "data", step=0.5)
 
 
 def test_pooled_folds_are_one_set_of_held_out_cases(tmp_path):

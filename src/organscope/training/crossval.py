@@ -526,6 +526,9 @@ def sweep_weights(members: dict[str, Path], out_dir: Path, data_root: Path, *, s
         raise SystemExit("an ensemble sweep needs at least one member with fold models (a cv folder)")
     # a shipped member scores only the held-out patients it never trained on (the validation split)
     allowed = set.intersection(*[unseen_by_shipped(_engine_of(n), data_root) for n in shipped]) if shipped else None
+    if allowed is not None and not allowed:
+        raise SystemExit(f"the shipped {', '.join(shipped)} model(s) trained on every validation-split patient: no "
+                         "held-out patient is unseen by them, so there is nothing to sweep")
     shipped_engines = {n: get_engine(_engine_of(n), threads=threads) for n in shipped}
     grid = weight_grid(len(names), step)
     keys = [",".join(f"{w:g}" for w in ws) for ws in grid]
