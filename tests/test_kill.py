@@ -79,3 +79,23 @@ def test_kill_leaves_nothing_new(tmp_path, sig, fraction, run_seconds):
         return
     assert proc.returncode in (130, 143, -sig), (proc.returncode, err)
     assert old.read_text() == '{"old": true}\n'
+
+
+def test_a_signal_while_the_interpreter_shuts_down_ends_it_without_a_traceback():
+    """After main has returned (outputs whole), a SIGINT during the interpreter's shutdown (here from an atexit
+    hook, as a finaliser would meet it) ends the process at once with 128 + SIGINT and no traceback; what main
+    printed still reaches the pipe."""
+    code = ("import atexit, os, signal, time\n"
+            "import organscope.cli as cli\n"
+            "cli.main = lambda: print('done') or 0\n"
+            "def late():\n"
+            "    os.kill(os.getpid(), signal.SIGINT)\n"
+            "    time.sleep(5)\n"
+            "    print('not reached')\n"
+            "atexit.register(late)\n"
+            "cli.entry()\n")
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 128 + signal.SIGINT, (res.returncode, res.stderr)
+    assert "Traceback" not in res.stderr and "KeyboardInterrupt" not in res.stderr, res.stderr
+    assert res.stdout == "done\n"

@@ -655,5 +655,27 @@ def main(argv=None) -> int:
 
 _ORIGINAL_SHOWWARNING = warnings.showwarning
 
+
+def _exit_now(signum, frame):
+    os._exit(128 + signum)
+
+
+def entry() -> None:
+    """The `organscope` command (and `python -m organscope.cli`): main, then exit with its status. Once main has
+    returned, its outputs are whole (or were never left), so a SIGINT or SIGTERM during the interpreter's shutdown
+    ends the process at once (status 128 + the signal) instead of raising inside a library's finaliser, which
+    printed "Exception ignored ... KeyboardInterrupt" with a traceback (numba's llvmlite, seen in tests/test_kill.py
+    when the signal landed just after a run)."""
+    rc = main()
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()  # what main printed reaches a pipe even if a signal ends the process below
+        sys.stderr.flush()
+    for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(sig, _exit_now)
+    sys.exit(rc)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
