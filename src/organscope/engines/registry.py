@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import importlib
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -121,7 +121,13 @@ ENGINES: dict[str, Callable[..., "Engine"]] = {"sparse": _plain("sparse"), "cnn3
 
 def engine_of_model(model: str | os.PathLike) -> str:
     """The engine a model is for, from its card's `engine` field: a shipped model name, a path to its .onnx (the
-    card beside it) or .json card, or a folder holding one card (a multi-file model)."""
+    card beside it) or .json card, or a folder holding one card (a multi-file model). The card is read once per
+    model text in a process (as the pipeline caches engines): `api.query(..., model=M)` asks on every call."""
+    return _engine_of_model(str(model))
+
+
+@lru_cache(maxsize=32)
+def _engine_of_model(model: str) -> str:
     from ..modelcard import MODELS_DIR, read_card
 
     p = Path(model)

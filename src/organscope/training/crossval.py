@@ -413,11 +413,18 @@ def confidence_threshold(out_dir: Path, *, fail_dice: float = 0.5, min_precision
     the folds scored under `out_dir`, the highest threshold on the grid at which the organs below it are failures
     (Dice < fail_dice) at least `min_precision` of the time, so that an organ left out for low confidence was
     almost always wrong. With the counts per threshold, and the rule cross-fitted (`cross_fitted_threshold`)."""
-    folds, pooled = pooled_scores(out_dir)
+    folds, _ = pooled_scores(out_dir)
+    return fitted_threshold({str(r.get("fold", i)): r["cases"] for i, r in enumerate(folds)},
+                            fail_dice=fail_dice, min_precision=min_precision, grid=grid)
+
+
+def fitted_threshold(folds: dict, *, fail_dice: float = 0.5, min_precision: float = 0.9,
+                     grid=THRESHOLD_GRID) -> dict:
+    """`threshold_from_scores` over the organs of every fold ({fold: per-case scores}) pooled, with its
+    `cross_fitted_threshold` figure."""
     rule = dict(fail_dice=fail_dice, min_precision=min_precision, grid=grid)
-    return {**threshold_from_scores(pooled, **rule),
-            "cross_fitted": cross_fitted_threshold({str(r.get("fold", i)): r["cases"] for i, r in enumerate(folds)},
-                                                   **rule)}
+    pooled = {c: v for cases in folds.values() for c, v in cases.items()}
+    return {**threshold_from_scores(pooled, **rule), "cross_fitted": cross_fitted_threshold(folds, **rule)}
 
 
 def _confidence_dice(cases: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -468,10 +475,8 @@ def ensemble_confidence_threshold(out_dir: Path, *, fail_dice: float = 0.5, min_
     else:
         key = chosen.pop()
     folds = {f: per_fold[key] for f, per_fold in sorted(done["folds"].items(), key=lambda kv: int(kv[0]))}
-    pooled = {c: v for cases in folds.values() for c, v in cases.items()}
-    rule = dict(fail_dice=fail_dice, min_precision=min_precision)
-    return {"members": done["members"], "weights": key, **threshold_from_scores(pooled, **rule),
-            "cross_fitted": cross_fitted_threshold(folds, **rule)}
+    return {"members": done["members"], "weights": key,
+            **fitted_threshold(folds, fail_dice=fail_dice, min_precision=min_precision)}
 
 
 def cross_fitted_threshold(folds: dict, *, fail_dice: float = 0.5, min_precision: float = 0.9,
