@@ -336,6 +336,72 @@ def test_a_shipped_member_is_swept_only_on_the_patients_it_never_saw(tmp_path, m
     with pytest.raises(SystemExit, match="nothing to sweep"):
         crossval.sweep_weights({"cnn3d": tmp_path / "cv", "sparse": Path("shipped")}, tmp_path / "out2",
                                tmp_path / "data", step=0.5)
+    # a model file with its card (e.g. a run exported by --against-shipped --run): swept on the patients its card
+    # does not list
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "cnn3d_r.onnx").write_bytes(b"")
+    (tmp_path / "m" / "cnn3d_r.json").write_text(json.dumps({"training": {"cases": ["syn_b"]}}))
+    built.clear(), seen.clear()
+    (tmp_path / "out3").mkdir()
+    crossval.sweep_weights({"sparse": tmp_path / "cv", "cnn3d": tmp_path / "m" / "cnn3d_r.onnx"}, tmp_path / "out3",
+                           tmp_path / "data", step=0.5)
+    assert sorted(built) == [("cnn3d", "cnn3d_r.onnx"), ("sparse", "sparse_fold0.onnx")] and len(seen) == 2
+
+
+def test_a_model_file_member_and_a_run_against_shipped_use_only_patients_the_models_never_saw(tmp_path, monkeypatch):
+    """unseen_by_model: the validation split less the cases a card lists as trained on or checkpoint-picking.
+    crossval cnn3d --against-shipped --run RUN: a training-split run's model against the shipped cnn3d on the
+    validation patients neither saw, paired; fold and all-cases runs are refused before anything is exported."""
+    import organscope.engines.registry as registry
+    from organscope.training import crossval
+
+    _phantom_dataset(tmp_path / "data")
+    meta = json.loads((tmp_path / "data" / "dataset.json").read_text())
+    for c in meta["cases"]:
+        c["split"] = "validation"  # syn_a and syn_b: never seen by the shipped cnn3d
+    (tmp_path / "data" / "dataset.json").write_text(json.dumps(meta))
+    card = {"training": {"cases": ["x1", "x2"], "checkpoint_cases": ["syn_b"]}}
+    assert crossval.unseen_by_model(card, tmp_path / "data") == {"syn_a"}
+    assert crossval.unseen_by_model({}, tmp_path / "data") == {"syn_a", "syn_b"}
+    monkeypatch.setattr(crossval, "unseen_by_shipped", lambda engine, data_root: {"syn_a", "syn_b"})
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for data in ({"fold": 2, "all_cases": False}, {"fold": None, "all_cases": True}):
+        (run / "data.json").write_text(json.dumps(data))
+        with pytest.raises(SystemExit, match="not on the training split"):
+            crossval.run_against_shipped(run, tmp_path / "out", tmp_path / "data", tmp_path / "cache")
+    assert not (tmp_path / "out").exists()
+    (run / "data.json").write_text(json.dumps({"fold": None, "all_cases": False}))
+
+    def fake_export(run_dir, out_dir, name, cache, checkpoint="best.pt", threads=2):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / f"{name}.json").write_text(json.dumps({"training": {
+            **card["training"], "settings": {"lr": 2e-4}, "patches": {}, "steps": 5, "minutes": 1.0,
+            "history": [{"warm_start_from": "cnn3d_openkbp.onnx"}]}}))
+        return out_dir / f"{name}.onnx"
+
+    scored = []
+
+    def fake_score(eng, data_root, cases, quiet=False):
+        scored.append((eng, cases))
+        d = 0.8 if eng == "run" else 0.7
+        return {c: {"organs": {"one": {"dice": d}}} for c in cases}
+
+    monkeypatch.setattr(crossval, "export_cnn3d_fold", fake_export)
+    monkeypatch.setattr(crossval, "score_cases", fake_score)
+    monkeypatch.setattr(registry, "get_engine", lambda name, model=None, threads=None:
+                        "run" if model is not None else "shipped")
+    out = crossval.run_against_shipped(run, tmp_path / "out", tmp_path / "data", tmp_path / "cache", name="r")
+    assert scored == [("run", ["syn_a"]), ("shipped", ["syn_a"])]  # syn_b picked the run's checkpoint
+    assert out["cases"] == 1 and out["run_minus_shipped"]["difference"] == pytest.approx(0.1)
+    assert out["warm_start_from"] == "cnn3d_openkbp.onnx"
+    # the exported run as an ensemble member: a model file with its card is one model, not a cv folder
+    assert crossval._single_model(tmp_path / "out" / "r.onnx") and crossval._single_model(Path("shipped"))
+    assert not crossval._single_model(tmp_path / "cv")
+    assert crossval._card_of(tmp_path / "out" / "r.onnx")["training"]["checkpoint_cases"] == ["syn_b"]
+    with pytest.raises(SystemExit, match="no model card"):
+        crossval._card_of(tmp_path / "nowhere.onnx")
 
 
 def test_pooled_folds_are_one_set_of_held_out_cases(tmp_path):

@@ -92,7 +92,7 @@ def export_cnn3d_fold(run_dir: Path, out_dir: Path, name: str, cache: Path, *, c
     samples = cached_samples(onnx_path, cache, threads=threads, cases=data["cases"])
     card.update(name=name, onnx_parity_max_abs_diff=err,
                 logit_offsets=[float(v) for v in fit_offsets(samples, N_SPECIAL)],
-                logit_offsets_fit={"cases": f"every sixth of the fold's training cases ({len(samples)})"},
+                logit_offsets_fit={"cases": f"every sixth of this run's training cases ({len(samples)})"},
                 training={"fold": data.get("fold"), "cases": data["cases"],
                           "checkpoint_cases": data.get("checkpoint_cases"), "settings": run["settings"],
                           "patches": run["plan"], "checkpoint": checkpoint,
@@ -391,9 +391,47 @@ def against_shipped(engine: str, out_dir: Path, data_root: Path, *, threads: int
 def unseen_by_shipped(engine: str, data_root: Path) -> set[str]:
     """The patients the shipped model of `engine` never trained on: the validation split, less any case its card
     lists as a training case (a model trained on every case, as the sparse one, lists them all)."""
-    card = json.loads((MODELS_DIR / f"{engine}_openkbp.json").read_text())
-    trained = set((card.get("training") or {}).get("cases") or [])
-    return {c.case_id for c in Dataset(data_root, require_files=False).split("validation")} - trained
+    return unseen_by_model(json.loads((MODELS_DIR / f"{engine}_openkbp.json").read_text()), data_root)
+
+
+def unseen_by_model(card: dict, data_root: Path) -> set[str]:
+    """The validation-split patients a model (its card) neither trained on nor picked its checkpoint with: the
+    split less the cases its card's training record lists (`cases`, `checkpoint_cases`)."""
+    training = card.get("training") or {}
+    seen = set(training.get("cases") or []) | set(training.get("checkpoint_cases") or [])
+    return {c.case_id for c in Dataset(data_root, require_files=False).split("validation")} - seen
+
+
+def run_against_shipped(run_dir: Path, out_dir: Path, data_root: Path, cache: Path, *,
+                        checkpoint: str = "best.pt", name: str = "cnn3d_run", threads: int = 2) -> dict:
+    """A cnn3d run on the training split (`train_cnn3d` without --fold or --all-cases, e.g. a warm restart of the
+    shipped model, `--init` its ONNX file) against the shipped cnn3d, paired, on the validation-split patients
+    neither trained on and the run did not pick its checkpoint with. Answers whether a recipe improves the shipped
+    model on new patients before the same recipe is run on every case and shipped. The run is exported as the
+    fold models are (`export_cnn3d_fold`: OUT/name.onnx with its card; offsets fitted on its training cases)."""
+    from ..engines.registry import get_engine
+
+    data = json.loads((Path(run_dir) / "data.json").read_text())
+    if data.get("fold") is not None or data.get("all_cases"):
+        raise SystemExit(f"{run_dir} trained on {'every case' if data.get('all_cases') else 'fold ' + str(data['fold'])}"
+                         "'s cases, not on the training split: score a fold run with --fold, and an all-cases run "
+                         "has no unseen patient")
+    onnx_path = export_cnn3d_fold(Path(run_dir), Path(out_dir), name, cache, checkpoint=checkpoint, threads=threads)
+    card = json.loads(onnx_path.with_suffix(".json").read_text())
+    cases = sorted(unseen_by_shipped("cnn3d", data_root) & unseen_by_model(card, data_root))
+    if not cases:
+        raise SystemExit(f"no validation-split patient is unseen by both {run_dir} and the shipped cnn3d")
+    ours = score_cases(get_engine("cnn3d", model=onnx_path, threads=threads), data_root, cases, quiet=True)
+    theirs = score_cases(get_engine("cnn3d", threads=threads), data_root, cases, quiet=True)
+    history = (card.get("training") or {}).get("history") or [{}]
+    return {"what": f"the model of {run_dir} ({checkpoint}) and the shipped cnn3d on the validation-split patients "
+                    "neither trained on and the run did not pick its checkpoint with, paired",
+            "run": str(run_dir), "warm_start_from": history[0].get("warm_start_from"),
+            "settings": card["training"]["settings"], "patches": card["training"]["patches"],
+            "steps": card["training"]["steps"], "minutes": card["training"]["minutes"], "cases": len(cases),
+            "case_ids": cases, "run_model": summary(ours), "shipped": summary(theirs),
+            "run_minus_shipped": paired_difference(ours, theirs),
+            "per_case": {c: {"run": ours[c], "shipped": theirs[c]} for c in cases}}
 
 
 def pool(out_dir: Path) -> dict:
@@ -515,7 +553,8 @@ def sweep_weights(members: dict[str, Path], out_dir: Path, data_root: Path, *, s
     """Out-of-fold ensemble weights: for every fold that each member (name -> its cv folder, e.g. cv/sparse; an
     engine name, or ENGINE:LABEL for another model of that engine, e.g. sparse:flip=cv/sparse_flip) has scored,
     ("shipped" instead of a folder: the engine's shipped model in every fold, on the held-out patients it never
-    trained on only, so that the weights can be checked with the model an ensemble actually runs)
+    trained on only, so that the weights can be checked with the model an ensemble actually runs; a model file,
+    .onnx with its card, likewise, on the patients its card does not list)
     the members' fold models compute their class probabilities on the fold's held-out cases once, and
     EnsembleEngine.fuse scores each weight vector of `weight_grid` on them. Writes OUT/sweep_weights.json (reusing
     folds swept before): per weight vector the pooled summary, the best, and a cross-fitted figure for the
@@ -525,16 +564,20 @@ def sweep_weights(members: dict[str, Path], out_dir: Path, data_root: Path, *, s
     from ..engines.registry import get_engine
 
     names = list(members)
-    shipped = [n for n in names if str(members[n]) == SHIPPED]
+    shipped = [n for n in names if _single_model(members[n])]
     in_folds = [n for n in names if n not in shipped]
     if not in_folds:
         raise SystemExit("an ensemble sweep needs at least one member with fold models (a cv folder)")
-    # a shipped member scores only the held-out patients it never trained on (the validation split)
-    allowed = set.intersection(*[unseen_by_shipped(_engine_of(n), data_root) for n in shipped]) if shipped else None
+    # a single-model member scores only the held-out patients it never trained on (the validation split, less
+    # what its card lists)
+    allowed = (set.intersection(*[unseen_by_shipped(_engine_of(n), data_root) if str(members[n]) == SHIPPED
+                                  else unseen_by_model(_card_of(Path(members[n])), data_root) for n in shipped])
+               if shipped else None)
     if allowed is not None and not allowed:
-        raise SystemExit(f"the shipped {', '.join(shipped)} model(s) trained on every validation-split patient: no "
+        raise SystemExit(f"the {', '.join(shipped)} model(s) trained on every validation-split patient: no "
                          "held-out patient is unseen by them, so there is nothing to sweep")
-    shipped_engines = {n: get_engine(_engine_of(n), threads=threads) for n in shipped}
+    shipped_engines = {n: get_engine(_engine_of(n), threads=threads) if str(members[n]) == SHIPPED
+                       else get_engine(_engine_of(n), model=members[n], threads=threads) for n in shipped}
     grid = weight_grid(len(names), step)
     keys = [",".join(f"{w:g}" for w in ws) for ws in grid]
     path = Path(out_dir) / "sweep_weights.json"
@@ -580,6 +623,20 @@ def sweep_weights(members: dict[str, Path], out_dir: Path, data_root: Path, *, s
 
 #: a member's cv folder given as this means the engine's shipped model, in every fold
 SHIPPED = "shipped"
+
+
+def _single_model(where) -> bool:
+    """Whether a member is one model rather than a cv folder of fold models: "shipped", or a model file (.onnx,
+    or the .json card of a multi-file model)."""
+    return str(where) == SHIPPED or Path(where).suffix in (".onnx", ".json")
+
+
+def _card_of(model: Path) -> dict:
+    """A model file's card (the .json beside an .onnx file, or the card itself)."""
+    card = Path(model).with_suffix(".json")
+    if not card.exists():
+        raise SystemExit(f"{model}: no model card ({card.name}) beside it, so the patients it trained on are unknown")
+    return json.loads(card.read_text())
 
 
 def _engine_of(member: str) -> str:
@@ -666,7 +723,9 @@ def main(argv=None) -> None:
                          "OUT/sweep_mirror.json")
     ap.add_argument("--against-shipped", action="store_true",
                     help="score the engine's shipped model on the validation-split patients the folds under --out "
-                         "held out, paired against the fold models (needs --data; OUT/against_shipped.json)")
+                         "held out, paired against the fold models (needs --data; OUT/against_shipped.json); cnn3d "
+                         "with --run of a training-split run (no fold): that run's model against the shipped one on "
+                         "the validation-split patients neither saw (needs --cache; OUT/run_against_shipped.json)")
     ap.add_argument("--confidence-threshold", action="store_true",
                     help="choose the anatomy check's lowest organ confidence from the folds scored under --out "
                          "(ensemble: from its weight sweep there, for the weights the folds chose) into "
@@ -674,7 +733,8 @@ def main(argv=None) -> None:
     ap.add_argument("--members", default=None, metavar="NAME=CV_DIR,...",
                     help="ensemble: the members and their cv folders (e.g. sparse=cv/sparse,cnn3d=cv/cnn3d; "
                          "ENGINE:LABEL=DIR for another model of an engine, e.g. sparse:flip=cv/sparse_flip; "
-                         "NAME=shipped for the engine's shipped model, on the patients it never saw); their "
+                         "NAME=shipped for the engine's shipped model, NAME=FILE.onnx for one model with its "
+                         "card, each on the validation-split patients it never saw); their "
                          "folds' models are fused with every weight vector on a grid (--step) into "
                          "OUT/sweep_weights.json")
     ap.add_argument("--step", type=float, default=0.1, help="ensemble: the weight grid's step")
@@ -694,6 +754,14 @@ def main(argv=None) -> None:
         members = dict((n, Path(d)) for n, _, d in (m.partition("=") for m in a.members.split(",")))
         a.out.mkdir(parents=True, exist_ok=True)
         print(json.dumps(sweep_weights(members, a.out, a.data, step=a.step, threads=a.threads), indent=1))
+        return
+    if a.against_shipped and a.run is not None and a.fold is None:
+        if a.engine != "cnn3d" or a.data is None or a.cache is None:
+            ap.error("--against-shipped --run scores a cnn3d training-split run: it needs cnn3d, --data and --cache")
+        result = run_against_shipped(a.run, a.out, a.data, a.cache, checkpoint=a.checkpoint or "best.pt",
+                                     name=f"cnn3d_{a.run.name}", threads=a.threads)
+        (a.out / "run_against_shipped.json").write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps({k: v for k, v in result.items() if k not in ("per_case", "case_ids")}, indent=1))
         return
     if a.against_shipped:
         if a.data is None:
