@@ -229,6 +229,13 @@ def test_the_default_segmentation_engine_is_the_ensemble_and_point_queries_stay_
     (tmp_path / "odd.json").write_text(json.dumps({"engine": "nonsense"}))
     with pytest.raises(ModelError, match="not a segmentation engine"):
         engine_of_model(tmp_path / "odd.json")
+    # the model each engine runs when none is named (what `organscope models` lists as the ensemble's members)
+    from organscope.engines.registry import default_model, engine_class
+
+    for name in ("sparse", "cnn3d", "slice2d", "cascade"):
+        assert engine_of_model(default_model(name)) == name and engine_class(name)
+    with pytest.raises(ModelError, match="no model of its own"):
+        default_model("ensemble")
     assert api.engine().name == "ensemble"
     res = api.query(SCAN, [[0.0, 0.0, 0.0]], voxel=True)  # no engine named: the sparse engine answers
     assert len(res.names) == 1 and res.names[0]

@@ -286,7 +286,7 @@ def test_ensemble_weights_are_chosen_without_the_cases_they_are_scored_on(tmp_pa
     assert halves["cross_fitted"]["cases"] == 2
 
 
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # one case: its cross-fitted halves leave one half empty
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # one case: no cross-fitted halves, and no empty mean
 def test_a_shipped_member_is_swept_only_on_the_patients_it_never_saw(tmp_path, monkeypatch):
     """crossval ensemble --members sparse=CV,cnn3d=shipped: the sparse member's fold models beside the shipped cnn3d
     model, fused on the fold's held-out patients of the validation split only (the shipped cnn3d trained on the
@@ -331,6 +331,7 @@ def test_a_shipped_member_is_swept_only_on_the_patients_it_never_saw(tmp_path, m
     assert set(done["folds"]["0"]) == {"1,0", "0.5,0.5", "0,1"}
     assert all(set(cases) == {"syn_a"} for cases in done["folds"]["0"].values())
     assert out["best"]["dice"]["one"] == pytest.approx(1.0, abs=0.05)
+    assert out["cross_fitted"]["chosen_per_group"] == [] and out["cross_fitted_minus_member"] == {}  # one case
     # a shipped model that trained on every case (as the sparse one does): no patient is left to sweep it on
     monkeypatch.setattr(crossval, "unseen_by_shipped", lambda engine, data_root: set())
     with pytest.raises(SystemExit, match="nothing to sweep"):

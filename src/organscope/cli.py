@@ -269,13 +269,13 @@ def cmd_locate(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .engines.registry import load_card
+    from .engines.registry import default_model, load_card
     from .modelcard import MODELS_DIR
 
     cards = {}
     for card_path in sorted(MODELS_DIR.glob("*.json")):
         card = load_card(card_path)  # each through its engine's card class: a broken shipped card is an error
-        cards[card.engine] = card
+        cards[card_path.stem] = card
         val = card.validation
         n_organs = len(card.organ_names)
         if card.engine == "locate":
@@ -295,8 +295,8 @@ def cmd_models(args) -> int:
     from .engines.registry import DEFAULT_ENGINE
 
     # the ensemble has no card: its members' shipped models (their region and organs), weights and figures
-    first = cards[DEFAULT_MEMBERS[0][0]]
-    members = " + ".join(f"{w:g} {cards[n].path.stem}" for n, w in DEFAULT_MEMBERS)
+    first = cards[default_model(DEFAULT_MEMBERS[0][0])]
+    members = " + ".join(f"{w:g} {default_model(n)}" for n, w in DEFAULT_MEMBERS)
     default = " (the default segmentation engine)" if DEFAULT_ENGINE == "ensemble" else ""
     print(f"ensemble{default}: engine=ensemble region={first.body_region or 'unstated'} "
           f"organs={len(first.organ_names)} ({', '.join(first.organ_names)}) members={members} "

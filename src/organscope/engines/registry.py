@@ -63,6 +63,18 @@ _CARD_CLASSES = {"sparse": (".sparse.card", "SparseCard"), "cnn3d": (".cnn3d.car
                  "locate": ("..localize.heatmap_card", "HeatmapCard")}
 
 
+#: name -> (module, constant): the shipped model an engine runs when none is named
+_DEFAULT_MODELS = {"sparse": (".sparse.model", "DEFAULT_MODEL"), "cnn3d": (".cnn3d.engine", "DEFAULT_MODEL"),
+                   "slice2d": (".slice2d.engine", "DEFAULT_MODEL"), "cascade": (".cascade.engine", "DEFAULT_MODEL")}
+
+
+def default_model(engine: str) -> str:
+    """The name of the shipped model `engine` runs when no model is named (e.g. "cnn3d_openkbp")."""
+    if engine not in _DEFAULT_MODELS:
+        raise ModelError(f"Engine {engine!r} has no model of its own; engines with one: {', '.join(_DEFAULT_MODELS)}.")
+    return _import(*_DEFAULT_MODELS[engine])
+
+
 def _import(module: str, attr: str):
     return getattr(importlib.import_module(module, __package__), attr)
 

@@ -661,6 +661,17 @@ def _weights_summary(done: dict, keys: list[str], path: Path) -> dict:
     groups = ([sorted(done["folds"][f][keys[0]]) for f in folds] if len(folds) > 1
               else [sorted(done["folds"][folds[0]][keys[0]])[i::2] for i in (0, 1)])
     organs = sorted({o for r in pooled[keys[0]].values() for o in r["organs"]})
+    groups = [g for g in groups if g]
+    single = {n: ",".join("1" if i == j else "0" for j in range(len(done["members"])))
+              for i, n in enumerate(done["members"])}
+    done["best"] = {"weights": best, **done["pooled"][best]}
+    if len(groups) < 2:  # one case in all: no case is left to choose weights for it without it
+        done["cross_fitted"] = {"chosen_per_group": [], "note": "one case: no cross-fitted figure"}
+        done["cross_fitted_minus_member"] = {}
+        path.write_text(json.dumps(done) + "\n")
+        return {"members": done["members"], "folds": folds, "best": done["best"],
+                "cross_fitted": done["cross_fitted"], "cross_fitted_minus_member": {},
+                "pooled_mean_dice": {k: v["mean_dice"] for k, v in done["pooled"].items()}}
     fitted, chosen = {}, []
     for g in groups:
         inside = set(g)
@@ -669,9 +680,6 @@ def _weights_summary(done: dict, keys: list[str], path: Path) -> dict:
         chosen.append(pick)
         fitted.update({c: pooled[pick][c] for c in g})
     fitted = dict(sorted(fitted.items()))
-    single = {n: ",".join("1" if i == j else "0" for j in range(len(done["members"])))
-              for i, n in enumerate(done["members"])}
-    done["best"] = {"weights": best, **done["pooled"][best]}
     done["cross_fitted"] = {"chosen_per_group": chosen, **summary(fitted)}
     done["cross_fitted_minus_member"] = {n: paired_difference(fitted, pooled[k]) for n, k in single.items()
                                          if k in pooled}
