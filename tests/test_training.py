@@ -643,6 +643,82 @@ def test_ship_cnn3d_ships_an_all_cases_run_with_its_folds_estimate_and_refuses_a
     assert Cnn3dEngine(model=onnx_path, threads=1).classes == ("background", *organs)
 
 
+def test_ship_cnn3d_ships_a_fine_tune_of_the_shipped_model_with_its_checked_twins_estimate(tmp_path):
+    """ship_cnn3d --checked: an --all-cases warm restart of the shipped model is shipped with the figures of the
+    same recipe run on the training split and checked against the shipped model on unseen patients; a run from
+    scratch, a checked run that is not a fine-tune of the shipped model, or another learning rate is refused before
+    anything is written."""
+    from organscope.engines.cnn3d import Cnn3dEngine
+    from organscope.modelcard import MODELS_DIR
+    from organscope.training import ship_cnn3d
+    from organscope.training.cnn3d_net import Cnn3dNet
+
+    shipped = json.loads((MODELS_DIR / "cnn3d_openkbp.json").read_text())
+    organs = shipped["classes"][1:]
+    ids = [f"case_{i:02d}" for i in range(14)]
+    cache = _tiny_cnn3d_cache(tmp_path / "cache", ids, organs)
+    run, checked, data = (tmp_path / n for n in ("run", "checked", "data"))
+    for d in (run, checked, data):
+        d.mkdir(parents=True)
+    (data / "dataset.json").write_text(json.dumps({"labels": {"background": 0, **{o: i + 1 for i, o in
+                                                                                  enumerate(organs)}},
+                                                   "cases": [{"case": c, "split": "validation" if i < 3 else "train",
+                                                              "organs": organs} for i, c in enumerate(ids)]}))
+    settings = {"width": 4, "lr": 2e-4, "hours": 1.0, "val_every": 1500, "freeze_batchnorm": True, "threads": 1}
+    patches = {"size": [48, 48, 64], "balance_organs": True}
+    figures = {"mean_dice": 0.68, "mean_dice_95ci": [0.64, 0.71], "dice": {"brainstem": 0.7}, "cases": 22}
+    record = {"run": "ft170", "warm_start_from": "src/organscope/models/cnn3d_openkbp.onnx", "settings": settings,
+              "patches": patches, "checkpoint_cases": ids[:1], "cases": 22, "run_model": figures,
+              "shipped": {**figures, "mean_dice": 0.67},
+              "run_minus_shipped": {"difference": 0.01, "difference_95ci": [0.0, 0.02], "cases": 22}}
+    (run / "settings.json").write_text(json.dumps({"settings": {**settings, "hours": 1.1}, "plan": patches,
+                                                   "organs": organs}))
+    (run / "data.json").write_text(json.dumps({"fold": None, "all_cases": True, "cases": ids[1:],
+                                               "checkpoint_cases": ids[:1]}))
+    torch.manual_seed(0)
+    net = Cnn3dNet(2 + len(organs), width=4).state_dict()
+
+    def save_run(start):
+        history = [{"step": 0, **({"warm_start_from": start} if start else {})}, {"step": 0, "val_mean_dice": 0.6},
+                   {"step": 5, "val_mean_dice": 0.61}]
+        for name in ("best.pt", "last.pt"):
+            torch.save({"net": net, "state": {"step": 5, "elapsed_s": 60.0, "history": history}}, run / name)
+
+    argv = ["--run", str(run), "--checked", str(checked), "--cache", str(cache), "--data", str(data), "--out",
+            str(tmp_path / "out"), "--threads", "1"]
+    save_run("src/organscope/models/cnn3d_openkbp.onnx")
+    with pytest.raises(SystemExit, match="run_against_shipped.json is missing"):
+        ship_cnn3d.main(argv)
+    (checked / "run_against_shipped.json").write_text(json.dumps({**record, "warm_start_from": None}))
+    with pytest.raises(SystemExit, match="the checked run .* is not a warm restart of the shipped"):
+        ship_cnn3d.main(argv)
+    (checked / "run_against_shipped.json").write_text(json.dumps({**record, "settings": {**settings, "lr": 1e-3}}))
+    with pytest.raises(SystemExit, match="not trained with the recipe of the checked run"):
+        ship_cnn3d.main(argv)
+    (checked / "run_against_shipped.json").write_text(json.dumps(record))
+    save_run(None)
+    with pytest.raises(SystemExit, match="started from scratch"):
+        ship_cnn3d.main(argv)
+    assert not (tmp_path / "out").exists()
+
+    save_run("src/organscope/models/cnn3d_openkbp.onnx")
+    ship_cnn3d.main(argv)
+    onnx_path = tmp_path / "out" / "cnn3d_openkbp.onnx"
+    card = json.loads(onnx_path.with_suffix(".json").read_text())
+    v = card["validation"]
+    assert v["estimate_from"] == str(checked) and v["mean_dice"] == 0.68 and v["previous_model_mean_dice"] == 0.67
+    assert v["minus_previous_model"]["difference"] == 0.01 and v["cases"] == 22 and "folds" not in v
+    assert card["training"]["differences_from_checked_run"] == ["settings.hours: run 1.1, the checked run 1.0"]
+    assert card["training"]["data"].startswith("OpenKBP (Babier et al. 2021), all 14 cases")
+    assert "warm-started from the previous shipped model" in card["training"]["data"]
+    assert card["training"]["previous_model"]["steps"] == shipped["training"]["steps"] or (
+        card["training"]["previous_model"] == shipped["training"].get("previous_model"))
+    assert card["known_limitations"][0].startswith("Estimated mean Dice 0.680 (0.640-0.710) from the same recipe")
+    assert "warm-started" in card["known_limitations"][1]
+    assert card["grid"] == shipped["grid"] and len(card["logit_offsets"]) == 2 + len(organs)
+    assert Cnn3dEngine(model=onnx_path, threads=1).classes == ("background", *organs)
+
+
 def test_cross_fitted_interval_does_not_depend_on_string_hashing(tmp_path):
     """The cross-fitted bootstrap resamples the chosen cases in a fixed order: the same file gives the same
     interval in processes with different hash seeds (set order of the case ids)."""

@@ -285,7 +285,9 @@ def cmd_models(args) -> int:
         else:
             dice = val.get("mean_dice", val.get("mean", {}).get("dice"))
             # a model trained on every case states the out-of-fold figure of its recipe (training/ship_sparse.py)
-            kind = "out_of_fold" if "folds" in val else "validation"
+            # a fine-tune of a shipped model on every case states its recipe's figure on unseen patients
+            # (training/ship_cnn3d.py --checked)
+            kind = "out_of_fold" if "folds" in val else "estimated" if "estimate_from" in val else "validation"
             score = f"{kind}_mean_dice={'n/a' if dice is None else f'{dice:.4f}'}"
             if "point_accuracy" in val:
                 score += f" point_accuracy={val['point_accuracy']:.4f}"

@@ -428,7 +428,8 @@ def run_against_shipped(run_dir: Path, out_dir: Path, data_root: Path, cache: Pa
                     "neither trained on and the run did not pick its checkpoint with, paired",
             "run": str(run_dir), "warm_start_from": history[0].get("warm_start_from"),
             "settings": card["training"]["settings"], "patches": card["training"]["patches"],
-            "steps": card["training"]["steps"], "minutes": card["training"]["minutes"], "cases": len(cases),
+            "steps": card["training"]["steps"], "minutes": card["training"]["minutes"],
+            "checkpoint_cases": card["training"].get("checkpoint_cases"), "cases": len(cases),
             "case_ids": cases, "run_model": summary(ours), "shipped": summary(theirs),
             "run_minus_shipped": paired_difference(ours, theirs),
             "per_case": {c: {"run": ours[c], "shipped": theirs[c]} for c in cases}}

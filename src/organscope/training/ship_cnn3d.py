@@ -6,6 +6,12 @@ figures as the estimate of its accuracy.
 
     python -m organscope.training.ship_cnn3d --run RUN --cv cv/cnn3d_balanced --cache CACHE --data OPENKBP [--install]
 
+Or a fine-tune of the shipped model on every case (`train_cnn3d --all-cases --init` the shipped ONNX file), which
+no fold model describes: its estimate is a run of the same fine-tuning recipe on the training split, scored against
+the shipped model on the validation patients neither saw (`crossval cnn3d --against-shipped --run`, its folder):
+
+    python -m organscope.training.ship_cnn3d --run RUN --checked cv/cnn3d_finetune --cache CACHE --data OPENKBP
+
 How long the run trained (`hours`, `steps`) may differ from the folds' (their step counts differ among
 themselves, with the load of the machine): the difference is recorded in the card, not refused. Any other
 setting or patch-plan difference is refused: the folds' figure would not describe the model. No figure is
@@ -97,11 +103,81 @@ def _training_limitation(training: dict) -> str:
     return text + "."
 
 
+def warm_start_of(history: list) -> str | None:
+    """The model a run was warm-started from (its training history's first entry), or None for a run from scratch."""
+    return (history or [{}])[0].get("warm_start_from")
+
+
+def fine_tune_differences(run_dir: Path, checked: dict) -> tuple[list[str], list[str]]:
+    """(refused, recorded): where an all-cases fine-tune (RUN/settings.json) differs from the training-split run
+    whose check against the shipped model stands for it (`checked`: crossval's run_against_shipped.json); the
+    run-length keys are recorded, every other difference refused."""
+    run = json.loads((run_dir / "settings.json").read_text())
+    refused, recorded = [], []
+    for what, ours, theirs in (("settings", run.get("settings") or {}, checked.get("settings") or {}),
+                               ("patches", run.get("plan") or {}, checked.get("patches") or {})):
+        for line, key in key_differences(what, ours, theirs, "the checked run", IGNORED_SETTINGS):
+            (recorded if key in RUN_LENGTH else refused).append(line)
+    return refused, recorded
+
+
+def fine_tune_card(fold_card: dict, shipped: dict, checked: dict, checked_dir: Path, command: str,
+                   recorded: list[str]) -> dict:
+    """The shipped card for a fine-tune of the shipped model on every case: the exported run's training record,
+    offsets and ONNX parity, the previous card's geometry and settings, the previous model summarised, and as its
+    estimate the checked training-split run's paired figures against the previous model."""
+    card = {k: v for k, v in shipped.items() if k not in STALE}
+    prev = shipped.get("training", {})
+    training = dict(fold_card["training"])
+    if prev.get("command") == command and "previous_model" in prev:
+        previous = prev["previous_model"]  # the same fine-tune exported again: the one it replaced stays on record
+    else:
+        val = shipped.get("validation") or {}
+        previous = {"data": prev.get("data"), "date": shipped.get("date"), "steps": prev.get("steps"),
+                    "minutes": prev.get("minutes"),
+                    "validation_mean_dice": val.get("mean_dice", (val.get("mean") or {}).get("dice"))}
+    n_train, n_pick = len(training["cases"] or []), len(training.get("checkpoint_cases") or [])
+    training.update(data=f"OpenKBP (Babier et al. 2021), all {n_train + n_pick} cases (training and validation "
+                         f"splits): {n_train} trained on, {n_pick} picked the checkpoint; warm-started from the "
+                         "previous shipped model (below)", command=command, previous_model=previous,
+                    differences_from_checked_run=recorded)
+    run_model, before, diff = checked["run_model"], checked["shipped"], checked["run_minus_shipped"]
+    validation = {
+        "what": f"estimated: the same fine-tuning recipe run on the training split (checkpoint picked on "
+                f"{len(checked.get('checkpoint_cases') or []) or 'some'} validation cases), its model scored on the "
+                f"{checked['cases']} validation-split patients neither it nor the previous model saw, paired against "
+                "the previous model (python -m organscope.training.crossval cnn3d --against-shipped --run RUN "
+                f"--out {checked_dir}); Dice of segment() per contoured organ",
+        "estimate_from": str(checked_dir), "cases": checked["cases"], "mean_dice": run_model["mean_dice"],
+        "mean_dice_95ci": run_model["mean_dice_95ci"], "dice": run_model["dice"],
+        "previous_model_mean_dice": before["mean_dice"], "minus_previous_model": diff,
+        "note": "this model trained on every case, the validation split's included: a figure measured on them now "
+                "would be in-sample"}
+    card.update(name=SHIPPED, training=training, onnx_parity_max_abs_diff=fold_card["onnx_parity_max_abs_diff"],
+                logit_offsets=fold_card["logit_offsets"], logit_offsets_fit=fold_card["logit_offsets_fit"],
+                largest_component=fold_card.get("largest_component", shipped.get("largest_component")),
+                validation=validation, date=_dt.date.today().isoformat(),
+                calibration_note="largest-component setting kept from the previous card; logit offsets fitted on "
+                                 "every sixth of this model's training cases; nothing chosen on the validation "
+                                 "cases, which it trained on",
+                known_limitations=[
+                    f"Estimated mean Dice {run_model['mean_dice']:.3f} ({run_model['mean_dice_95ci'][0]:.3f}-"
+                    f"{run_model['mean_dice_95ci'][1]:.3f}) from the same recipe on the training split, "
+                    f"{diff['difference']:+.3f} ({diff['difference_95ci'][0]:+.3f} to {diff['difference_95ci'][1]:+.3f})"
+                    f" against the previous model on {checked['cases']} unseen patients; below the sparse engine's. "
+                    "The oesophagus and larynx are the weakest organs.",
+                    _training_limitation(training)])
+    return card
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", type=Path, required=True, help="train_cnn3d --all-cases run folder")
-    ap.add_argument("--cv", type=Path, required=True, help="the recipe's cross-validation folder "
-                                                           "(cv/cnn3d_balanced)")
+    evidence = ap.add_mutually_exclusive_group(required=True)
+    evidence.add_argument("--cv", type=Path, help="the recipe's cross-validation folder (cv/cnn3d_balanced)")
+    evidence.add_argument("--checked", type=Path,
+                          help="for a fine-tune of the shipped model: the folder of the same recipe's training-split "
+                               "run checked against the shipped model (crossval cnn3d --against-shipped --run)")
     ap.add_argument("--cache", type=Path, required=True, help="the run's training cache (for the logit offsets)")
     ap.add_argument("--data", type=Path, required=True, help="the dataset the run trained on (OpenKBP)")
     ap.add_argument("--out", type=Path, default=Path("work/ship_cnn3d"))
@@ -117,6 +193,8 @@ def main(argv=None) -> None:
         raise SystemExit(f"{a.run} did not train on every case of {a.data} ({len(missing)} missing"
                          + (f", e.g. {missing[0]}" if missing else f", fold {data.get('fold')} left out")
                          + "): train it with train_cnn3d --all-cases")
+    if a.checked is not None:
+        return _ship_fine_tune(a)
     refused, recorded = recipe_differences(a.run, a.cv)
     if refused:
         raise SystemExit(f"{a.run} was not trained with the recipe of the folds in {a.cv}, so their out-of-fold "
@@ -134,6 +212,46 @@ def main(argv=None) -> None:
                      command, recorded)
     card_path.write_text(json.dumps(card, indent=1) + "\n")
     print(json.dumps({k: card["validation"][k] for k in ("mean_dice", "mean_dice_95ci", "cases", "folds")}))
+    for line in recorded:
+        print(f"recorded, not refused: {line}")
+    if a.install:
+        install(onnx_path)
+
+
+
+def _ship_fine_tune(a) -> None:
+    """ship_cnn3d --checked: an all-cases fine-tune of the shipped model, estimated by its checked training-split
+    twin; refused unless both are warm restarts of the shipped model with the same recipe."""
+    import torch
+
+    path = a.checked / "run_against_shipped.json"
+    if not path.exists():
+        raise SystemExit(f"{path} is missing: run crossval cnn3d --against-shipped --run RUN --out {a.checked} first")
+    checked = json.loads(path.read_text())
+    shipped_file = f"{SHIPPED}.onnx"
+    history = torch.load(a.run / "last.pt", weights_only=False)["state"]["history"]
+    for what, start in ((str(a.run), warm_start_of(history)), (f"the checked run ({checked.get('run')})",
+                                                                checked.get("warm_start_from"))):
+        if start is None or Path(start).name != shipped_file:
+            raise SystemExit(f"{what} is not a warm restart of the shipped {shipped_file} (it started from "
+                             f"{start or 'scratch'}), so the check does not describe a fine-tune of it")
+    refused, recorded = fine_tune_differences(a.run, checked)
+    if refused:
+        raise SystemExit(f"{a.run} was not trained with the recipe of the checked run in {a.checked} "
+                         f"({len(refused)} difference(s), e.g. {refused[0]})")
+    onnx_path = export_cnn3d_fold(a.run, a.out, SHIPPED, a.cache, checkpoint=a.checkpoint, threads=a.threads)
+    card_path = onnx_path.with_suffix(".json")
+    shipped = json.loads((MODELS_DIR / f"{SHIPPED}.json").read_text())
+    s = json.loads((a.run / "settings.json").read_text())
+    command = (f"python -m organscope.training.train_cnn3d --cache CACHE --run RUN --all-cases --init "
+               f"src/organscope/models/{shipped_file}"
+               + (" --balance-organs" if (s.get("plan") or {}).get("balance_organs") else "")
+               + f" --hours {s['settings']['hours']} --lr {s['settings']['lr']} --threads 1; python -m "
+               f"organscope.training.ship_cnn3d --run RUN --checked {a.checked} --cache CACHE --data OPENKBP --install")
+    card = fine_tune_card(json.loads(card_path.read_text()), shipped, checked, a.checked, command, recorded)
+    card_path.write_text(json.dumps(card, indent=1) + "\n")
+    print(json.dumps({k: card["validation"][k] for k in ("mean_dice", "mean_dice_95ci", "cases",
+                                                          "previous_model_mean_dice")}))
     for line in recorded:
         print(f"recorded, not refused: {line}")
     if a.install:
