@@ -695,6 +695,9 @@ def test_ship_cnn3d_ships_a_fine_tune_of_the_shipped_model_with_its_checked_twin
     (checked / "run_against_shipped.json").write_text(json.dumps({**record, "settings": {**settings, "lr": 1e-3}}))
     with pytest.raises(SystemExit, match="not trained with the recipe of the checked run"):
         ship_cnn3d.main(argv)
+    (checked / "run_against_shipped.json").write_text(json.dumps({**record, "checkpoint": "last.pt"}))
+    with pytest.raises(SystemExit, match="pick the same checkpoint"):
+        ship_cnn3d.main(argv)
     (checked / "run_against_shipped.json").write_text(json.dumps(record))
     save_run(None)
     with pytest.raises(SystemExit, match="started from scratch"):

@@ -426,7 +426,7 @@ def run_against_shipped(run_dir: Path, out_dir: Path, data_root: Path, cache: Pa
     history = (card.get("training") or {}).get("history") or [{}]
     return {"what": f"the model of {run_dir} ({checkpoint}) and the shipped cnn3d on the validation-split patients "
                     "neither trained on and the run did not pick its checkpoint with, paired",
-            "run": str(run_dir), "warm_start_from": history[0].get("warm_start_from"),
+            "run": str(run_dir), "checkpoint": checkpoint, "warm_start_from": history[0].get("warm_start_from"),
             "settings": card["training"]["settings"], "patches": card["training"]["patches"],
             "steps": card["training"]["steps"], "minutes": card["training"]["minutes"],
             "checkpoint_cases": card["training"].get("checkpoint_cases"), "cases": len(cases),

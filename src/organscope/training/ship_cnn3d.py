@@ -235,6 +235,9 @@ def _ship_fine_tune(a) -> None:
         if start is None or Path(start).name != shipped_file:
             raise SystemExit(f"{what} is not a warm restart of the shipped {shipped_file} (it started from "
                              f"{start or 'scratch'}), so the check does not describe a fine-tune of it")
+    if checked.get("checkpoint", "best.pt") != a.checkpoint:
+        raise SystemExit(f"the checked run was scored at its {checked.get('checkpoint', 'best.pt')}, this run would "
+                         f"ship its {a.checkpoint}: pick the same checkpoint (--checkpoint)")
     refused, recorded = fine_tune_differences(a.run, checked)
     if refused:
         raise SystemExit(f"{a.run} was not trained with the recipe of the checked run in {a.checked} "
