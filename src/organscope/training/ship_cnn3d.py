@@ -250,7 +250,8 @@ def _ship_fine_tune(a) -> None:
                f"src/organscope/models/{shipped_file}"
                + (" --balance-organs" if (s.get("plan") or {}).get("balance_organs") else "")
                + f" --hours {s['settings']['hours']} --lr {s['settings']['lr']} --threads 1; python -m "
-               f"organscope.training.ship_cnn3d --run RUN --checked {a.checked} --cache CACHE --data OPENKBP --install")
+               f"organscope.training.ship_cnn3d --run RUN --checked {a.checked} --cache CACHE --data OPENKBP "
+               + (f"--checkpoint {a.checkpoint} " if a.checkpoint != "best.pt" else "") + "--install")
     card = fine_tune_card(json.loads(card_path.read_text()), shipped, checked, a.checked, command, recorded)
     card_path.write_text(json.dumps(card, indent=1) + "\n")
     print(json.dumps({k: card["validation"][k] for k in ("mean_dice", "mean_dice_95ci", "cases",
