@@ -58,19 +58,40 @@ def ship_card(fold_card: dict, shipped: dict, validation: dict, command: str, re
     """The shipped card with this run's weights: the exported run's training record, logit offsets and ONNX
     parity (`fold_card`), the previous card's geometry and settings, the out-of-fold estimate, and the previous
     model summarised."""
-    card = {k: v for k, v in shipped.items() if k not in STALE}
-    prev = shipped.get("training", {})
     training = dict(fold_card["training"])
-    if prev.get("command") == command and "previous_model" in prev:
-        previous = prev["previous_model"]  # the same recipe exported again: the one it replaced stays on record
-    else:
-        previous = {"data": prev.get("data"), "date": shipped.get("date"), "steps": prev.get("steps"),
-                    "validation_mean_dice": (shipped.get("validation") or {}).get("mean", {}).get("dice")}
-    n = len(training["cases"] or []) + len(training.get("checkpoint_cases") or [])
-    training.update(data=f"OpenKBP (Babier et al. 2021), all {n} cases (training and validation splits): "
-                         f"{len(training['cases'] or [])} trained on, {len(training.get('checkpoint_cases') or [])} "
-                         "picked the checkpoint", command=command, previous_model=previous,
+    training.update(data=_all_cases_data(training), command=command, previous_model=_previous_model(shipped, command),
                     differences_from_folds=recorded)
+    return _card_with_run(shipped, fold_card, training, validation, (
+        f"Out-of-fold mean Dice of this recipe {validation['mean_dice']:.3f} "
+        f"({validation['mean_dice_95ci'][0]:.3f}-{validation['mean_dice_95ci'][1]:.3f}) over "
+        f"{validation['cases']} patients (folds {', '.join(map(str, validation['folds']))}), below the "
+        "sparse engine's; the oesophagus is the least reliable organ "
+        f"({validation['dice'].get('esophagus', float('nan')):.3f}): the recipe learns it in some "
+        "runs late and weakly, in others not at all within its time (cv/README.md)."))
+
+
+def _previous_model(shipped: dict, command: str) -> dict:
+    """The model a new card replaces, summarised; when the same command is exported again, the one that command
+    replaced first stays on record."""
+    prev = shipped.get("training", {})
+    if prev.get("command") == command and "previous_model" in prev:
+        return prev["previous_model"]
+    val = shipped.get("validation") or {}
+    return {"data": prev.get("data"), "date": shipped.get("date"), "steps": prev.get("steps"),
+            "minutes": prev.get("minutes"),
+            "validation_mean_dice": val.get("mean_dice", (val.get("mean") or {}).get("dice"))}
+
+
+def _all_cases_data(training: dict) -> str:
+    n_train, n_pick = len(training["cases"] or []), len(training.get("checkpoint_cases") or [])
+    return (f"OpenKBP (Babier et al. 2021), all {n_train + n_pick} cases (training and validation splits): "
+            f"{n_train} trained on, {n_pick} picked the checkpoint")
+
+
+def _card_with_run(shipped: dict, fold_card: dict, training: dict, validation: dict, estimate_line: str) -> dict:
+    """The previous card (less what described its weights only) with the exported run's weights-dependent fields,
+    its training record, its estimate and the known limitations (the estimate's line, then how it trained)."""
+    card = {k: v for k, v in shipped.items() if k not in STALE}
     card.update(name=SHIPPED, training=training, onnx_parity_max_abs_diff=fold_card["onnx_parity_max_abs_diff"],
                 logit_offsets=fold_card["logit_offsets"], logit_offsets_fit=fold_card["logit_offsets_fit"],
                 largest_component=fold_card.get("largest_component", shipped.get("largest_component")),
@@ -78,14 +99,7 @@ def ship_card(fold_card: dict, shipped: dict, validation: dict, command: str, re
                 calibration_note="largest-component setting kept from the previous card; logit offsets fitted on "
                                  "every sixth of this model's training cases; nothing chosen on the validation "
                                  "cases, which it trained on",
-                known_limitations=[
-                    f"Out-of-fold mean Dice of this recipe {validation['mean_dice']:.3f} "
-                    f"({validation['mean_dice_95ci'][0]:.3f}-{validation['mean_dice_95ci'][1]:.3f}) over "
-                    f"{validation['cases']} patients (folds {', '.join(map(str, validation['folds']))}), below the "
-                    "sparse engine's; the oesophagus is the least reliable organ "
-                    f"({validation['dice'].get('esophagus', float('nan')):.3f}): the recipe learns it in some "
-                    "runs late and weakly, in others not at all within its time (cv/README.md).",
-                    _training_limitation(training)])
+                known_limitations=[estimate_line, _training_limitation(training)])
     return card
 
 
@@ -126,20 +140,9 @@ def fine_tune_card(fold_card: dict, shipped: dict, checked: dict, checked_dir: P
     """The shipped card for a fine-tune of the shipped model on every case: the exported run's training record,
     offsets and ONNX parity, the previous card's geometry and settings, the previous model summarised, and as its
     estimate the checked training-split run's paired figures against the previous model."""
-    card = {k: v for k, v in shipped.items() if k not in STALE}
-    prev = shipped.get("training", {})
     training = dict(fold_card["training"])
-    if prev.get("command") == command and "previous_model" in prev:
-        previous = prev["previous_model"]  # the same fine-tune exported again: the one it replaced stays on record
-    else:
-        val = shipped.get("validation") or {}
-        previous = {"data": prev.get("data"), "date": shipped.get("date"), "steps": prev.get("steps"),
-                    "minutes": prev.get("minutes"),
-                    "validation_mean_dice": val.get("mean_dice", (val.get("mean") or {}).get("dice"))}
-    n_train, n_pick = len(training["cases"] or []), len(training.get("checkpoint_cases") or [])
-    training.update(data=f"OpenKBP (Babier et al. 2021), all {n_train + n_pick} cases (training and validation "
-                         f"splits): {n_train} trained on, {n_pick} picked the checkpoint; warm-started from the "
-                         "previous shipped model (below)", command=command, previous_model=previous,
+    training.update(data=_all_cases_data(training) + "; warm-started from the previous shipped model (below)",
+                    command=command, previous_model=_previous_model(shipped, command),
                     differences_from_checked_run=recorded)
     run_model, before, diff = checked["run_model"], checked["shipped"], checked["run_minus_shipped"]
     validation = {
@@ -153,21 +156,12 @@ def fine_tune_card(fold_card: dict, shipped: dict, checked: dict, checked_dir: P
         "previous_model_mean_dice": before["mean_dice"], "minus_previous_model": diff,
         "note": "this model trained on every case, the validation split's included: a figure measured on them now "
                 "would be in-sample"}
-    card.update(name=SHIPPED, training=training, onnx_parity_max_abs_diff=fold_card["onnx_parity_max_abs_diff"],
-                logit_offsets=fold_card["logit_offsets"], logit_offsets_fit=fold_card["logit_offsets_fit"],
-                largest_component=fold_card.get("largest_component", shipped.get("largest_component")),
-                validation=validation, date=_dt.date.today().isoformat(),
-                calibration_note="largest-component setting kept from the previous card; logit offsets fitted on "
-                                 "every sixth of this model's training cases; nothing chosen on the validation "
-                                 "cases, which it trained on",
-                known_limitations=[
-                    f"Estimated mean Dice {run_model['mean_dice']:.3f} ({run_model['mean_dice_95ci'][0]:.3f}-"
-                    f"{run_model['mean_dice_95ci'][1]:.3f}) from the same recipe on the training split, "
-                    f"{diff['difference']:+.3f} ({diff['difference_95ci'][0]:+.3f} to {diff['difference_95ci'][1]:+.3f})"
-                    f" against the previous model on {checked['cases']} unseen patients; below the sparse engine's. "
-                    "The oesophagus and larynx are the weakest organs.",
-                    _training_limitation(training)])
-    return card
+    return _card_with_run(shipped, fold_card, training, validation, (
+        f"Estimated mean Dice {run_model['mean_dice']:.3f} ({run_model['mean_dice_95ci'][0]:.3f}-"
+        f"{run_model['mean_dice_95ci'][1]:.3f}) from the same recipe on the training split, "
+        f"{diff['difference']:+.3f} ({diff['difference_95ci'][0]:+.3f} to {diff['difference_95ci'][1]:+.3f})"
+        f" against the previous model on {checked['cases']} unseen patients; below the sparse engine's. "
+        "The oesophagus and larynx are the weakest organs."))
 
 
 def main(argv=None) -> None:
@@ -199,24 +193,31 @@ def main(argv=None) -> None:
     if refused:
         raise SystemExit(f"{a.run} was not trained with the recipe of the folds in {a.cv}, so their out-of-fold "
                          f"figure does not describe it ({len(refused)} difference(s), e.g. {refused[0]})")
-    onnx_path = export_cnn3d_fold(a.run, a.out, SHIPPED, a.cache, checkpoint=a.checkpoint, threads=a.threads)
-    card_path = onnx_path.with_suffix(".json")
-    shipped = json.loads((MODELS_DIR / f"{SHIPPED}.json").read_text())
     settings = json.loads((a.run / "settings.json").read_text())
     command = ("python -m organscope.training.train_cnn3d --cache CACHE --run RUN --all-cases"
                + (" --balance-organs" if (settings.get("plan") or {}).get("balance_organs") else "")
                + f" --hours {settings['settings']['hours']} --lr {settings['settings']['lr']} --val-every "
                f"{settings['settings']['val_every']} --threads 1; python -m organscope.training.ship_cnn3d --run RUN "
                f"--cv {a.cv} --cache CACHE --data OPENKBP --install")
-    card = ship_card(json.loads(card_path.read_text()), shipped, out_of_fold_validation(a.cv, a.data, "cnn3d"),
-                     command, recorded)
+    validation = out_of_fold_validation(a.cv, a.data, "cnn3d")
+    _export_and_install(a, lambda run_card, shipped: ship_card(run_card, shipped, validation, command, recorded),
+                        ("mean_dice", "mean_dice_95ci", "cases", "folds"), recorded)
+
+
+def _export_and_install(a, make_card, shown: tuple[str, ...], recorded: list[str]) -> None:
+    """Export the run (export_cnn3d_fold) to --out, write the card `make_card(run's card, shipped card)` over its
+    card, print the `shown` validation figures and the recorded differences, and with --install copy both into
+    the package."""
+    onnx_path = export_cnn3d_fold(a.run, a.out, SHIPPED, a.cache, checkpoint=a.checkpoint, threads=a.threads)
+    card_path = onnx_path.with_suffix(".json")
+    shipped = json.loads((MODELS_DIR / f"{SHIPPED}.json").read_text())
+    card = make_card(json.loads(card_path.read_text()), shipped)
     card_path.write_text(json.dumps(card, indent=1) + "\n")
-    print(json.dumps({k: card["validation"][k] for k in ("mean_dice", "mean_dice_95ci", "cases", "folds")}))
+    print(json.dumps({k: card["validation"][k] for k in shown}))
     for line in recorded:
         print(f"recorded, not refused: {line}")
     if a.install:
         install(onnx_path)
-
 
 
 def _ship_fine_tune(a) -> None:
@@ -242,9 +243,6 @@ def _ship_fine_tune(a) -> None:
     if refused:
         raise SystemExit(f"{a.run} was not trained with the recipe of the checked run in {a.checked} "
                          f"({len(refused)} difference(s), e.g. {refused[0]})")
-    onnx_path = export_cnn3d_fold(a.run, a.out, SHIPPED, a.cache, checkpoint=a.checkpoint, threads=a.threads)
-    card_path = onnx_path.with_suffix(".json")
-    shipped = json.loads((MODELS_DIR / f"{SHIPPED}.json").read_text())
     s = json.loads((a.run / "settings.json").read_text())
     command = (f"python -m organscope.training.train_cnn3d --cache CACHE --run RUN --all-cases --init "
                f"src/organscope/models/{shipped_file}"
@@ -252,14 +250,9 @@ def _ship_fine_tune(a) -> None:
                + f" --hours {s['settings']['hours']} --lr {s['settings']['lr']} --threads 1; python -m "
                f"organscope.training.ship_cnn3d --run RUN --checked {a.checked} --cache CACHE --data OPENKBP "
                + (f"--checkpoint {a.checkpoint} " if a.checkpoint != "best.pt" else "") + "--install")
-    card = fine_tune_card(json.loads(card_path.read_text()), shipped, checked, a.checked, command, recorded)
-    card_path.write_text(json.dumps(card, indent=1) + "\n")
-    print(json.dumps({k: card["validation"][k] for k in ("mean_dice", "mean_dice_95ci", "cases",
-                                                          "previous_model_mean_dice")}))
-    for line in recorded:
-        print(f"recorded, not refused: {line}")
-    if a.install:
-        install(onnx_path)
+    _export_and_install(a, lambda run_card, shipped: fine_tune_card(run_card, shipped, checked, a.checked, command,
+                                                                    recorded),
+                        ("mean_dice", "mean_dice_95ci", "cases", "previous_model_mean_dice"), recorded)
 
 
 if __name__ == "__main__":
