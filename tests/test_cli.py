@@ -89,6 +89,15 @@ def test_query_negative_point_without_equals_sign(capsys, phantom_files, synthet
     assert rc == 0 and out.splitlines()[1].split()[3] == "fat"
 
 
+def test_query_with_a_model_of_an_engine_without_point_queries_says_so(capsys, phantom_files):
+    """--model names the engine, as for segment: a cnn3d model is refused in one sentence naming the engines that
+    answer point queries (it was loaded as a sparse model, which failed on a missing card field)."""
+    rc, out, err = _run(capsys, "query", phantom_files["RAS"], "--point", _pt(FAT), "--model", "cnn3d_openkbp")
+    assert rc != 0 and out == ""
+    assert "The cnn3d engine does not answer point queries; use one of sparse." in err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_query_json(capsys, phantom_files, synthetic_model_path):
     rc, out, err = _run(capsys, "query", phantom_files["LPS"], f"--point={_pt(BONE)}", f"--point={_pt(BELOW)}",
                         "--json", "--model", synthetic_model_path)

@@ -1,8 +1,9 @@
 """organscope: which organ is where in a CT scan, fast, on an ordinary CPU.
 
 Public API (imported lazily, so `import organscope` is instant):
-    load_volume(path) -> Volume, segment(scan, engine="sparse") -> Segmentation,
-    query(scan, points_mm) -> PointResult, save_segmentation(seg, path), engine(name) -> Engine, organs
+    load_volume(path) -> Volume, segment(scan) -> Segmentation (the default engine, the ensemble),
+    query(scan, points_mm) -> PointResult, save_segmentation(seg, path), engine(name) -> Engine,
+    query_engine() -> the engine answering point queries (prepare a scan once for many), organs
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ _LAZY = {
     "segment": ("organscope.api", "segment"),
     "query": ("organscope.api", "query"),
     "engine": ("organscope.api", "engine"),
+    "query_engine": ("organscope.api", "query_engine"),
     "save_segmentation": ("organscope.api", "save_segmentation"),
     "organs": ("organscope.organs", None),
     "OrganscopeError": ("organscope.errors", "OrganscopeError"),

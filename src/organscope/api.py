@@ -58,19 +58,26 @@ def segment(scan, *, engine: str | None = None, model: str | None = None, thread
     return segment_volume(_volume(scan), options, progress=progress)
 
 
+def query_engine(name: str | None = None, *, model: str | None = None, threads: int | None = None):
+    """The loaded engine that answers `query` (cached like `engine`): `name`, or the engine of `model`'s card, or
+    DEFAULT_QUERY_ENGINE; its `prepare(volume)` readies a scan for many calls. An engine without point queries
+    is an error in one sentence."""
+    name = _engine_name(name, model, DEFAULT_QUERY_ENGINE)
+    eng = _engine(name, model, threads)
+    if not supports_query(eng):
+        raise ModelError(f"The {name} engine does not answer point queries; use one of {', '.join(query_engines())}.")
+    return eng
+
+
 def query(scan, points, *, voxel: bool = False, engine: str | None = None, model: str | None = None,
           threads: int | None = None, keep_unverified: bool = False):
     """Organ, probability and top-3 at each point: world mm (RAS) by default, voxel indices if voxel=True.
-    `scan` may be a path, a Volume, or a prepared scan from `engine("sparse").prepare(volume)` (fastest for many
+    `scan` may be a path, a Volume, or a prepared scan from `query_engine().prepare(volume)` (fastest for many
     calls). `engine` is any engine with the point-query capability (engines.base.PointQueryEngine; None: the
     engine of `model`'s card, or DEFAULT_QUERY_ENGINE).
     When the scan is outside the model's body region (`query_check`), every answer's organ is "unknown" (the
     model's own pick stays in top3_names) unless `keep_unverified`."""
-    engine = _engine_name(engine, model, DEFAULT_QUERY_ENGINE)
-    eng = _engine(engine, model, threads)
-    if not supports_query(eng):
-        raise ModelError(f"The {engine} engine does not answer point queries; use one of "
-                         f"{', '.join(query_engines())}.")
+    eng = query_engine(engine, model=model, threads=threads)
     if isinstance(scan, (Volume, str, os.PathLike)):
         scan = _volume(scan)
     res = eng.query(scan, np.asarray(points, dtype=float), voxel=voxel)
@@ -92,7 +99,7 @@ def _query_check(eng, scan):
 def query_check(scan, *, engine: str | None = None, model: str | None = None, threads: int | None = None):
     """The anatomy check behind `query`'s answers: (the model's body region, the scan's `qc.RegionCheck`), the
     scan's computed once per scan array. An answer is "unknown" when the two regions differ."""
-    eng = _engine(_engine_name(engine, model, DEFAULT_QUERY_ENGINE), model, threads)
+    eng = query_engine(engine, model=model, threads=threads)
     if isinstance(scan, (str, os.PathLike)):
         scan = _volume(scan)
     return _query_check(eng, scan)

@@ -200,7 +200,7 @@ def cmd_query(args) -> int:
     from .engines.registry import DEFAULT_QUERY_ENGINE
 
     _compile_notice(DEFAULT_QUERY_ENGINE, sys.stderr.isatty(), query=True)
-    scan = api.engine(DEFAULT_QUERY_ENGINE, model=args.model, threads=args.threads).prepare(api.load_volume(args.scan))
+    scan = api.query_engine(model=args.model, threads=args.threads).prepare(api.load_volume(args.scan))
     res = api.query(scan, np.array(points), voxel=args.voxel, model=args.model, threads=args.threads,
                     keep_unverified=args.keep_unverified)
     region, check = api.query_check(scan, model=args.model, threads=args.threads)
