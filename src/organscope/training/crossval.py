@@ -391,7 +391,9 @@ def against_shipped(engine: str, out_dir: Path, data_root: Path, *, threads: int
 def unseen_by_shipped(engine: str, data_root: Path) -> set[str]:
     """The patients the shipped model of `engine` never trained on: the validation split, less any case its card
     lists as a training case (a model trained on every case, as the sparse one, lists them all)."""
-    return unseen_by_model(json.loads((MODELS_DIR / f"{engine}_openkbp.json").read_text()), data_root)
+    from ..engines.registry import default_model
+
+    return unseen_by_model(json.loads((MODELS_DIR / f"{default_model(engine)}.json").read_text()), data_root)
 
 
 def unseen_by_model(card: dict, data_root: Path) -> set[str]:
@@ -570,15 +572,15 @@ def sweep_weights(members: dict[str, Path], out_dir: Path, data_root: Path, *, s
     if not in_folds:
         raise SystemExit("an ensemble sweep needs at least one member with fold models (a cv folder)")
     # a single-model member scores only the held-out patients it never trained on (the validation split, less
-    # what its card lists)
-    allowed = (set.intersection(*[unseen_by_shipped(_engine_of(n), data_root) if str(members[n]) == SHIPPED
-                                  else unseen_by_model(_card_of(Path(members[n])), data_root) for n in shipped])
+    # what its card lists); its model: None for the engine's shipped one
+    models = {n: None if str(members[n]) == SHIPPED else Path(members[n]) for n in shipped}
+    allowed = (set.intersection(*[unseen_by_shipped(_engine_of(n), data_root) if m is None
+                                  else unseen_by_model(_card_of(m), data_root) for n, m in models.items()])
                if shipped else None)
     if allowed is not None and not allowed:
         raise SystemExit(f"the {', '.join(shipped)} model(s) trained on every validation-split patient: no "
                          "held-out patient is unseen by them, so there is nothing to sweep")
-    shipped_engines = {n: get_engine(_engine_of(n), threads=threads) if str(members[n]) == SHIPPED
-                       else get_engine(_engine_of(n), model=members[n], threads=threads) for n in shipped}
+    shipped_engines = {n: get_engine(_engine_of(n), model=m, threads=threads) for n, m in models.items()}
     grid = weight_grid(len(names), step)
     keys = [",".join(f"{w:g}" for w in ws) for ws in grid]
     path = Path(out_dir) / "sweep_weights.json"

@@ -46,12 +46,18 @@ def recipe_differences(run_dir: Path, cv_dir: Path) -> tuple[list[str], list[str
         return [f"{cv_dir} holds no fold model card (fold*/cnn3d_fold*.json)"], []
     refused, recorded = [], []
     for card_path in cards:
-        t = json.loads(card_path.read_text()).get("training") or {}
-        for what, ours, theirs in (("settings", run.get("settings") or {}, t.get("settings") or {}),
-                                   ("patches", run.get("plan") or {}, t.get("patches") or {})):
-            for line, key in key_differences(what, ours, theirs, card_path.parent.name, IGNORED_SETTINGS):
-                (recorded if key in RUN_LENGTH else refused).append(line)
+        _sort_differences(run, json.loads(card_path.read_text()).get("training") or {}, card_path.parent.name,
+                          refused, recorded)
     return refused, recorded
+
+
+def _sort_differences(run: dict, theirs: dict, their_name: str, refused: list[str], recorded: list[str]) -> None:
+    """A run's settings and patch plan (its settings.json) against another's (`theirs`: {"settings", "patches"}),
+    each differing key's line appended to `recorded` for the run-length keys and to `refused` for the rest."""
+    for what, ours, other in (("settings", run.get("settings") or {}, theirs.get("settings") or {}),
+                              ("patches", run.get("plan") or {}, theirs.get("patches") or {})):
+        for line, key in key_differences(what, ours, other, their_name, IGNORED_SETTINGS):
+            (recorded if key in RUN_LENGTH else refused).append(line)
 
 
 def ship_card(fold_card: dict, shipped: dict, validation: dict, command: str, recorded: list[str]) -> dict:
@@ -126,12 +132,9 @@ def fine_tune_differences(run_dir: Path, checked: dict) -> tuple[list[str], list
     """(refused, recorded): where an all-cases fine-tune (RUN/settings.json) differs from the training-split run
     whose check against the shipped model stands for it (`checked`: crossval's run_against_shipped.json); the
     run-length keys are recorded, every other difference refused."""
-    run = json.loads((run_dir / "settings.json").read_text())
     refused, recorded = [], []
-    for what, ours, theirs in (("settings", run.get("settings") or {}, checked.get("settings") or {}),
-                               ("patches", run.get("plan") or {}, checked.get("patches") or {})):
-        for line, key in key_differences(what, ours, theirs, "the checked run", IGNORED_SETTINGS):
-            (recorded if key in RUN_LENGTH else refused).append(line)
+    _sort_differences(json.loads((run_dir / "settings.json").read_text()), checked, "the checked run", refused,
+                      recorded)
     return refused, recorded
 
 
